@@ -1,0 +1,269 @@
+//! The talk's connectivity checks: one ICMP echo from the node and from each container to
+//! each address, with the TTL the reply must arrive with.
+//!
+//! Expected TTL: replies start at 64 and lose one per router on the way back. Within a
+//! node nothing is routed (the bridge is L2), so 64; across nodes the target's node routes
+//! the reply if the target is a container, and the source's node if the source is one.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::sys::{icmp::IcmpSocket, ns};
+use crate::topology::{Stage, Topology};
+
+/// Above this many checks per node, run the bounded plan instead of the full matrix.
+pub const FULL_MATRIX_LIMIT: usize = 200;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Check {
+    /// "node" or a container's name.
+    pub from: String,
+    pub to: Ipv4Addr,
+    /// What owns `to`, e.g. "con2 (node 2)".
+    pub target: String,
+    pub expect_ttl: u8,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckResult {
+    #[serde(flatten)]
+    pub check: Check,
+    pub pass: bool,
+    pub ttl: Option<u8>,
+    pub rtt_ms: Option<f64>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeChecks {
+    pub node: u32,
+    pub hostname: String,
+    /// "full" (the talk's matrix) or "bounded" (large labs).
+    pub plan: String,
+    pub results: Vec<CheckResult>,
+}
+
+struct Target {
+    ip: Ipv4Addr,
+    label: String,
+    node: u32,
+    is_container: bool,
+}
+
+fn targets(topo: &Topology, me: u32, bounded: bool) -> Vec<Target> {
+    let mut own = Vec::new();
+    let mut other = Vec::new();
+    for n in &topo.nodes {
+        let local = n.index == me;
+        let list = if local { &mut own } else { &mut other };
+        let suffix = if topo.stage().is_multi_node() { format!(" (node {})", n.index) } else { String::new() };
+        list.push(Target { ip: n.ip.addr, label: format!("{}{suffix}", n.short_name()), node: n.index, is_container: false });
+        if let Some(b) = n.bridge {
+            list.push(Target { ip: b.addr, label: format!("br0{suffix}"), node: n.index, is_container: false });
+        }
+        let cons: Vec<_> = if bounded && !local { n.containers.iter().take(1).collect() } else { n.containers.iter().collect() };
+        for c in cons {
+            list.push(Target { ip: c.addr.addr, label: format!("{}{suffix}", c.name), node: n.index, is_container: true });
+        }
+    }
+    // The talk's order: own node, other nodes, own bridge, other bridges, own containers, others'.
+    let mut t = Vec::new();
+    let kinds = |x: &Target, k: u8| match k {
+        0 => !x.is_container && x.label.starts_with("node"),
+        1 => !x.is_container && x.label.starts_with("br0"),
+        _ => x.is_container,
+    };
+    for k in 0..3u8 {
+        t.extend(own.iter().filter(|x| kinds(x, k)).map(|x| Target { label: x.label.clone(), ..*x }));
+        t.extend(other.iter().filter(|x| kinds(x, k)).map(|x| Target { label: x.label.clone(), ..*x }));
+    }
+    t
+}
+
+/// The checks run on node `me`: from the node and from each of its containers.
+pub fn node_checks(topo: &Topology, me: u32) -> (Vec<Check>, &'static str) {
+    let node = topo.node(me).expect("node exists");
+    let sources = 1 + node.containers.len();
+    let full = targets(topo, me, false);
+    let bounded = sources * full.len() > FULL_MATRIX_LIMIT;
+    let mut checks = Vec::new();
+    let mut sources_list: Vec<(String, bool)> = vec![("node".into(), false)];
+    sources_list.extend(node.containers.iter().map(|c| (c.name.clone(), true)));
+    for (from, from_container) in sources_list {
+        let ts = if bounded { bounded_targets(topo, me, &from) } else { targets(topo, me, false) };
+        for t in ts {
+            let routers = if t.node == me { 0 } else { from_container as u8 + t.is_container as u8 };
+            checks.push(Check { from: from.clone(), to: t.ip, target: t.label, expect_ttl: 64 - routers });
+        }
+    }
+    (checks, if bounded { "bounded" } else { "full" })
+}
+
+/// Large labs: each source reaches its bridge, its node and one container on every other
+/// node (those nodes' own checks cover the way back).
+fn bounded_targets(topo: &Topology, me: u32, _from: &str) -> Vec<Target> {
+    targets(topo, me, true)
+        .into_iter()
+        .filter(|t| t.node != me || !t.is_container)
+        .collect()
+}
+
+/// Run checks grouped by source; each source sends all its echoes at once and gathers the
+/// replies, so a passing node finishes in milliseconds.
+pub fn run(checks: &[Check], netns_dir: &Path, timeout: Duration) -> Vec<CheckResult> {
+    let mut by_source: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, c) in checks.iter().enumerate() {
+        match by_source.iter_mut().find(|(s, _)| *s == c.from) {
+            Some((_, v)) => v.push(i),
+            None => by_source.push((c.from.clone(), vec![i])),
+        }
+    }
+    let mut results: Vec<Option<CheckResult>> = vec![None; checks.len()];
+    // A distinct echo id per source keeps one source's replies from being taken for another's.
+    let base_id = (std::process::id() as u16).wrapping_mul(31);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = by_source
+            .iter()
+            .enumerate()
+            .map(|(k, (from, idx))| {
+                let id = base_id.wrapping_add(k as u16);
+                let checks = &checks;
+                s.spawn(move || {
+                    let ping = || ping_all(id, idx.iter().map(|i| checks[*i].to).collect(), timeout);
+                    let r = if from == "node" { ping() } else { ns::in_netns(&netns_dir.join(from), ping) };
+                    (idx.clone(), r)
+                })
+            })
+            .collect();
+        for h in handles {
+            let (idx, r) = h.join().expect("check thread");
+            for (j, i) in idx.iter().enumerate() {
+                let c = checks[*i].clone();
+                results[*i] = Some(match &r {
+                    Ok(replies) => match replies[j] {
+                        Some((ttl, rtt)) => CheckResult {
+                            pass: ttl == c.expect_ttl,
+                            error: (ttl != c.expect_ttl).then(|| format!("TTL {ttl}, expected {}", c.expect_ttl)),
+                            check: c,
+                            ttl: Some(ttl),
+                            rtt_ms: Some(rtt.as_secs_f64() * 1000.0),
+                        },
+                        None => CheckResult { check: c, pass: false, ttl: None, rtt_ms: None, error: Some(format!("no reply within {} ms", timeout.as_millis())) },
+                    },
+                    Err(e) => CheckResult { check: c, pass: false, ttl: None, rtt_ms: None, error: Some(crate::node::chain(e)) },
+                });
+            }
+        }
+    });
+    results.into_iter().map(|r| r.expect("every check has a result")).collect()
+}
+
+/// Send one echo to each target (seq = position), return (TTL, RTT) per target.
+fn ping_all(id: u16, to: Vec<Ipv4Addr>, timeout: Duration) -> Result<Vec<Option<(u8, Duration)>>> {
+    let sock = IcmpSocket::open()?;
+    let mut sent = Vec::with_capacity(to.len());
+    let mut out = vec![None; to.len()];
+    let mut waiting = HashMap::new();
+    for (seq, ip) in to.iter().enumerate() {
+        sent.push(Instant::now());
+        match sock.send_echo(*ip, id, seq as u16) {
+            Ok(()) => {
+                waiting.insert(seq as u16, *ip);
+            }
+            Err(e) => tracing::debug!("echo to {ip}: {e}"),
+        }
+    }
+    let deadline = Instant::now() + timeout;
+    while !waiting.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(r) = sock.recv_reply(left)? else { break };
+        if r.id == id && waiting.get(&r.seq) == Some(&r.from) {
+            waiting.remove(&r.seq);
+            out[r.seq as usize] = Some((r.ttl, sent[r.seq as usize].elapsed()));
+        }
+    }
+    Ok(out)
+}
+
+pub fn print_table(n: &NodeChecks, multi: bool) {
+    let passed = n.results.iter().filter(|r| r.pass).count();
+    let title = if multi { format!("{} ({})", n.hostname, format_args!("node{}", n.node)) } else { n.hostname.clone() };
+    println!("{title}: {passed}/{} checks passed ({} plan)", n.results.len(), n.plan);
+    println!("  {:<8} {:<16} {:<18} {:>4} {:>5} {:>9}  result", "from", "to", "target", "ttl", "want", "rtt");
+    for r in &n.results {
+        let ttl = r.ttl.map_or("-".into(), |t| t.to_string());
+        let rtt = r.rtt_ms.map_or("-".into(), |t| format!("{t:.3} ms"));
+        let verdict = if r.pass { "ok".to_string() } else { format!("FAIL: {}", r.error.as_deref().unwrap_or("")) };
+        println!("  {:<8} {:<16} {:<18} {:>4} {:>5} {:>9}  {verdict}", r.check.from, r.check.to.to_string(), r.check.target, ttl, r.check.expect_ttl, rtt);
+    }
+}
+
+/// Count of checks the talk lists for a stage (per node), for messages and tests.
+pub fn talk_count(stage: Stage) -> usize {
+    match stage {
+        Stage::Namespace => 4,
+        Stage::SingleNode => 12,
+        Stage::MultiNode | Stage::Overlay => 24,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::Options;
+
+    fn checks(stage: Stage, node: u32) -> Vec<Check> {
+        node_checks(&Topology::new(Options::new(stage)).unwrap(), node).0
+    }
+
+    #[test]
+    fn talk_counts() {
+        for st in Stage::ALL {
+            assert_eq!(checks(st, 1).len(), talk_count(st), "{st}");
+        }
+        assert_eq!(checks(Stage::Overlay, 2).len(), 24);
+    }
+
+    #[test]
+    fn stage1_and_2_all_ttl_64() {
+        assert!(checks(Stage::Namespace, 1).iter().all(|c| c.expect_ttl == 64));
+        let c = checks(Stage::SingleNode, 1);
+        assert!(c.iter().all(|c| c.expect_ttl == 64));
+        assert!(c.iter().any(|c| c.from == "con1" && c.to == Ipv4Addr::new(172, 16, 0, 3)));
+    }
+
+    #[test]
+    fn multi_node_ttls() {
+        let c = checks(Stage::MultiNode, 1);
+        let ttl = |from: &str, to: [u8; 4]| c.iter().find(|c| c.from == from && c.to == Ipv4Addr::from(to)).unwrap().expect_ttl;
+        assert_eq!(ttl("con1", [172, 16, 1, 2]), 62);
+        assert_eq!(ttl("node", [172, 16, 1, 2]), 63);
+        assert_eq!(ttl("con1", [10, 0, 0, 20]), 63);
+        assert_eq!(ttl("node", [10, 0, 0, 20]), 64);
+        assert_eq!(ttl("node", [172, 16, 1, 1]), 64);
+        assert_eq!(ttl("con1", [172, 16, 0, 3]), 64);
+        assert_eq!(ttl("con2", [172, 16, 1, 1]), 63);
+    }
+
+    #[test]
+    fn large_labs_get_a_bounded_plan() {
+        let mut o = Options::new(Stage::SingleNode);
+        o.containers = 200;
+        o.pod_cidr = Some("172.16.0.0/20".parse().unwrap());
+        let (c, plan) = node_checks(&Topology::new(o).unwrap(), 1);
+        assert_eq!(plan, "bounded");
+        // Each of 201 sources: its node and its bridge.
+        assert_eq!(c.len(), 201 * 2);
+        let mut o = Options::new(Stage::Overlay);
+        o.nodes = 8;
+        o.containers = 20;
+        let (c, plan) = node_checks(&Topology::new(o).unwrap(), 1);
+        assert_eq!(plan, "bounded");
+        assert!(c.iter().filter(|c| c.from == "con5").count() == 2 + 7 * 3);
+    }
+}

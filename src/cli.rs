@@ -1,0 +1,208 @@
+//! The command line (clap derive only; no logic here).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::topology::{Backend, Ipv4Net, Stage};
+
+#[derive(Parser, Debug)]
+#[command(name = "cnet", version, about = "Build the topologies of \"Container Networking From Scratch\" (KubeCon 2018), step by step",
+    long_about = "Build the topologies of the talk \"Container Networking From Scratch\" step by step, in a lab of \
+VM-like nodes made of namespaces (default) or on the machine itself (--host).\n\nStages: namespace (1), single-node (2), multi-node (3), overlay (4).")]
+pub struct Cli {
+    /// More detail on stderr (-v, -vv).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Build a stage: namespace (1), single-node (2), multi-node (3), overlay (4).
+    Up(UpArgs),
+    /// Remove everything `up` built (nothing up: says so, exits 0).
+    Down(DownArgs),
+    /// What is up, read back from the kernel, and whether it matches the plan.
+    Status(StatusArgs),
+    /// Run the talk's connectivity checks (ICMP echo, expected TTLs) for the stage that is up.
+    Test(TestArgs),
+    /// Run a command inside a lab node, or inside one of its containers (node1/con1).
+    Exec(ExecArgs),
+    /// An interactive shell inside a lab node.
+    Shell(ShellArgs),
+    /// Print a stage's plan without building it (text, a runnable iproute2 script, or JSON).
+    Explain(ExplainArgs),
+    /// Run the TUN <-> UDP tunnel (the talk's socat) in the foreground.
+    Tunnel(TunnelArgs),
+    /// Capture packets on a node's interface: source, destination and protocol stack per packet.
+    Capture(CaptureArgs),
+    /// Draw a stage's topology: live state when it is up, the plan otherwise.
+    Diagram(DiagramArgs),
+    /// (internal) Hold new namespaces until stdin closes.
+    #[command(name = "__hold", hide = true)]
+    Hold,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TopologyArgs {
+    /// The stage: namespace|1, single-node|2, multi-node|3, overlay|4 (or the talk's directory name).
+    pub stage: Stage,
+    /// Containers per node (stages 2-4): con1..conN.
+    #[arg(long, default_value_t = 2)]
+    pub containers: u32,
+    /// Nodes (stages 3-4): node i has 10.0.0.(10*i) and pods 172.16.(i-1).0/24.
+    #[arg(long, default_value_t = 2)]
+    pub nodes: u32,
+    /// Stage 2's pod subnet (default 172.16.0.0/24), to hold more containers.
+    #[arg(long)]
+    pub pod_cidr: Option<Ipv4Net>,
+    /// Stage 4's overlay: cnet's userspace tunnel (udp) or the kernel's VXLAN.
+    #[arg(long, value_enum, default_value_t = Backend::Udp)]
+    pub backend: Backend,
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub topo: TopologyArgs,
+    /// Build on this machine itself (the talk's VM) instead of in a lab of namespaces.
+    #[arg(long)]
+    pub host: bool,
+    /// With --host, stages 3-4: which node this machine is.
+    #[arg(long, default_value_t = 1)]
+    pub node: u32,
+    /// With --host: the underlay interface (default: the one holding the node's IP, else enp0s8).
+    #[arg(long)]
+    pub underlay: Option<String>,
+    /// With --host, stages 3-4: the other node's address (repeat for more nodes, in order).
+    #[arg(long = "peer")]
+    pub peers: Vec<Ipv4Addr>,
+    /// Show each step and wait for Enter before running it.
+    #[arg(long, conflicts_with = "quiet")]
+    pub step: bool,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print no steps.
+    #[arg(long, short)]
+    pub quiet: bool,
+    #[arg(long, hide = true)]
+    pub in_lab: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DownArgs {
+    /// Only what `up --host` built on this machine.
+    #[arg(long)]
+    pub host: bool,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[arg(long)]
+    pub json: bool,
+    /// Only what `up --host` built on this machine.
+    #[arg(long)]
+    pub host: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TestArgs {
+    #[arg(long)]
+    pub json: bool,
+    /// Check this machine (host mode). Without a state record, give the stage.
+    #[arg(long)]
+    pub host: bool,
+    /// With --host: the stage to check when cnet did not build it (e.g. built by `explain --format sh`).
+    pub stage: Option<Stage>,
+    /// With --host and a stage: which node this machine is.
+    #[arg(long, default_value_t = 1)]
+    pub node: u32,
+    /// Milliseconds to wait for each reply.
+    #[arg(long, default_value_t = 1000)]
+    pub timeout_ms: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// node1, 2-single-node, node2/con1, ...
+    pub target: String,
+    /// The command and its arguments (after --).
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ShellArgs {
+    pub node: String,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ExplainFormat {
+    Text,
+    Sh,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub topo: TopologyArgs,
+    #[arg(long, value_enum, default_value_t = ExplainFormat::Text)]
+    pub format: ExplainFormat,
+}
+
+#[derive(Args, Debug)]
+pub struct TunnelArgs {
+    /// The TUN device to attach to (created if absent).
+    #[arg(long, default_value = "tun0")]
+    pub dev: String,
+    /// Local UDP address to bind, e.g. 10.0.0.10:9000.
+    #[arg(long)]
+    pub local: std::net::SocketAddrV4,
+    /// A peer and the pod subnet(s) it owns: 10.0.0.20:9000=172.16.1.0/24 (repeat).
+    #[arg(long = "peer", required = true)]
+    pub peers: Vec<String>,
+    /// Write counters (JSON) here about once a second.
+    #[arg(long)]
+    pub stats: Option<PathBuf>,
+    /// Use the plain one-packet-per-syscall path even where offloads are available.
+    #[arg(long)]
+    pub no_offload: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CaptureArgs {
+    /// A lab node (node2, 4-overlay-network-2), or `host` for this machine.
+    pub node: String,
+    /// The interface: enp0s8, tun0, br0, ...
+    pub iface: String,
+    /// Stop after this many packets.
+    #[arg(short = 'c', long)]
+    pub count: Option<u64>,
+    /// Also write the packets to this pcap file (Wireshark, tcpdump -r).
+    #[arg(long)]
+    pub pcap: Option<PathBuf>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    pub timeout: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum DiagramFormat {
+    Text,
+    Dot,
+}
+
+#[derive(Args, Debug)]
+pub struct DiagramArgs {
+    /// The stage (default: the one that is up).
+    pub stage: Option<Stage>,
+    #[arg(long, value_enum, default_value_t = DiagramFormat::Text)]
+    pub format: DiagramFormat,
+}

@@ -1,0 +1,219 @@
+//! One function per subcommand: chooses lab or host, calls the modules, prints.
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::check::{self, NodeChecks};
+use crate::cli::*;
+use crate::lab::{self, Verbosity};
+use crate::netlink::Netlink;
+use crate::node::{self, NodeRequest, Pace, NETNS_DIR};
+use crate::plan::node_plan;
+use crate::state::NodeJournal;
+use crate::status::{self, NodeStatus};
+use crate::topology::{Options, Topology};
+
+/// An error about the machine rather than the request: exit code 2.
+#[derive(Debug)]
+pub struct EnvError(pub String);
+impl std::fmt::Display for EnvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for EnvError {}
+
+pub fn require_admin() -> Result<()> {
+    if !crate::sys::ns::has_admin_caps() {
+        return Err(EnvError("cnet needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to build namespaces and links: run it with sudo".into()).into());
+    }
+    Ok(())
+}
+
+pub fn options(t: &TopologyArgs) -> Options {
+    Options {
+        stage: t.stage,
+        containers: t.containers,
+        nodes: t.nodes,
+        pod_cidr: t.pod_cidr,
+        backend: t.backend,
+        underlay_mtu: 1500,
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+pub fn up(a: &UpArgs) -> Result<()> {
+    let opts = options(&a.topo);
+    let topo = Topology::new(opts.clone())?;
+    if a.dry_run {
+        println!("Dry run: nothing is changed.\n");
+        crate::explain::print_text(&topo);
+        return Ok(());
+    }
+    require_admin()?;
+    if !a.host && (!a.peers.is_empty() || a.underlay.is_some()) {
+        bail!("--peer and --underlay apply to --host (a real machine); the lab wires its own nodes");
+    }
+    let rt = runtime()?;
+    if a.host {
+        let req = NodeRequest { options: opts, node: a.node, underlay: a.underlay.clone(), peers: a.peers.clone(), in_lab: a.in_lab };
+        let pace = if a.quiet { Pace::Quiet } else if a.step { Pace::Step } else { Pace::Run };
+        let _lock = crate::sys::ns::lock_file(&lock_path()?)?;
+        rt.block_on(node::up(&req, pace))
+    } else {
+        let v = if a.quiet { Verbosity::Quiet } else if a.step { Verbosity::Interactive } else { Verbosity::Steps };
+        let _lock = crate::sys::ns::lock_file(&lock_path()?)?;
+        rt.block_on(lab::up(&opts, v))?;
+        if !a.quiet {
+            println!("\nThe lab is up: stage {} on {} node(s). Enter a node with `cnet shell node1`; check it with `cnet test`; remove it with `cnet down`.",
+                topo.stage(), topo.nodes.len());
+        }
+        Ok(())
+    }
+}
+
+fn lock_path() -> Result<PathBuf> {
+    let dir = crate::state::run_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir.join("lock"))
+}
+
+pub fn down(a: &DownArgs) -> Result<()> {
+    require_admin()?;
+    let rt = runtime()?;
+    let _lock = crate::sys::ns::lock_file(&lock_path()?)?;
+    let lab_down = if a.host { false } else { rt.block_on(lab::down(a.quiet))? };
+    let host_down = if lab_down { false } else { rt.block_on(node::down(a.quiet))? };
+    if !lab_down && !host_down && !a.quiet {
+        println!("nothing is up: nothing to remove");
+    }
+    Ok(())
+}
+
+pub fn status(a: &StatusArgs) -> Result<()> {
+    require_admin()?;
+    let rt = runtime()?;
+    let statuses: Vec<NodeStatus> = if !a.host && lab::is_up() {
+        let mut v = Vec::new();
+        for (i, out) in lab::in_every_node(&["status", "--host", "--json"])? {
+            if !out.status.success() {
+                bail!("node{i}: {}", String::from_utf8_lossy(&out.stderr).trim());
+            }
+            let mut list: Vec<NodeStatus> = serde_json::from_slice(&out.stdout).with_context(|| format!("node{i} answered no status"))?;
+            v.append(&mut list);
+        }
+        v
+    } else {
+        rt.block_on(status::node_status())?.into_iter().collect()
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&statuses)?);
+    } else if statuses.is_empty() {
+        println!("nothing is up");
+    } else {
+        if !a.host {
+            if let Some(s) = crate::state::LabState::read()? {
+                println!("lab: stage {}, {} node(s){}\n", s.options.stage, s.nodes.len(), if s.complete { "" } else { " (incomplete: run `cnet down`)" });
+            }
+        }
+        for s in &statuses {
+            status::print(s);
+            println!();
+        }
+    }
+    Ok(())
+}
+
+/// Returns whether every check passed.
+pub fn test(a: &TestArgs) -> Result<bool> {
+    require_admin()?;
+    let timeout = Duration::from_millis(a.timeout_ms);
+    let (results, multi) = if !a.host && lab::is_up() {
+        let mut all = Vec::new();
+        let args = ["test", "--host", "--json", "--timeout-ms", &a.timeout_ms.to_string()].map(String::from);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        for (i, out) in lab::in_every_node(&args)? {
+            let mut r: Vec<NodeChecks> = serde_json::from_slice(&out.stdout)
+                .map_err(|_| anyhow!("node{i}: {}", String::from_utf8_lossy(&out.stderr).trim()))?;
+            all.append(&mut r);
+        }
+        let multi = all.len() > 1;
+        (all, multi)
+    } else {
+        let rt = runtime()?;
+        let (topo, node) = rt.block_on(host_topology(a))?;
+        let (checks, plan) = check::node_checks(&topo, node);
+        let results = check::run(&checks, &PathBuf::from(NETNS_DIR), timeout);
+        let hostname = node::hostname();
+        (vec![NodeChecks { node, hostname, plan: plan.into(), results }], topo.stage().is_multi_node())
+    };
+    if results.is_empty() {
+        bail!("nothing is up to test");
+    }
+    let pass = results.iter().all(|n| n.results.iter().all(|r| r.pass));
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        for n in &results {
+            check::print_table(n, multi);
+            println!();
+        }
+        let total: usize = results.iter().map(|n| n.results.len()).sum();
+        let passed: usize = results.iter().map(|n| n.results.iter().filter(|r| r.pass).count()).sum();
+        println!("{passed}/{total} checks passed{}", if pass { "" } else { " — see FAIL lines above" });
+    }
+    Ok(pass)
+}
+
+/// The topology this machine has up (from its record), or the stage given on the command line.
+async fn host_topology(a: &TestArgs) -> Result<(Topology, u32)> {
+    if let Some((h, _)) = NodeJournal::read()? {
+        return Ok((node::topology_of(&h)?, h.node));
+    }
+    let Some(stage) = a.stage else { bail!("nothing is up here: give the stage to check, e.g. `cnet test --host single-node`") };
+    let req = NodeRequest { options: Options::new(stage), node: a.node, underlay: None, peers: Vec::new(), in_lab: false };
+    let nl = Netlink::here(&PathBuf::from(NETNS_DIR))?;
+    let (topo, _) = node::resolve(&req, &nl).await?;
+    Ok((topo, a.node))
+}
+
+pub fn exec(a: &ExecArgs) -> Result<()> {
+    require_admin()?;
+    let mut cmd = lab::command_in(&a.target, &a.command[0], &a.command[1..])?;
+    let err = cmd.exec();
+    Err(anyhow!("cannot run {} in {}: {err}", a.command[0], a.target))
+}
+
+pub fn shell(a: &ShellArgs) -> Result<()> {
+    require_admin()?;
+    let sh = std::env::var("SHELL").unwrap_or_else(|_| "/bin/bash".into());
+    let mut cmd = lab::command_in(&a.node, &sh, &[])?;
+    let err = cmd.exec();
+    Err(anyhow!("cannot start {sh} in {}: {err}", a.node))
+}
+
+pub fn explain(a: &ExplainArgs) -> Result<()> {
+    let topo = Topology::new(options(&a.topo))?;
+    match a.format {
+        ExplainFormat::Text => crate::explain::print_text(&topo),
+        ExplainFormat::Sh => print!("{}", crate::explain::shell_script(&topo)),
+        ExplainFormat::Json => {
+            let plans: Vec<_> = topo.nodes.iter().map(|n| node_plan(&topo, n, crate::topology::UNDERLAY_DEV)).collect();
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "topology": topo, "plans": plans }))?);
+        }
+    }
+    Ok(())
+}
+
+pub fn hold() -> Result<()> {
+    // Keeps freshly unshared namespaces alive until the parent has bound them, then exits.
+    let mut sink = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink)?;
+    Ok(())
+}

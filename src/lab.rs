@@ -1,0 +1,287 @@
+//! The local lab: VM-like nodes made of namespaces on one machine, joined by a switch.
+//!
+//! A node is a network + mount + UTS namespace (its own hostname, its own /run/netns so that
+//! `ip netns` inside lists only its containers), persisted by bind mounts under
+//! /run/cnet/lab/nodeN. The underlay L2 network is a bridge in a separate switch namespace;
+//! each node's end of its cable is `enp0s8`, as on the talk's Vagrant VMs. Each node is then
+//! built by the node runner (`cnet up --host`) run inside it: lab and real hosts share
+//! one code path. The host's own network namespace is never touched.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{anyhow, bail, Context, Result};
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec};
+
+use crate::netlink::{kernel_error, CNET_GROUP};
+use crate::node::chain;
+use crate::state::{lab_dir, run_dir, LabState};
+use crate::sys::ns::{self, NodeNs};
+use crate::topology::{Ipv4Net, Options, Topology, UNDERLAY_DEV};
+
+const SWITCH_BRIDGE: &str = "underlay";
+const LAB_ALIAS: &str = "cnet:lab";
+
+pub fn node_ns(index: u32) -> NodeNs {
+    let d = lab_dir().join(format!("node{index}"));
+    NodeNs { net: d.join("net"), mnt: d.join("mnt"), uts: d.join("uts") }
+}
+
+fn switch_ns() -> PathBuf {
+    lab_dir().join("switch").join("net")
+}
+
+/// How the node runner is asked to show its steps.
+#[derive(Clone, Copy)]
+pub enum Verbosity {
+    Steps,
+    Interactive,
+    Quiet,
+}
+
+/// The arguments that make `cnet up` inside a node build that node's part of `opts`.
+fn node_runner_args(opts: &Options, index: u32, v: Verbosity) -> Vec<String> {
+    let mut a = vec![
+        "up".to_string(), opts.stage.name().into(), "--host".into(), "--in-lab".into(),
+        "--node".into(), index.to_string(),
+        "--containers".into(), opts.containers.to_string(),
+    ];
+    if opts.stage.is_multi_node() {
+        a.extend(["--nodes".into(), opts.nodes.to_string(), "--backend".into(), format!("{:?}", opts.backend).to_lowercase()]);
+    }
+    if let Some(c) = opts.pod_cidr {
+        a.extend(["--pod-cidr".into(), c.to_string()]);
+    }
+    match v {
+        Verbosity::Steps => {}
+        Verbosity::Interactive => a.push("--step".into()),
+        Verbosity::Quiet => a.push("--quiet".into()),
+    }
+    a
+}
+
+/// `cnet up STAGE`: build the lab's nodes, then each node's plan inside it.
+pub async fn up(opts: &Options, v: Verbosity) -> Result<()> {
+    if let Some(s) = LabState::read()? {
+        bail!("the lab is already up with stage {}: run `cnet down` first", s.options.stage);
+    }
+    let topo = Topology::new(opts.clone())?;
+    ns::ensure_mount_dir(&run_dir(), false)?;
+    std::fs::create_dir_all("/run/netns").context("cannot create /run/netns")?;
+    let mut state = LabState { options: opts.clone(), nodes: Vec::new(), complete: false };
+    state.write()?;
+    let result = build(&topo, &mut state, v).await;
+    if let Err(e) = result {
+        let undo = match down_lab(&state).await {
+            Ok(()) => "the lab was removed".to_string(),
+            Err(u) => format!("removing the lab also failed ({}); run `cnet down`", chain(&u)),
+        };
+        return Err(anyhow!("{}; {undo}", chain(&e)));
+    }
+    state.complete = true;
+    state.write()
+}
+
+async fn build(topo: &Topology, state: &mut LabState, v: Verbosity) -> Result<()> {
+    let switch = create_switch().await?;
+    for n in &topo.nodes {
+        create_node(n.index, &n.hostname, state)?;
+        cable(&switch, n.index, n.ip).await.with_context(|| format!("cannot connect {} to the lab's switch", n.hostname))?;
+    }
+    for n in &topo.nodes {
+        if !matches!(v, Verbosity::Quiet) {
+            println!("== {} ({}): {} ==", n.short_name(), n.hostname, n.ip);
+        }
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.args(node_runner_args(&topo.options, n.index, v)).stderr(Stdio::piped());
+        ns::enter_node(&mut cmd, &node_ns(n.index), None)?;
+        let mut child = cmd.spawn().with_context(|| format!("cannot enter {}", n.hostname))?;
+        let mut err = String::new();
+        child.stderr.take().expect("piped").read_to_string(&mut err)?;
+        let status = child.wait()?;
+        if !status.success() {
+            let reason = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no reason given").trim_start_matches("cnet: error: ");
+            bail!("{} ({}): {reason}", n.short_name(), n.hostname);
+        }
+        eprint!("{err}");
+    }
+    Ok(())
+}
+
+async fn create_switch() -> Result<Handle> {
+    let path = switch_ns();
+    std::fs::create_dir_all(path.parent().unwrap())?;
+    let fd = ns::create_netns(&path, ns::open_netlink).context("cannot create the lab's switch namespace")?;
+    let (conn, h, _) = rtnetlink::from_socket(ns::into_tokio_netlink(fd));
+    tokio::spawn(conn);
+    let msg = LinkBridge::new(SWITCH_BRIDGE).link_group(CNET_GROUP).up().build();
+    h.link().add(msg).execute().await.map_err(kernel_error).context("cannot create the lab's switch bridge")?;
+    Ok(h)
+}
+
+/// A VM-like node: a held child unshares its namespaces, they are bound under
+/// /run/cnet/lab/nodeN, and the child exits.
+fn create_node(index: u32, hostname: &str, state: &mut LabState) -> Result<()> {
+    let nsp = node_ns(index);
+    std::fs::create_dir_all(nsp.net.parent().unwrap())?;
+    state.nodes.push(index);
+    state.write()?;
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg("__hold").stdin(Stdio::piped()).stdout(Stdio::null());
+    ns::as_new_node(&mut cmd, hostname)?;
+    let mut child = cmd.spawn().with_context(|| format!("cannot create the namespaces of {hostname}"))?;
+    let bound = (|| {
+        ns::persist_ns(child.id(), "net", &nsp.net)?;
+        ns::persist_ns(child.id(), "uts", &nsp.uts)?;
+        ns::persist_ns(child.id(), "mnt", &nsp.mnt)
+    })();
+    drop(child.stdin.take());
+    child.wait()?;
+    bound
+}
+
+/// The node's cable to the switch: `enp0s8` in the node, its other end on the switch's bridge.
+async fn cable(switch: &Handle, index: u32, ip: Ipv4Net) -> Result<()> {
+    let nsp = node_ns(index);
+    let node_file = std::fs::File::open(&nsp.net)?;
+    use std::os::fd::AsRawFd;
+    let peer = LinkMessageBuilder::<LinkUnspec>::default().name(UNDERLAY_DEV.to_string()).setns_by_fd(node_file.as_raw_fd()).build();
+    let port = format!("node{index}");
+    let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(netlink_packet_route::link::InfoKind::Veth)
+        .name(port.clone())
+        .link_group(CNET_GROUP)
+        .set_info_data(netlink_packet_route::link::InfoData::Veth(netlink_packet_route::link::InfoVeth::Peer(peer)))
+        .build();
+    switch.link().add(msg).execute().await.map_err(kernel_error)?;
+    let port_msg = crate::netlink::find_link(switch, &port).await?.ok_or_else(|| anyhow!("{port} vanished"))?;
+    let bridge = crate::netlink::find_link(switch, SWITCH_BRIDGE).await?.ok_or_else(|| anyhow!("the switch bridge vanished"))?;
+    let set = LinkUnspec::new_with_index(port_msg.header.index)
+        .controller(bridge.header.index)
+        .append_extra_attribute(netlink_packet_route::link::LinkAttribute::IfAlias(LAB_ALIAS.into()))
+        .up()
+        .build();
+    switch.link().set(set).execute().await.map_err(kernel_error)?;
+    // Inside the node: the VM's own address on enp0s8, as Vagrant's private network gave it.
+    let node = crate::netlink::Netlink::handle_at(&nsp.net)?;
+    let lo = crate::netlink::find_link(&node, "lo").await?.ok_or_else(|| anyhow!("no lo in the node"))?;
+    node.link().set(LinkUnspec::new_with_index(lo.header.index).up().build()).execute().await.map_err(kernel_error)?;
+    let dev = crate::netlink::find_link(&node, UNDERLAY_DEV).await?.ok_or_else(|| anyhow!("no {UNDERLAY_DEV} in the node"))?;
+    node.address().add(dev.header.index, std::net::IpAddr::V4(ip.addr), ip.prefix).execute().await.map_err(kernel_error)?;
+    node.link().set(LinkUnspec::new_with_index(dev.header.index).up().build()).execute().await.map_err(kernel_error)?;
+    Ok(())
+}
+
+/// `cnet down` for the lab. Returns false if no lab was up.
+pub async fn down(quiet: bool) -> Result<bool> {
+    let Some(state) = LabState::read()? else { return Ok(false) };
+    down_lab(&state).await?;
+    if !quiet {
+        println!("lab removed: stage {}, {} node(s); nothing of it is left", state.options.stage, state.nodes.len());
+    }
+    Ok(true)
+}
+
+async fn down_lab(state: &LabState) -> Result<()> {
+    let mut errors = Vec::new();
+    for index in state.nodes.iter().rev() {
+        let nsp = node_ns(*index);
+        if nsp.net.exists() && nsp.mnt.exists() {
+            // Undo the node's plan from inside, as on a real host (restores what it changed).
+            let mut cmd = Command::new("/proc/self/exe");
+            cmd.args(["down", "--host", "--quiet"]).stdout(Stdio::null()).stderr(Stdio::piped());
+            if ns::enter_node(&mut cmd, &nsp, None).is_ok() {
+                match cmd.output() {
+                    Ok(o) if !o.status.success() => errors.push(anyhow!("node{index}: {}", String::from_utf8_lossy(&o.stderr).trim())),
+                    Err(e) => errors.push(anyhow!("node{index}: {e}")),
+                    _ => {}
+                }
+            }
+        }
+        // Whatever still runs in the node (a demo server, a shell) goes with the VM.
+        for pid in crate::executor::processes_in(&nsp.mnt, "mnt").into_iter().chain(crate::executor::processes_in(&nsp.net, "net")) {
+            crate::executor::stop_process(pid);
+        }
+    }
+    // The switch's ports take the nodes' enp0s8 ends with them: one request for all.
+    if switch_ns().exists() {
+        match crate::netlink::Netlink::handle_at(&switch_ns()) {
+            Ok(h) => {
+                let mut msg = netlink_packet_route::link::LinkMessage::default();
+                msg.attributes.push(netlink_packet_route::link::LinkAttribute::Group(CNET_GROUP));
+                if let Err(e) = h.link().del_with_message(msg).execute().await {
+                    if crate::netlink::errno(&e) != Some(libc::ENODEV) {
+                        errors.push(kernel_error(e).context("cannot delete the switch's links"));
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    for index in &state.nodes {
+        let nsp = node_ns(*index);
+        for p in [&nsp.net, &nsp.uts, &nsp.mnt] {
+            if let Err(e) = ns::delete_ns_file(p) {
+                errors.push(e);
+            }
+        }
+        let _ = std::fs::remove_dir(nsp.net.parent().unwrap());
+    }
+    if let Err(e) = ns::delete_ns_file(&switch_ns()) {
+        errors.push(e);
+    }
+    let _ = std::fs::remove_dir(switch_ns().parent().unwrap());
+    let _ = std::fs::remove_dir(lab_dir());
+    if !errors.is_empty() {
+        return Err(anyhow!("{}", errors.iter().map(chain).collect::<Vec<_>>().join("; ")));
+    }
+    LabState::remove()
+}
+
+/// The lab's topology and one node of it, by name (`node1`, `2-single-node`, `1`).
+pub fn find_node(name: &str) -> Result<(LabState, u32)> {
+    let Some(state) = LabState::read()? else { bail!("no lab is up: start one with `cnet up <stage>`") };
+    let topo = Topology::new(state.options.clone())?;
+    let Some(n) = topo.find_node(name) else {
+        let names: Vec<_> = topo.nodes.iter().map(|n| format!("{} ({})", n.short_name(), n.hostname)).collect();
+        bail!("the lab has no node '{name}': it has {}", names.join(", "));
+    };
+    Ok((state, n.index))
+}
+
+/// A command that runs inside a lab node (and optionally one of its containers).
+pub fn command_in(target: &str, program: &str, args: &[String]) -> Result<Command> {
+    let (node, container) = match target.split_once('/') {
+        Some((n, c)) => (n, Some(c)),
+        None => (target, None),
+    };
+    let (state, index) = find_node(node)?;
+    if let Some(c) = container {
+        let topo = Topology::new(state.options.clone())?;
+        if !topo.node(index)?.containers.iter().any(|x| x.name == c) {
+            bail!("{node} has no container '{c}' (stage {} has {})", state.options.stage,
+                topo.node(index)?.containers.iter().map(|x| x.name.as_str()).take(5).collect::<Vec<_>>().join(", "));
+        }
+    }
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    ns::enter_node(&mut cmd, &node_ns(index), container)?;
+    Ok(cmd)
+}
+
+/// Run the same cnet subcommand inside every node and gather each one's JSON answer.
+pub fn in_every_node(args: &[&str]) -> Result<Vec<(u32, std::process::Output)>> {
+    let Some(state) = LabState::read()? else { bail!("no lab is up") };
+    let mut out = Vec::new();
+    for index in &state.nodes {
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.args(args);
+        ns::enter_node(&mut cmd, &node_ns(*index), None)?;
+        out.push((*index, cmd.output().with_context(|| format!("cannot run cnet inside node{index}"))?));
+    }
+    Ok(out)
+}
+
+pub fn is_up() -> bool {
+    Path::new(&run_dir().join("lab.json")).exists()
+}

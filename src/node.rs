@@ -1,0 +1,281 @@
+//! The node runner: builds (and removes) one node's part of a stage on the machine it runs
+//! on. On a real host this is `cnet up --host`; the lab runs this same code inside each of
+//! its VM-like nodes.
+
+use std::io::{BufRead, Write};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::executor;
+use crate::netlink::{addr_views, dump_addrs, dump_links, dump_routes, link_view, route_views, Netlink};
+use crate::plan::{node_plan, NodePlan, Step};
+use crate::state::{Done, NodeHeader, NodeJournal};
+use crate::topology::{Options, Stage, Topology, UNDERLAY_DEV};
+
+/// What the user asked of this node.
+#[derive(Clone, Debug)]
+pub struct NodeRequest {
+    pub options: Options,
+    pub node: u32,
+    pub underlay: Option<String>,
+    pub peers: Vec<Ipv4Addr>,
+    pub in_lab: bool,
+}
+
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// How steps are shown while they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace {
+    /// Print each step as it runs.
+    Run,
+    /// Show each step and wait for Enter first (the talk, live).
+    Step,
+    /// Print nothing per step (benchmarks, scale).
+    Quiet,
+}
+
+/// Resolve a request against this machine: the underlay device, this node's IP, the
+/// peers' IPs and the underlay MTU. Reads only.
+pub async fn resolve(req: &NodeRequest, nl: &Netlink) -> Result<(Topology, NodeHeader)> {
+    let mut topo = Topology::new(req.options.clone())?;
+    let me = topo.node(req.node)?.clone();
+    let links: Vec<_> = dump_links(&nl.node_handle()).await?.iter().map(link_view).collect();
+    let addrs = addr_views(&dump_addrs(&nl.node_handle()).await?);
+    let underlay = match &req.underlay {
+        Some(u) => {
+            if !links.iter().any(|l| &l.name == u) {
+                bail!("there is no interface {u} here: give the underlay interface with --underlay DEV");
+            }
+            Some(u.clone())
+        }
+        None => {
+            // The interface holding the node's talk address, else the talk's enp0s8.
+            let by_ip = addrs.iter().find(|a| a.addr.addr == me.ip.addr)
+                .and_then(|a| links.iter().find(|l| l.index == a.dev)).map(|l| l.name.clone());
+            by_ip.or_else(|| links.iter().find(|l| l.name == UNDERLAY_DEV).map(|l| l.name.clone()))
+        }
+    };
+    let node_ip = match &underlay {
+        Some(u) => {
+            let idx = links.iter().find(|l| &l.name == u).map(|l| l.index);
+            addrs.iter().find(|a| Some(a.dev) == idx).map(|a| a.addr.addr)
+        }
+        None => None,
+    };
+    if topo.stage().is_multi_node() {
+        let Some(u) = &underlay else {
+            bail!("no underlay interface: this node's address {} is on no interface and there is no {UNDERLAY_DEV}; give --underlay DEV", me.ip.addr)
+        };
+        let Some(ip) = node_ip else { bail!("the underlay interface {u} has no IPv4 address: give it the node's address first") };
+        topo.set_node_ip(req.node, ip);
+        let others: Vec<u32> = topo.peers_of(req.node).map(|n| n.index).collect();
+        if req.peers.len() > others.len() {
+            bail!("{} --peer addresses given, but this stage has only {} other node(s)", req.peers.len(), others.len());
+        }
+        for (i, ip) in others.iter().zip(&req.peers) {
+            topo.set_node_ip(*i, *ip);
+        }
+        if let Some(mtu) = links.iter().find(|l| &l.name == u).and_then(|l| l.mtu) {
+            topo.options.underlay_mtu = mtu;
+        }
+        for p in topo.peers_of(req.node) {
+            if p.ip.addr == ip {
+                bail!("node {}'s address {ip} is this node's own: give the other node's with --peer IP", p.index);
+            }
+        }
+    } else if let Some(ip) = node_ip {
+        topo.set_node_ip(req.node, ip);
+    }
+    let header = NodeHeader {
+        options: topo.options.clone(),
+        node: req.node,
+        underlay: underlay.clone().unwrap_or_default(),
+        node_ip: node_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        peers: topo.peers_of(req.node).map(|n| (n.index, n.ip.addr)).collect(),
+        netns_dir: PathBuf::from(NETNS_DIR),
+        in_lab: req.in_lab,
+    };
+    Ok((topo, header))
+}
+
+/// Rebuild the topology a journal header describes (addresses as resolved at `up`).
+pub fn topology_of(h: &NodeHeader) -> Result<Topology> {
+    let mut topo = Topology::new(h.options.clone())?;
+    if !h.node_ip.is_unspecified() {
+        topo.set_node_ip(h.node, h.node_ip);
+    }
+    for (i, ip) in &h.peers {
+        topo.set_node_ip(*i, *ip);
+    }
+    Ok(topo)
+}
+
+pub fn plan_of(h: &NodeHeader) -> Result<(Topology, NodePlan)> {
+    let topo = topology_of(h)?;
+    let plan = node_plan(&topo, topo.node(h.node)?, &h.underlay);
+    Ok((topo, plan))
+}
+
+/// Refuse, changing nothing, when anything the plan would create already exists.
+async fn check_conflicts(nl: &Netlink, plan: &NodePlan) -> Result<()> {
+    if let Some((h, _)) = NodeJournal::read()? {
+        bail!("stage {} is already up here: run `cnet down` first", h.options.stage);
+    }
+    let links: Vec<_> = dump_links(&nl.node_handle()).await?.iter().map(link_view).collect();
+    let routes = route_views(&dump_routes(&nl.node_handle()).await?);
+    for s in &plan.steps {
+        match &s.step {
+            Step::AddNetns { name } => {
+                if nl.netns_path(name).exists() {
+                    bail!("a network namespace named '{name}' already exists and is not cnet's: remove it (ip netns del {name}) or use another machine");
+                }
+            }
+            Step::AddVxlan { underlay, .. } if !links.iter().any(|l| &l.name == underlay) => {
+                bail!("the underlay interface {underlay} does not exist");
+            }
+            Step::AddRoute { netns: None, dst: Some(dst), .. } if routes.iter().any(|r| r.dst == Some(dst.trunc())) => {
+                bail!("a route to {dst} is already in this machine's table: cnet will not replace it");
+            }
+            _ => {}
+        }
+        if let Some(name) = s.step.created_link() {
+            if let Some(l) = links.iter().find(|l| l.name == name) {
+                let whose = match &l.alias {
+                    Some(a) if a.starts_with(crate::netlink::ALIAS_PREFIX) => "left by an earlier cnet run; `cnet down` removes it".to_string(),
+                    _ => "not cnet's".to_string(),
+                };
+                bail!("an interface named {name} already exists ({whose})");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn print_step(i: usize, total: usize, why: &str, command: &str) {
+    let w = total.to_string().len();
+    println!("[{:>w$}/{total}] {why}", i + 1);
+    println!("{:w$}    $ {command}", "", w = 2 * w + 1);
+}
+
+fn wait_for_enter() -> Result<()> {
+    print!("        (Enter to run it, q then Enter to stop) ");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if line.trim() == "q" {
+        bail!("stopped at your request");
+    }
+    Ok(())
+}
+
+/// `cnet up STAGE --host`: build this node, recording each step; on failure undo them all.
+pub async fn up(req: &NodeRequest, pace: Pace) -> Result<()> {
+    let mut nl = Netlink::here(&PathBuf::from(NETNS_DIR))?;
+    let (topo, header) = resolve(req, &nl).await?;
+    let plan = node_plan(&topo, topo.node(req.node)?, &header.underlay);
+    check_conflicts(&nl, &plan).await?;
+    crate::sys::ns::ensure_mount_dir(&PathBuf::from(NETNS_DIR), true)?;
+    let mut journal = NodeJournal::create(&header)?;
+    let stage = topo.stage().name();
+    let mut done: Vec<Done> = Vec::with_capacity(plan.steps.len());
+    let total = plan.steps.len();
+    for (i, s) in plan.steps.iter().enumerate() {
+        if pace != Pace::Quiet {
+            print_step(i, total, &s.why, &s.command);
+        }
+        let result = async {
+            if pace == Pace::Step {
+                wait_for_enter()?;
+            }
+            let d = executor::apply(&mut nl, i, &s.step, stage).await?;
+            journal.record(&d)?;
+            Ok::<_, anyhow::Error>(d)
+        }
+        .await;
+        match result {
+            Ok(d) => done.push(d),
+            Err(e) => {
+                let errors = executor::teardown(&mut nl, &plan, &done, stage).await;
+                let undo = if errors.is_empty() {
+                    NodeJournal::remove()?;
+                    "the steps already done were undone".to_string()
+                } else {
+                    format!("undoing the steps already done also failed ({}); run `cnet down`", join_errors(&errors))
+                };
+                return Err(anyhow!("step {} ({}) failed: {}; {undo}", i + 1, s.command, chain(&e)));
+            }
+        }
+    }
+    if pace != Pace::Quiet {
+        println!();
+        print_next_steps(&topo, req.node, req.in_lab);
+    }
+    Ok(())
+}
+
+/// `cnet down --host`. Returns false if nothing was up.
+pub async fn down(quiet: bool) -> Result<bool> {
+    let Some((header, done)) = NodeJournal::read()? else { return Ok(false) };
+    let (topo, plan) = plan_of(&header)?;
+    let mut nl = Netlink::here(&header.netns_dir)?;
+    let errors = executor::teardown(&mut nl, &plan, &done, topo.stage().name()).await;
+    if !errors.is_empty() {
+        bail!("could not remove everything: {}; fix that and run `cnet down` again", join_errors(&errors));
+    }
+    NodeJournal::remove()?;
+    if !quiet {
+        println!("{}: stage {} removed ({} steps undone)", hostname(), topo.stage(), done.len());
+    }
+    Ok(true)
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+pub fn chain(e: &anyhow::Error) -> String {
+    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+}
+
+fn join_errors(errors: &[anyhow::Error]) -> String {
+    errors.iter().map(chain).collect::<Vec<_>>().join("; ")
+}
+
+/// The talk's demo commands for the stage, to try next.
+pub fn print_next_steps(topo: &Topology, node: u32, in_lab: bool) {
+    let n = topo.node(node).expect("node exists");
+    let enter = if in_lab { format!("cnet shell {}   # then, inside the node:\n  ", n.short_name()) } else { String::new() };
+    println!("Try this next:");
+    match topo.stage() {
+        Stage::Namespace => {
+            println!("  {enter}ip netns exec con ping -c1 10.0.0.10");
+            println!("  ip netns exec con python3 -m http.server 8000 &");
+            println!("  curl 172.16.0.1:8000");
+        }
+        Stage::SingleNode => {
+            let c = &n.containers;
+            let second = c.get(1).unwrap_or(&c[0]);
+            println!("  {enter}ip netns exec {} ping -c1 {}    # TTL 64: same L2, nothing routed", c[0].name, second.addr.addr);
+            println!("  ping -c1 {}", c[0].addr.addr);
+            println!("  cnet test");
+        }
+        Stage::MultiNode | Stage::Overlay => {
+            let other = topo.peers_of(node).next().expect("a peer");
+            println!("  {enter}ip netns exec con1 ping -c1 {}    # TTL 62: both nodes route it", other.containers[0].addr.addr);
+            println!("  ping -c1 {}    # TTL 63", other.containers[0].addr.addr);
+            if topo.stage() == Stage::Overlay {
+                println!("  cnet capture {} enp0s8 -c 4   # on the other node: UDP carrying ICMP", other.short_name());
+            }
+            println!("  cnet test");
+        }
+    }
+}
+
+/// Read a container's state with a fresh handle (status, test).
+pub async fn container_snapshot(nl: &mut Netlink, name: &str) -> Result<crate::status::NsSnapshot> {
+    let h = nl.handle(Some(name)).with_context(|| format!("container {name}"))?;
+    crate::status::snapshot(&h).await
+}

@@ -1,0 +1,370 @@
+//! Plans: for one node of a stage, the ordered steps that build it — pure data.
+//!
+//! Each step carries the talk's explanation and prints as the equivalent iproute2/sysctl
+//! command, so `cnet up` reads like the talk's script and `cnet explain --format sh` is a
+//! script that builds the same thing.
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use serde::Serialize;
+
+use crate::topology::{Backend, Ipv4Net, Node, Stage, Topology, TUNNEL_PORT, UNDERLAY_DEV, VXLAN_PORT, VXLAN_VNI};
+
+/// Where a step runs: the node itself, or inside one of its containers (a named netns).
+pub type Netns = Option<String>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Step {
+    AddNetns { name: String },
+    /// A veth pair whose peer is created straight inside `peer_netns`.
+    AddVeth { name: String, peer: String, peer_netns: String },
+    AddBridge { name: String },
+    /// A persistent TUN device, attached to later by the tunnel process.
+    AddTun { name: String },
+    AddVxlan { name: String, vni: u32, local: Ipv4Addr, underlay: String, port: u16 },
+    SetMaster { dev: String, master: String },
+    SetMtu { dev: String, mtu: u32 },
+    AddAddr { netns: Netns, dev: String, addr: Ipv4Net },
+    LinkUp { netns: Netns, dev: String },
+    /// `dst: None` is the default route.
+    AddRoute { netns: Netns, dst: Option<Ipv4Net>, via: Option<Ipv4Addr>, dev: String, onlink: bool },
+    /// A VXLAN forwarding entry: flood unknown and broadcast frames to this peer too.
+    AddFdb { dev: String, dst: Ipv4Addr },
+    Sysctl { key: String, value: String },
+    StartTunnel { dev: String, local: SocketAddrV4, peers: Vec<(SocketAddrV4, Ipv4Net)> },
+}
+
+/// A step and the talk's words for it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlannedStep {
+    #[serde(flatten)]
+    pub step: Step,
+    pub why: String,
+    pub command: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NodePlan {
+    pub node: u32,
+    pub hostname: String,
+    pub steps: Vec<PlannedStep>,
+}
+
+fn ns_prefix(netns: &Netns) -> String {
+    match netns {
+        Some(n) => format!("-n {n} "),
+        None => String::new(),
+    }
+}
+
+impl Step {
+    /// The equivalent iproute2 / sysctl command (what the talk's scripts ran).
+    pub fn command(&self) -> String {
+        match self {
+            Step::AddNetns { name } => format!("ip netns add {name}"),
+            Step::AddVeth { name, peer, peer_netns } => {
+                format!("ip link add {name} type veth peer name {peer} netns {peer_netns}")
+            }
+            Step::AddBridge { name } => format!("ip link add {name} type bridge"),
+            Step::AddTun { name } => format!("ip tuntap add dev {name} mode tun"),
+            Step::AddVxlan { name, vni, local, underlay, port } => format!(
+                "ip link add {name} type vxlan id {vni} local {local} dev {underlay} dstport {port} nolearning"
+            ),
+            Step::SetMaster { dev, master } => format!("ip link set {dev} master {master}"),
+            Step::SetMtu { dev, mtu } => format!("ip link set {dev} mtu {mtu}"),
+            Step::AddAddr { netns, dev, addr } => format!("ip {}addr add {addr} dev {dev}", ns_prefix(netns)),
+            Step::LinkUp { netns, dev } => format!("ip {}link set {dev} up", ns_prefix(netns)),
+            Step::AddRoute { netns, dst, via, dev, onlink } => {
+                let mut s = format!("ip {}route add ", ns_prefix(netns));
+                match dst {
+                    Some(d) => write!(s, "{d}").unwrap(),
+                    None => s.push_str("default"),
+                }
+                if let Some(v) = via {
+                    write!(s, " via {v}").unwrap();
+                }
+                write!(s, " dev {dev}").unwrap();
+                if *onlink {
+                    s.push_str(" onlink");
+                }
+                s
+            }
+            Step::AddFdb { dev, dst } => format!("bridge fdb append 00:00:00:00:00:00 dev {dev} dst {dst}"),
+            Step::Sysctl { key, value } => format!("sysctl -w {key}={value}"),
+            Step::StartTunnel { dev, local, peers } => {
+                let mut s = format!("cnet tunnel --dev {dev} --local {local}");
+                for (addr, net) in peers {
+                    write!(s, " --peer {addr}={net}").unwrap();
+                }
+                s.push_str(" &");
+                s
+            }
+        }
+    }
+
+    /// Links this step creates on the node (deleted by `down`).
+    pub fn created_link(&self) -> Option<&str> {
+        match self {
+            Step::AddVeth { name, .. } | Step::AddBridge { name } | Step::AddTun { name } | Step::AddVxlan { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+}
+
+struct Builder {
+    steps: Vec<PlannedStep>,
+}
+
+impl Builder {
+    fn push(&mut self, step: Step, why: impl Into<String>) {
+        let command = step.command();
+        self.steps.push(PlannedStep { step, why: why.into(), command });
+    }
+}
+
+/// The steps that build node `node` of `topo`. `underlay` is the node's underlay device
+/// (`enp0s8` in the lab); other nodes are reached at their `ip` in `topo`.
+pub fn node_plan(topo: &Topology, node: &Node, underlay: &str) -> NodePlan {
+    let mut b = Builder { steps: Vec::new() };
+    match topo.stage() {
+        Stage::Namespace => namespace_steps(&mut b, node),
+        stage => {
+            bridge_steps(&mut b, node);
+            if stage.is_multi_node() {
+                multi_node_steps(&mut b, topo, node, underlay);
+            }
+        }
+    }
+    NodePlan { node: node.index, hostname: node.hostname.clone(), steps: b.steps }
+}
+
+/// Stage 1 (TALK.md steps 1-9).
+fn namespace_steps(b: &mut Builder, node: &Node) {
+    let c = &node.containers[0];
+    let con = Some(c.name.clone());
+    b.push(Step::AddNetns { name: c.name.clone() },
+        format!("Create the network namespace '{}': a new, empty instance of the kernel's network stack.", c.name));
+    b.push(Step::AddVeth { name: c.host_veth.clone(), peer: c.veth.clone(), peer_netns: c.name.clone() },
+        format!("Create the veth pair {}/{} — an Ethernet cable with a NIC at each end — with {} straight inside '{}' (the talk creates it, then moves it: same result, one step).",
+            c.host_veth, c.veth, c.veth, c.name));
+    b.push(Step::AddAddr { netns: con.clone(), dev: c.veth.clone(), addr: c.addr },
+        format!("Give {} the address {} (a /32: the talk gives no prefix).", c.veth, c.addr.addr));
+    b.push(Step::LinkUp { netns: con.clone(), dev: c.veth.clone() }, format!("Bring {} up inside '{}'.", c.veth, c.name));
+    b.push(Step::LinkUp { netns: None, dev: c.host_veth.clone() }, format!("Bring {} up on the node.", c.host_veth));
+    b.push(Step::LinkUp { netns: con.clone(), dev: "lo".into() }, format!("Bring lo up inside '{}'.", c.name));
+    b.push(Step::AddRoute { netns: None, dst: Some(c.addr), via: None, dev: c.host_veth.clone(), onlink: false },
+        format!("On the node: a directly connected route to the container, {} dev {}.", c.addr, c.host_veth));
+    b.push(Step::AddRoute { netns: con, dst: None, via: Some(c.addr.addr), dev: c.veth.clone(), onlink: false },
+        format!("In '{}': the default route out of the container, via {} dev {}.", c.name, c.addr.addr, c.veth));
+}
+
+/// Stage 2, and the base of every node in stages 3 and 4 (TALK.md steps 1-11).
+fn bridge_steps(b: &mut Builder, node: &Node) {
+    let bridge = node.bridge.expect("stages 2-4 have a bridge");
+    for c in &node.containers {
+        b.push(Step::AddNetns { name: c.name.clone() }, format!("Create the network namespace '{}'.", c.name));
+    }
+    for c in &node.containers {
+        b.push(Step::AddVeth { name: c.host_veth.clone(), peer: c.veth.clone(), peer_netns: c.name.clone() },
+            format!("Create the veth pair {}/{} with {} straight inside '{}' (the talk creates, then moves it).",
+                c.host_veth, c.veth, c.veth, c.name));
+    }
+    for c in &node.containers {
+        b.push(Step::AddAddr { netns: Some(c.name.clone()), dev: c.veth.clone(), addr: c.addr },
+            format!("Give '{}' the address {} on {}.", c.name, c.addr, c.veth));
+    }
+    for c in &node.containers {
+        b.push(Step::LinkUp { netns: Some(c.name.clone()), dev: c.veth.clone() }, format!("Bring {} up inside '{}'.", c.veth, c.name));
+    }
+    b.push(Step::AddBridge { name: "br0".into() },
+        "Create the bridge br0: a virtual Ethernet switch in the kernel (Docker's docker0).");
+    for c in &node.containers {
+        b.push(Step::SetMaster { dev: c.host_veth.clone(), master: "br0".into() }, format!("Plug {} into br0.", c.host_veth));
+    }
+    b.push(Step::AddAddr { netns: None, dev: "br0".into(), addr: bridge },
+        format!("Give br0 the address {bridge}: the node can now reach its containers (this installs the connected route {} dev br0).", bridge.trunc()));
+    b.push(Step::LinkUp { netns: None, dev: "br0".into() }, "Bring br0 up.");
+    for c in &node.containers {
+        b.push(Step::LinkUp { netns: None, dev: c.host_veth.clone() }, format!("Bring {} up.", c.host_veth));
+    }
+    for c in &node.containers {
+        b.push(Step::LinkUp { netns: Some(c.name.clone()), dev: "lo".into() }, format!("Bring lo up inside '{}'.", c.name));
+    }
+    for c in &node.containers {
+        b.push(Step::AddRoute { netns: Some(c.name.clone()), dst: None, via: Some(bridge.addr), dev: c.veth.clone(), onlink: false },
+            format!("In '{}': default via {} (the bridge), the way out of the container.", c.name, bridge.addr));
+    }
+}
+
+/// Stages 3 and 4: join this node's pod subnet to the others'.
+fn multi_node_steps(b: &mut Builder, topo: &Topology, node: &Node, underlay: &str) {
+    let peers: Vec<(&Node, Ipv4Addr)> = topo.peers_of(node.index).map(|p| (p, p.ip.addr)).collect();
+    match (topo.stage(), topo.options.backend) {
+        (Stage::MultiNode, _) => {
+            for (p, ip) in &peers {
+                b.push(Step::AddRoute { netns: None, dst: Some(p.pod_net), via: Some(*ip), dev: underlay.into(), onlink: false },
+                    format!("A static route to node {}'s pod subnet {} through that node ({ip}): it works because the nodes share one L2 network (flannel host-gw).",
+                        p.index, p.pod_net));
+            }
+            ip_forward(b);
+        }
+        (Stage::Overlay, Backend::Udp) => {
+            ip_forward(b);
+            let tun = node.tun_addr();
+            let mtu = topo.tun_mtu();
+            b.push(Step::AddTun { name: "tun0".into() },
+                "Create the TUN device tun0: an interface backed by a user-space process, which reads the raw IP packets routed into it.");
+            b.push(Step::AddAddr { netns: None, dev: "tun0".into(), addr: tun },
+                format!("Give tun0 {tun}: the /16 installs {} dev tun0, which catches every other node's pod subnet (the more specific {} dev br0 keeps ours on the bridge).",
+                    tun.trunc(), node.pod_net));
+            b.push(Step::SetMtu { dev: "tun0".into(), mtu },
+                format!("Lower tun0's MTU to {mtu} = underlay {} - 28 (20 outer IPv4 + 8 UDP), so an encapsulated packet fits without fragmenting (the talk's 1492 forgot the IPv4 header).",
+                    topo.options.underlay_mtu));
+            b.push(Step::LinkUp { netns: None, dev: "tun0".into() }, "Bring tun0 up.");
+            let local = SocketAddrV4::new(node.ip.addr, TUNNEL_PORT);
+            let tunnel_peers = peers.iter().map(|(p, ip)| (SocketAddrV4::new(*ip, TUNNEL_PORT), p.pod_net)).collect();
+            b.push(Step::StartTunnel { dev: "tun0".into(), local, peers: tunnel_peers },
+                format!("Start the tunnel: every packet read from tun0 goes as one UDP datagram from {local} to the node owning its destination, and every datagram received goes back into tun0 (the talk's socat)."));
+            rp_filter(b, underlay, "tun0");
+        }
+        (Stage::Overlay, Backend::Vxlan) => {
+            ip_forward(b);
+            let tun = node.tun_addr();
+            b.push(Step::AddVxlan { name: "vxlan0".into(), vni: VXLAN_VNI, local: node.ip.addr, underlay: underlay.into(), port: VXLAN_PORT },
+                "Create the kernel's VXLAN device vxlan0 (flannel's vxlan backend): the overlay done in the kernel, Ethernet frames in UDP.");
+            for (_, ip) in &peers {
+                b.push(Step::AddFdb { dev: "vxlan0".into(), dst: *ip }, format!("Send vxlan0's broadcast and unknown frames (ARP) to {ip} too."));
+            }
+            b.push(Step::AddAddr { netns: None, dev: "vxlan0".into(), addr: tun }, format!("Give vxlan0 {tun}, this node's end of the overlay."));
+            b.push(Step::LinkUp { netns: None, dev: "vxlan0".into() }, "Bring vxlan0 up.");
+            for (p, _) in &peers {
+                let gw = p.tun_addr().addr;
+                b.push(Step::AddRoute { netns: None, dst: Some(p.pod_net), via: Some(gw), dev: "vxlan0".into(), onlink: true },
+                    format!("Node {}'s pod subnet {} through its overlay address {gw} on vxlan0.", p.index, p.pod_net));
+            }
+            rp_filter(b, underlay, "vxlan0");
+        }
+        (s, _) => unreachable!("stage {s} is not multi-node"),
+    }
+}
+
+fn ip_forward(b: &mut Builder) {
+    b.push(Step::Sysctl { key: "net.ipv4.ip_forward".into(), value: "1".into() },
+        "Turn on IP forwarding: the node becomes a router for its containers' packets.");
+}
+
+fn rp_filter(b: &mut Builder, underlay: &str, overlay: &str) {
+    for dev in ["all", underlay, "br0", overlay] {
+        b.push(Step::Sysctl { key: format!("net.ipv4.conf.{dev}.rp_filter"), value: "0".into() },
+            format!("Turn off reverse-path filtering on {dev}: a container's packet to another node's IP leaves on {underlay}, but the reply's route back points into {overlay}; a strict check would drop it."));
+    }
+}
+
+/// The underlay device a plan uses when none is given: the lab's (and the talk's VMs') enp0s8.
+pub fn default_underlay() -> &'static str {
+    UNDERLAY_DEV
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::Options;
+
+    fn plan(stage: Stage, node: u32) -> NodePlan {
+        let t = Topology::new(Options::new(stage)).unwrap();
+        node_plan(&t, t.node(node).unwrap(), UNDERLAY_DEV)
+    }
+    fn commands(p: &NodePlan) -> Vec<String> {
+        p.steps.iter().map(|s| s.command.clone()).collect()
+    }
+
+    #[test]
+    fn stage1_plan_is_the_talks_script() {
+        let p = plan(Stage::Namespace, 1);
+        assert_eq!(commands(&p), vec![
+            "ip netns add con",
+            "ip link add veth1 type veth peer name veth2 netns con",
+            "ip -n con addr add 172.16.0.1/32 dev veth2",
+            "ip -n con link set veth2 up",
+            "ip link set veth1 up",
+            "ip -n con link set lo up",
+            "ip route add 172.16.0.1/32 dev veth1",
+            "ip -n con route add default via 172.16.0.1 dev veth2",
+        ]);
+        assert!(p.steps[1].why.contains("Ethernet cable"));
+        assert!(p.steps.iter().all(|s| !s.why.is_empty()));
+    }
+
+    #[test]
+    fn stage2_plan_is_the_talks_script() {
+        let p = plan(Stage::SingleNode, 1);
+        assert_eq!(commands(&p), vec![
+            "ip netns add con1",
+            "ip netns add con2",
+            "ip link add veth10 type veth peer name veth11 netns con1",
+            "ip link add veth20 type veth peer name veth21 netns con2",
+            "ip -n con1 addr add 172.16.0.2/24 dev veth11",
+            "ip -n con2 addr add 172.16.0.3/24 dev veth21",
+            "ip -n con1 link set veth11 up",
+            "ip -n con2 link set veth21 up",
+            "ip link add br0 type bridge",
+            "ip link set veth10 master br0",
+            "ip link set veth20 master br0",
+            "ip addr add 172.16.0.1/24 dev br0",
+            "ip link set br0 up",
+            "ip link set veth10 up",
+            "ip link set veth20 up",
+            "ip -n con1 link set lo up",
+            "ip -n con2 link set lo up",
+            "ip -n con1 route add default via 172.16.0.1 dev veth11",
+            "ip -n con2 route add default via 172.16.0.1 dev veth21",
+        ]);
+        assert!(p.steps[8].why.contains("switch"));
+    }
+
+    #[test]
+    fn stage3_adds_static_route_and_forwarding() {
+        let p1 = commands(&plan(Stage::MultiNode, 1));
+        assert!(p1.contains(&"ip route add 172.16.1.0/24 via 10.0.0.20 dev enp0s8".to_string()));
+        assert_eq!(p1.last().unwrap(), "sysctl -w net.ipv4.ip_forward=1");
+        let p2 = commands(&plan(Stage::MultiNode, 2));
+        assert!(p2.contains(&"ip route add 172.16.0.0/24 via 10.0.0.10 dev enp0s8".to_string()));
+        assert!(p2.contains(&"ip addr add 172.16.1.1/24 dev br0".to_string()));
+    }
+
+    #[test]
+    fn stage4_tunnel_mtu_and_rp_filter() {
+        let p = plan(Stage::Overlay, 1);
+        let c = commands(&p);
+        assert!(c.contains(&"ip addr add 172.16.0.100/16 dev tun0".to_string()));
+        assert!(c.contains(&"ip link set tun0 mtu 1472".to_string()));
+        assert!(c.contains(&"cnet tunnel --dev tun0 --local 10.0.0.10:9000 --peer 10.0.0.20:9000=172.16.1.0/24 &".to_string()));
+        for dev in ["all", "enp0s8", "br0", "tun0"] {
+            assert!(c.contains(&format!("sysctl -w net.ipv4.conf.{dev}.rp_filter=0")), "{dev}");
+        }
+        let mtu = p.steps.iter().find(|s| s.command.contains("mtu")).unwrap();
+        assert!(mtu.why.contains("1492") && mtu.why.contains("28"), "{}", mtu.why);
+        assert!(!c.iter().any(|c| c.contains("via 10.0.0.20")), "no static routes in stage 4");
+    }
+
+    #[test]
+    fn stage4_vxlan_backend() {
+        let mut o = Options::new(Stage::Overlay);
+        o.backend = Backend::Vxlan;
+        let t = Topology::new(o).unwrap();
+        let c = commands(&node_plan(&t, t.node(2).unwrap(), "enp0s8"));
+        assert!(c.contains(&"ip link add vxlan0 type vxlan id 1 local 10.0.0.20 dev enp0s8 dstport 4789 nolearning".to_string()));
+        assert!(c.contains(&"bridge fdb append 00:00:00:00:00:00 dev vxlan0 dst 10.0.0.10".to_string()));
+        assert!(c.contains(&"ip route add 172.16.0.0/24 via 172.16.0.100 dev vxlan0 onlink".to_string()));
+    }
+
+    #[test]
+    fn peer_override() {
+        let mut t = Topology::new(Options::new(Stage::MultiNode)).unwrap();
+        t.set_node_ip(2, Ipv4Addr::new(192, 168, 56, 11));
+        let p = node_plan(&t, t.node(1).unwrap(), "eth1");
+        assert!(commands(&p).contains(&"ip route add 172.16.1.0/24 via 192.168.56.11 dev eth1".to_string()));
+    }
+}

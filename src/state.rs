@@ -1,0 +1,168 @@
+//! What cnet built and how to undo it, recorded under /run/cnet (a tmpfs: gone at reboot,
+//! as everything cnet builds is).
+//!
+//! A node's record is a journal: a header line (the options it was built with), then one
+//! line per finished step, appended as it finishes. Appending keeps the cost per step
+//! constant (1000 containers are ~10,000 steps), and a killed `up` leaves a journal that
+//! `down` can still undo exactly: a torn last line is ignored. The lab's record is one small
+//! JSON file, written to a temporary name and renamed.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::topology::Options;
+
+pub const RUN_DIR: &str = "/run/cnet";
+
+pub fn run_dir() -> PathBuf {
+    PathBuf::from(RUN_DIR)
+}
+
+/// Who built a node and with what: enough to recompute its plan.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NodeHeader {
+    pub options: Options,
+    pub node: u32,
+    pub underlay: String,
+    pub node_ip: Ipv4Addr,
+    /// Peers' underlay addresses by node index (from `--peer`, or the talk's defaults).
+    pub peers: Vec<(u32, Ipv4Addr)>,
+    /// Directory holding the containers' namespace files (/run/netns).
+    pub netns_dir: PathBuf,
+    /// True when run by the lab inside one of its nodes, false on a real host.
+    pub in_lab: bool,
+}
+
+/// One finished step and what is needed to undo it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct Done {
+    pub step: usize,
+    /// A sysctl's value before cnet changed it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub old: Option<String>,
+    /// A background process cnet started (the tunnel).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pid: Option<u32>,
+}
+
+pub struct NodeJournal {
+    path: PathBuf,
+    file: File,
+}
+
+pub fn node_journal_path() -> PathBuf {
+    run_dir().join("node.jsonl")
+}
+
+impl NodeJournal {
+    /// Start a new journal; fails if one exists (a stage is already up).
+    pub fn create(header: &NodeHeader) -> Result<NodeJournal> {
+        let path = node_journal_path();
+        fs::create_dir_all(run_dir()).with_context(|| format!("cannot create {RUN_DIR}"))?;
+        let tmp = path.with_extension("tmp");
+        let mut f = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        writeln!(f, "{}", serde_json::to_string(header)?)?;
+        fs::rename(&tmp, &path)?;
+        let file = OpenOptions::new().append(true).open(&path)?;
+        Ok(NodeJournal { path, file })
+    }
+
+    pub fn record(&mut self, done: &Done) -> Result<()> {
+        let mut line = serde_json::to_vec(done)?;
+        line.push(b'\n');
+        // One write of one line: a crash leaves at worst a torn last line.
+        self.file.write_all(&line).with_context(|| format!("cannot record a step in {}", self.path.display()))
+    }
+
+    /// The header and the steps done so far, or None if nothing is up.
+    pub fn read() -> Result<Option<(NodeHeader, Vec<Done>)>> {
+        let path = node_journal_path();
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let mut lines = BufReader::new(f).lines();
+        let Some(first) = lines.next() else { return Ok(None) };
+        let header: NodeHeader = serde_json::from_str(&first?)
+            .with_context(|| format!("{} is not a cnet state record; remove it if nothing is up", path.display()))?;
+        let mut done = Vec::new();
+        for line in lines {
+            match serde_json::from_str::<Done>(&line?) {
+                Ok(d) => done.push(d),
+                Err(_) => break, // a torn last line from a killed `up`
+            }
+        }
+        Ok(Some((header, done)))
+    }
+
+    pub fn remove() -> Result<()> {
+        remove_if_exists(&node_journal_path())
+    }
+}
+
+pub fn remove_if_exists(p: &Path) -> Result<()> {
+    match fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", p.display())),
+    }
+}
+
+/// The lab: which VM-like nodes exist and where their namespaces are persisted.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LabState {
+    pub options: Options,
+    /// Node indexes whose namespaces were created (so far).
+    pub nodes: Vec<u32>,
+    /// True once every node's plan has been applied.
+    pub complete: bool,
+}
+
+pub fn lab_dir() -> PathBuf {
+    run_dir().join("lab")
+}
+
+fn lab_state_path() -> PathBuf {
+    run_dir().join("lab.json")
+}
+
+impl LabState {
+    pub fn read() -> Result<Option<LabState>> {
+        let p = lab_state_path();
+        match fs::read(&p) {
+            Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| format!("{} is not a cnet lab record", p.display()))?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+        }
+    }
+
+    pub fn write(&self) -> Result<()> {
+        let p = lab_state_path();
+        let tmp = p.with_extension("tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(self)?).with_context(|| format!("cannot write {}", tmp.display()))?;
+        fs::rename(&tmp, &p).with_context(|| format!("cannot write {}", p.display()))
+    }
+
+    pub fn remove() -> Result<()> {
+        remove_if_exists(&lab_state_path())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn done_lines_are_compact() {
+        let d = Done { step: 3, old: Some("0".into()), pid: None };
+        assert_eq!(serde_json::to_string(&d).unwrap(), r#"{"step":3,"old":"0"}"#);
+        let back: Done = serde_json::from_str(r#"{"step":7}"#).unwrap();
+        assert_eq!(back, Done { step: 7, ..Default::default() });
+    }
+}

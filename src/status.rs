@@ -1,0 +1,242 @@
+//! `cnet status`: what is up, read back from the kernel, and whether it matches the plan.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+use rtnetlink::Handle;
+use serde::{Deserialize, Serialize};
+
+use crate::executor::{is_cnet_process, read_sysctl, tunnel_stats_path};
+use crate::netlink::{addr_views, dump_addrs, dump_links, dump_routes, link_view, route_views, Netlink};
+use crate::plan::Step;
+use crate::state::NodeJournal;
+use crate::topology::Ipv4Net;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LinkState {
+    pub name: String,
+    pub kind: Option<String>,
+    pub state: String,
+    pub up: bool,
+    pub master: Option<String>,
+    pub mtu: Option<u32>,
+    pub alias: Option<String>,
+    pub addrs: Vec<Ipv4Net>,
+    #[serde(skip)]
+    pub index: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RouteState {
+    pub dst: String,
+    pub via: Option<Ipv4Addr>,
+    pub dev: Option<String>,
+}
+
+impl std::fmt::Display for RouteState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.dst)?;
+        if let Some(v) = self.via {
+            write!(f, " via {v}")?;
+        }
+        if let Some(d) = &self.dev {
+            write!(f, " dev {d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One network namespace as the kernel reports it.
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct NsSnapshot {
+    pub links: Vec<LinkState>,
+    pub routes: Vec<RouteState>,
+}
+
+impl NsSnapshot {
+    fn link(&self, name: &str) -> Option<&LinkState> {
+        self.links.iter().find(|l| l.name == name)
+    }
+}
+
+pub async fn snapshot(h: &Handle) -> Result<NsSnapshot> {
+    let links: Vec<_> = dump_links(h).await?.iter().map(link_view).collect();
+    let addrs = addr_views(&dump_addrs(h).await?);
+    let routes = route_views(&dump_routes(h).await?);
+    let name_of = |i: u32| links.iter().find(|l| l.index == i).map(|l| l.name.clone());
+    Ok(NsSnapshot {
+        links: links
+            .iter()
+            .map(|l| LinkState {
+                name: l.name.clone(),
+                kind: l.kind.clone(),
+                state: l.oper.clone(),
+                up: l.up,
+                master: l.master.and_then(name_of),
+                mtu: l.mtu,
+                alias: l.alias.clone(),
+                addrs: addrs.iter().filter(|a| a.dev == l.index).map(|a| a.addr).collect(),
+                index: l.index,
+            })
+            .collect(),
+        routes: routes
+            .iter()
+            .map(|r| RouteState { dst: r.dst.map_or("default".into(), |d| d.to_string()), via: r.via, dev: r.dev.and_then(name_of) })
+            .collect(),
+    })
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node: u32,
+    pub hostname: String,
+    pub stage: String,
+    pub namespaces: Vec<String>,
+    pub links: Vec<LinkState>,
+    pub routes: Vec<RouteState>,
+    pub containers: BTreeMap<String, NsSnapshot>,
+    /// Plan steps whose effect is in the kernel, of those that can be read back.
+    pub verified: usize,
+    pub checked: usize,
+    /// The commands whose effect is missing.
+    pub missing: Vec<String>,
+    pub tunnel: Option<serde_json::Value>,
+}
+
+/// Read this node back. None when nothing is up.
+pub async fn node_status() -> Result<Option<NodeStatus>> {
+    let Some((header, done)) = NodeJournal::read()? else { return Ok(None) };
+    let (topo, plan) = crate::node::plan_of(&header)?;
+    let mut nl = Netlink::here(&header.netns_dir)?;
+    let node_snap = snapshot(&nl.node_handle()).await?;
+    let mut namespaces: Vec<String> = std::fs::read_dir(&header.netns_dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect())
+        .unwrap_or_default();
+    namespaces.sort();
+    let mut containers = BTreeMap::new();
+    for c in &topo.node(header.node)?.containers {
+        if nl.netns_path(&c.name).exists() {
+            if let Ok(s) = crate::node::container_snapshot(&mut nl, &c.name).await {
+                containers.insert(c.name.clone(), s);
+            }
+        }
+    }
+    let mut verified = 0;
+    let mut checked = 0;
+    let mut missing = Vec::new();
+    let mut tunnel = None;
+    for s in &plan.steps {
+        let snap = |netns: &Option<String>| match netns {
+            None => Some(&node_snap),
+            Some(n) => containers.get(n),
+        };
+        let ok = match &s.step {
+            Step::AddNetns { name } => Some(nl.netns_path(name).exists()),
+            Step::AddVeth { name, .. } | Step::AddBridge { name } | Step::AddTun { name } | Step::AddVxlan { name, .. } => {
+                Some(node_snap.link(name).is_some())
+            }
+            Step::SetMaster { dev, master } => Some(node_snap.link(dev).and_then(|l| l.master.as_deref()) == Some(master)),
+            Step::SetMtu { dev, mtu } => Some(node_snap.link(dev).and_then(|l| l.mtu) == Some(*mtu)),
+            Step::AddAddr { netns, dev, addr } => Some(snap(netns).and_then(|s| s.link(dev)).is_some_and(|l| l.addrs.contains(addr))),
+            Step::LinkUp { netns, dev } => Some(snap(netns).and_then(|s| s.link(dev)).is_some_and(|l| l.up)),
+            Step::AddRoute { netns, dst, via, dev, .. } => {
+                let want = dst.map_or("default".to_string(), |d| d.trunc().to_string());
+                Some(snap(netns).is_some_and(|s| s.routes.iter().any(|r| r.dst == want && r.via == *via && r.dev.as_deref() == Some(dev))))
+            }
+            // The bridge FDB is not part of the snapshot; the checks prove it.
+            Step::AddFdb { .. } => None,
+            Step::Sysctl { key, value } => Some(read_sysctl(key).ok().as_deref() == Some(value.as_str())),
+            Step::StartTunnel { .. } => {
+                let pid = done.iter().find_map(|d| d.pid);
+                tunnel = std::fs::read(tunnel_stats_path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+                Some(pid.is_some_and(|p| is_cnet_process(p, "tunnel")))
+            }
+        };
+        if let Some(ok) = ok {
+            checked += 1;
+            if ok { verified += 1 } else { missing.push(s.command.clone()) }
+        }
+    }
+    Ok(Some(NodeStatus {
+        node: header.node,
+        hostname: crate::node::hostname(),
+        stage: topo.stage().name().to_string(),
+        namespaces,
+        links: node_snap.links,
+        routes: node_snap.routes,
+        containers,
+        verified,
+        checked,
+        missing,
+        tunnel,
+    }))
+}
+
+fn link_line(l: &LinkState) -> String {
+    let mut s = format!("{:<10} {:<7} {:<5}", l.name, l.kind.as_deref().unwrap_or("-"), if l.up { l.state.as_str() } else { "down" });
+    if let Some(m) = &l.master {
+        s.push_str(&format!(" master {m}"));
+    }
+    if let Some(mtu) = l.mtu {
+        if mtu != 1500 && l.name != "lo" {
+            s.push_str(&format!(" mtu {mtu}"));
+        }
+    }
+    for a in &l.addrs {
+        s.push_str(&format!(" {a}"));
+    }
+    s
+}
+
+pub fn print(st: &NodeStatus) {
+    let verdict = if st.missing.is_empty() {
+        format!("matches the plan ({}/{} steps verified)", st.verified, st.checked)
+    } else {
+        format!("DIFFERS from the plan: {} of {} steps missing", st.missing.len(), st.checked)
+    };
+    println!("node{} ({}): stage {}, {verdict}", st.node, st.hostname, st.stage);
+    for m in &st.missing {
+        println!("  missing: {m}");
+    }
+    println!("  namespaces: {}", if st.namespaces.is_empty() { "-".into() } else { st.namespaces.join(" ") });
+    println!("  links:");
+    for l in &st.links {
+        println!("    {}", link_line(l));
+    }
+    println!("  routes:");
+    for r in &st.routes {
+        println!("    {r}");
+    }
+    for (name, c) in &st.containers {
+        println!("  {name}:");
+        for l in c.links.iter().filter(|l| l.name != "lo" || !l.up) {
+            println!("    {}", link_line(l));
+        }
+        for r in &c.routes {
+            println!("    route {r}");
+        }
+    }
+    if let Some(t) = &st.tunnel {
+        println!("  tunnel: {}", tunnel_line(t));
+    }
+}
+
+/// The tunnel's counters on one line: its data path, then each non-zero counter.
+pub fn tunnel_line(t: &serde_json::Value) -> String {
+    let mut parts = Vec::new();
+    fn walk(prefix: &str, v: &serde_json::Value, parts: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&key, v, parts);
+                }
+            }
+            serde_json::Value::Number(n) if n.as_u64() == Some(0) => {}
+            other => parts.push(format!("{prefix}={}", other.to_string().trim_matches('"'))),
+        }
+    }
+    walk("", t, &mut parts);
+    parts.join(" ")
+}

@@ -1,0 +1,239 @@
+//! Namespaces: create, persist, enter, delete. The only place that calls unshare/setns/mount.
+//!
+//! Why threads: a network namespace can be entered per thread, so a short-lived thread
+//! unshares (or setns) and opens whatever socket it needs there; the socket stays bound to
+//! that namespace after the thread is gone. A mount namespace can only be entered by a
+//! single-threaded process, so lab nodes are entered from a freshly forked child
+//! (`Command::pre_exec`), never from the async runtime.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+
+/// Run `f` on a fresh thread that has entered the network namespace at `netns`.
+pub fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let file = File::open(netns).with_context(|| format!("cannot open network namespace {}", netns.display()))?;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("cannot enter network namespace {}", netns.display()))?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("a namespace thread panicked"))?
+    })
+}
+
+/// Create a new network namespace persisted at `path` (as `ip netns add` does), and run `f`
+/// inside it before returning. Fails with EEXIST if `path` already exists.
+pub fn create_netns<T: Send>(path: &Path, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            // The file the namespace is bound onto; O_EXCL makes an existing name a conflict.
+            OpenOptions::new().write(true).create_new(true).mode(0o444).open(path)?;
+            let made = (|| -> Result<()> {
+                unshare(CloneFlags::CLONE_NEWNET)?;
+                mount(Some("/proc/thread-self/ns/net"), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
+                Ok(())
+            })();
+            if let Err(e) = made {
+                let _ = fs::remove_file(path);
+                return Err(e);
+            }
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("a namespace thread panicked"))?
+    })
+}
+
+/// Remove a persisted namespace file (any kind): unmount, then unlink. Already gone is fine.
+pub fn delete_ns_file(path: &Path) -> Result<()> {
+    match umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot unmount {}", path.display())),
+    }
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
+}
+
+/// The namespace identity of a persisted file or /proc/PID/ns/X (device, inode).
+pub fn ns_id(path: &Path) -> Option<(u64, u64)> {
+    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+fn is_mountpoint(dir: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = dir.to_string_lossy();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(&want))
+}
+
+/// Make `dir` a mount point of its own with the given propagation, as iproute2 does for
+/// /run/netns (shared, so namespaces added later are seen by other mount namespaces) and as
+/// `unshare --mount=FILE` needs for a mount namespace file's directory (private).
+pub fn ensure_mount_dir(dir: &Path, shared: bool) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if !is_mountpoint(dir) {
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .with_context(|| format!("cannot bind-mount {} onto itself", dir.display()))?;
+    }
+    let prop = if shared { MsFlags::MS_SHARED } else { MsFlags::MS_PRIVATE };
+    mount(None::<&str>, dir, None::<&str>, prop | MsFlags::MS_REC, None::<&str>)
+        .with_context(|| format!("cannot set mount propagation of {}", dir.display()))
+}
+
+/// Bind `/proc/PID/ns/KIND` onto `dest` so the namespace outlives the process.
+pub fn persist_ns(pid: u32, kind: &str, dest: &Path) -> Result<()> {
+    File::create(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    let src = format!("/proc/{pid}/ns/{kind}");
+    mount(Some(src.as_str()), dest, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .with_context(|| format!("cannot bind {src} onto {}", dest.display()))
+}
+
+/// Set up `cmd` so that, in the forked child before exec, it unshares new mount, network
+/// and UTS namespaces and becomes a fresh VM-like node: private mounts, its own empty
+/// /run/netns and /run/cnet (tmpfs), and `hostname`.
+pub fn as_new_node(cmd: &mut Command, hostname: &str) -> Result<()> {
+    let host = CString::new(hostname)?;
+    let netns = CString::new("/run/netns")?;
+    let run = CString::new("/run/cnet")?;
+    let tmpfs = CString::new("tmpfs")?;
+    let root = CString::new("/")?;
+    let mode = CString::new("mode=755")?;
+    // SAFETY: the closure runs in the forked child and calls only async-signal-safe syscalls
+    // on data prepared above; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let flags = libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWUTS;
+            if libc::unshare(flags) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Nothing mounted inside the node may propagate back to the host.
+            if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Drop the copies of the host's namespace mounts (they would keep the host's
+            // namespaces alive), then give the node its own empty directories.
+            for dir in [&netns, &run] {
+                while libc::umount2(dir.as_ptr(), libc::MNT_DETACH) == 0 {}
+                if libc::mount(tmpfs.as_ptr(), dir.as_ptr(), tmpfs.as_ptr(), 0, mode.as_ptr() as *const libc::c_void) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if libc::sethostname(host.as_ptr(), host.as_bytes().len()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// The persisted namespaces of one lab node.
+pub struct NodeNs {
+    pub net: PathBuf,
+    pub mnt: PathBuf,
+    pub uts: PathBuf,
+}
+
+/// Set up `cmd` to run inside a lab node (its network, UTS and mount namespaces), and
+/// optionally inside one of that node's containers (a file under the node's /run/netns).
+pub fn enter_node(cmd: &mut Command, node: &NodeNs, container: Option<&str>) -> Result<()> {
+    let open = |p: &Path| File::open(p).with_context(|| format!("cannot open {} (is the lab up?)", p.display()));
+    let net: OwnedFd = open(&node.net)?.into();
+    let uts: OwnedFd = open(&node.uts)?.into();
+    let mnt: OwnedFd = open(&node.mnt)?.into();
+    let con = container.map(|c| CString::new(format!("/run/netns/{c}"))).transpose()?;
+    let root = CString::new("/")?;
+    // SAFETY: in the forked child: only setns/open/chdir/close on data prepared above.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (fd, kind) in [(&net, libc::CLONE_NEWNET), (&uts, libc::CLONE_NEWUTS), (&mnt, libc::CLONE_NEWNS)] {
+                if libc::setns(fd.as_raw_fd(), kind) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if libc::chdir(root.as_ptr()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some(con) = &con {
+                let fd = libc::open(con.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let r = libc::setns(fd, libc::CLONE_NEWNET);
+                libc::close(fd);
+                if r != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// A route-netlink socket opened in the calling thread's network namespace. Handed to the
+/// async runtime later with [`into_tokio_netlink`].
+pub fn open_netlink() -> Result<OwnedFd> {
+    let sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE).context("cannot open a netlink socket")?;
+    // SAFETY: into_raw_fd hands over sole ownership of a valid descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(sock.into_raw_fd()) })
+}
+
+/// Wrap a netlink socket for tokio. Must be called inside the runtime.
+pub fn into_tokio_netlink(fd: OwnedFd) -> netlink_sys::TokioSocket {
+    // SAFETY: `fd` is an owned netlink socket; ownership moves into the TokioSocket.
+    unsafe { netlink_sys::TokioSocket::from_raw_fd(fd.into_raw_fd()) }
+}
+
+/// An exclusive advisory lock held for the life of the returned file.
+pub fn lock_file(path: &Path) -> Result<(File, bool)> {
+    let f = OpenOptions::new().create(true).truncate(false).write(true).open(path)
+        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok((f, true));
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+        return Err(err).with_context(|| format!("cannot lock {}", path.display()));
+    }
+    // SAFETY: as above, now blocking until the other command finishes.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+    if r != 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("cannot lock {}", path.display()));
+    }
+    Ok((f, false))
+}
+
+/// Whether the caller may administer networks (CAP_NET_ADMIN and CAP_SYS_ADMIN in its
+/// effective set), read from /proc so that it needs no extra crate.
+pub fn has_admin_caps() -> bool {
+    let Ok(status) = fs::read_to_string("/proc/self/status") else { return false };
+    let Some(hex) = status.lines().find_map(|l| l.strip_prefix("CapEff:")) else { return false };
+    let caps = u64::from_str_radix(hex.trim(), 16).unwrap_or(0);
+    const CAP_NET_ADMIN: u64 = 12;
+    const CAP_SYS_ADMIN: u64 = 21;
+    caps & (1 << CAP_NET_ADMIN) != 0 && caps & (1 << CAP_SYS_ADMIN) != 0
+}
+
+/// Send `sig` to `pid`; false if it is already gone.
+pub fn signal(pid: u32, sig: libc::c_int) -> bool {
+    // SAFETY: kill(2) with a plain pid and signal number.
+    unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
+}

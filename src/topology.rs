@@ -1,0 +1,439 @@
+//! The talk's stages, nodes, names and addresses — pure data, no kernel.
+//!
+//! Every name and address here is the talk's default (TALK.md), so that each command a
+//! viewer saw in the talk works verbatim against what cnet builds. Scale options
+//! (`--containers`, `--nodes`, `--pod-cidr`) continue the talk's patterns.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// An IPv4 prefix such as 172.16.0.0/24 (the address is kept as given: 172.16.0.1/24 is an
+/// interface address, `network()` gives the prefix's first address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Ipv4Net {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Ipv4Net {
+    pub const fn new(addr: Ipv4Addr, prefix: u8) -> Self {
+        Ipv4Net { addr, prefix }
+    }
+    pub fn mask(&self) -> u32 {
+        if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) }
+    }
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & self.mask())
+    }
+    /// This prefix with its host bits cleared (172.16.0.1/24 -> 172.16.0.0/24).
+    pub fn trunc(&self) -> Ipv4Net {
+        Ipv4Net::new(self.network(), self.prefix)
+    }
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.network())
+    }
+    /// The n-th address of the prefix (0 is the network address).
+    pub fn nth(&self, n: u32) -> Option<Ipv4Addr> {
+        let size = 1u64 << (32 - self.prefix);
+        if (n as u64) < size { Some(Ipv4Addr::from(u32::from(self.network()) + n)) } else { None }
+    }
+    /// Usable host addresses: all but the network and broadcast addresses.
+    pub fn host_count(&self) -> u64 {
+        (1u64 << (32 - self.prefix)).saturating_sub(2)
+    }
+}
+
+impl fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl FromStr for Ipv4Net {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let (a, p) = s.split_once('/').unwrap_or((s, "32"));
+        let addr: Ipv4Addr = a.parse().map_err(|_| anyhow::anyhow!("'{s}' is not an IPv4 prefix like 172.16.0.0/24"))?;
+        let prefix: u8 = p.parse().ok().filter(|p| *p <= 32).ok_or_else(|| anyhow::anyhow!("'{s}': the prefix length must be 0..32"))?;
+        Ok(Ipv4Net { addr, prefix })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    Namespace,
+    SingleNode,
+    MultiNode,
+    Overlay,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [Stage::Namespace, Stage::SingleNode, Stage::MultiNode, Stage::Overlay];
+
+    pub fn number(self) -> u8 {
+        match self {
+            Stage::Namespace => 1,
+            Stage::SingleNode => 2,
+            Stage::MultiNode => 3,
+            Stage::Overlay => 4,
+        }
+    }
+    /// The command-line name: `cnet up single-node`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Namespace => "namespace",
+            Stage::SingleNode => "single-node",
+            Stage::MultiNode => "multi-node",
+            Stage::Overlay => "overlay",
+        }
+    }
+    /// The talk's directory / VM name.
+    pub fn talk_name(self) -> &'static str {
+        match self {
+            Stage::Namespace => "1-network-namespace",
+            Stage::SingleNode => "2-single-node",
+            Stage::MultiNode => "3-multi-node",
+            Stage::Overlay => "4-overlay-network",
+        }
+    }
+    pub fn is_multi_node(self) -> bool {
+        matches!(self, Stage::MultiNode | Stage::Overlay)
+    }
+    /// The hostname of node `i` (1-based), as the talk's Vagrant VMs were named.
+    pub fn hostname(self, i: u32) -> String {
+        if self.is_multi_node() { format!("{}-{i}", self.talk_name()) } else { self.talk_name().to_string() }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Stage {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        for st in Stage::ALL {
+            if s == st.name() || s == st.number().to_string() || s == st.talk_name() {
+                return Ok(st);
+            }
+        }
+        bail!("unknown stage '{s}': use namespace (1), single-node (2), multi-node (3) or overlay (4)")
+    }
+}
+
+/// How stage 4 carries packets between nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// cnet's userspace TUN/UDP tunnel, the talk's wire format (flannel's `udp` backend).
+    #[default]
+    Udp,
+    /// The kernel's VXLAN device (flannel's production `vxlan` backend), for comparison.
+    Vxlan,
+}
+
+/// What the user chose; everything else is derived from it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Options {
+    pub stage: Stage,
+    pub containers: u32,
+    pub nodes: u32,
+    /// Stage 2 only: the node's pod subnet (default 172.16.0.0/24).
+    pub pod_cidr: Option<Ipv4Net>,
+    pub backend: Backend,
+    /// The underlay MTU, from which tun0's MTU is computed (underlay − 28).
+    pub underlay_mtu: u32,
+}
+
+impl Options {
+    pub fn new(stage: Stage) -> Self {
+        Options { stage, containers: 2, nodes: 2, pod_cidr: None, backend: Backend::Udp, underlay_mtu: 1500 }
+    }
+}
+
+pub const UNDERLAY_DEV: &str = "enp0s8";
+pub const UNDERLAY_PREFIX: u8 = 24;
+pub const TUNNEL_PORT: u16 = 9000;
+pub const VXLAN_PORT: u16 = 4789;
+pub const VXLAN_VNI: u32 = 1;
+/// Bytes an encapsulated packet gains: the outer IPv4 header (20) and the UDP header (8).
+pub const UDP_ENCAP_OVERHEAD: u32 = 28;
+/// VXLAN adds outer IPv4 (20), UDP (8), VXLAN (8) and the inner Ethernet header (14).
+pub const VXLAN_ENCAP_OVERHEAD: u32 = 50;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Container {
+    pub name: String,
+    /// The veth end that stays on the node (`veth10`).
+    pub host_veth: String,
+    /// The veth end inside the container (`veth11`).
+    pub veth: String,
+    pub addr: Ipv4Net,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Node {
+    /// 1-based, as in `node1`.
+    pub index: u32,
+    pub hostname: String,
+    /// The node's address on the underlay (`enp0s8`), 10.0.0.10/24 for node 1.
+    pub ip: Ipv4Net,
+    /// The node's pod subnet (172.16.0.0/24 on node 1).
+    pub pod_net: Ipv4Net,
+    /// Stage 2+: the bridge `br0` and its address (the pod subnet's .1).
+    pub bridge: Option<Ipv4Net>,
+    pub containers: Vec<Container>,
+}
+
+impl Node {
+    pub fn short_name(&self) -> String {
+        format!("node{}", self.index)
+    }
+    /// Stage 4: the tunnel device's address, the pod subnet's .100 with a /16 so that the
+    /// connected route `172.16.0.0/16 dev tun0` catches every other node's subnet.
+    pub fn tun_addr(&self) -> Ipv4Net {
+        Ipv4Net::new(self.pod_net.nth(100).expect("pod subnets are /24 in stage 4"), 16)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Topology {
+    pub options: Options,
+    pub nodes: Vec<Node>,
+}
+
+impl Topology {
+    pub fn stage(&self) -> Stage {
+        self.options.stage
+    }
+
+    /// Validate the options and derive every name and address.
+    pub fn new(options: Options) -> Result<Topology> {
+        let stage = options.stage;
+        if options.containers == 0 {
+            bail!("--containers must be at least 1");
+        }
+        if stage == Stage::Namespace && options.containers != 1 && options.containers != 2 {
+            bail!("stage 1 has exactly one container, 'con'; --containers applies to stages 2-4");
+        }
+        if options.pod_cidr.is_some() && stage != Stage::SingleNode {
+            bail!("--pod-cidr applies to stage 2 (single-node) only; stages 3 and 4 give node i 172.16.(i-1).0/24");
+        }
+        let node_count = if stage.is_multi_node() { options.nodes } else { 1 };
+        if stage.is_multi_node() && !(2..=25).contains(&node_count) {
+            // Node i gets 10.0.0.(10*i): 25 nodes is the last that fits 10.0.0.0/24.
+            bail!("--nodes must be 2..25 (node i gets 10.0.0.(10*i) on the underlay /24)");
+        }
+        if !stage.is_multi_node() && options.nodes != 2 && options.nodes != 1 {
+            bail!("--nodes applies to stages 3 and 4 (multi-node, overlay) only");
+        }
+        let mut nodes = Vec::new();
+        for i in 1..=node_count {
+            let ip = Ipv4Net::new(Ipv4Addr::new(10, 0, 0, (10 * i) as u8), UNDERLAY_PREFIX);
+            let hostname = stage.hostname(i);
+            let node = match stage {
+                Stage::Namespace => Node {
+                    index: i,
+                    hostname,
+                    ip,
+                    pod_net: Ipv4Net::new(Ipv4Addr::new(172, 16, 0, 1), 32),
+                    bridge: None,
+                    containers: vec![Container {
+                        name: "con".into(),
+                        host_veth: "veth1".into(),
+                        veth: "veth2".into(),
+                        // The talk gives no prefix: a /32.
+                        addr: Ipv4Net::new(Ipv4Addr::new(172, 16, 0, 1), 32),
+                    }],
+                },
+                _ => {
+                    let pod_net = match options.pod_cidr {
+                        Some(c) => c.trunc(),
+                        None => Ipv4Net::new(Ipv4Addr::new(172, 16, (i - 1) as u8, 0), 24),
+                    };
+                    if pod_net.prefix > 30 {
+                        bail!("pod subnet {pod_net} is too small: it needs the bridge and at least one container");
+                    }
+                    // .1 is the bridge, containers from .2; stage 4 keeps .100 for tun0.
+                    let mut reserved = vec![1u32];
+                    if stage == Stage::Overlay {
+                        reserved.push(100);
+                    }
+                    let usable = pod_net.host_count() as u32;
+                    let fits = usable.saturating_sub(reserved.iter().filter(|r| **r <= usable).count() as u32);
+                    if options.containers > fits || options.containers > 9999 {
+                        bail!(
+                            "{} containers do not fit the pod subnet {pod_net} (room for {}): use fewer{}",
+                            options.containers,
+                            fits.min(9999),
+                            if stage == Stage::SingleNode { " or a larger --pod-cidr, e.g. 172.16.0.0/20" } else { "" }
+                        );
+                    }
+                    let mut containers = Vec::new();
+                    let mut host = 2u32;
+                    for c in 1..=options.containers {
+                        while reserved.contains(&host) {
+                            host += 1;
+                        }
+                        containers.push(Container {
+                            name: format!("con{c}"),
+                            // The talk's pattern: veth10/veth11 for con1, veth20/veth21 for con2.
+                            host_veth: format!("veth{c}0"),
+                            veth: format!("veth{c}1"),
+                            addr: Ipv4Net::new(pod_net.nth(host).unwrap(), pod_net.prefix),
+                        });
+                        host += 1;
+                    }
+                    Node {
+                        index: i,
+                        hostname,
+                        ip,
+                        pod_net,
+                        bridge: Some(Ipv4Net::new(pod_net.nth(1).unwrap(), pod_net.prefix)),
+                        containers,
+                    }
+                }
+            };
+            nodes.push(node);
+        }
+        Ok(Topology { options, nodes })
+    }
+
+    pub fn node(&self, index: u32) -> Result<&Node> {
+        self.nodes
+            .iter()
+            .find(|n| n.index == index)
+            .ok_or_else(|| anyhow::anyhow!("stage {} has no node {index} (it has {})", self.stage(), self.nodes.len()))
+    }
+
+    /// Find a node by `node1`, `1` or its hostname (`3-multi-node-1`).
+    pub fn find_node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| {
+            name == n.hostname || name == n.short_name() || name == n.index.to_string()
+        })
+    }
+
+    /// The other nodes, as node `index` sees them (for routes and tunnel peers).
+    pub fn peers_of(&self, index: u32) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(move |n| n.index != index)
+    }
+
+    /// Use a real host's underlay address for node `index` (host mode, `--peer`).
+    pub fn set_node_ip(&mut self, index: u32, ip: Ipv4Addr) {
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.index == index) {
+            n.ip.addr = ip;
+        }
+    }
+
+    pub fn tun_mtu(&self) -> u32 {
+        self.options.underlay_mtu - UDP_ENCAP_OVERHEAD
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topo(stage: Stage) -> Topology {
+        Topology::new(Options::new(stage)).unwrap()
+    }
+
+    #[test]
+    fn stage_names_parse() {
+        for (s, st) in [("1", Stage::Namespace), ("namespace", Stage::Namespace), ("1-network-namespace", Stage::Namespace),
+            ("2", Stage::SingleNode), ("2-single-node", Stage::SingleNode), ("3-multi-node", Stage::MultiNode),
+            ("overlay", Stage::Overlay), ("4-overlay-network", Stage::Overlay)] {
+            assert_eq!(s.parse::<Stage>().unwrap(), st, "{s}");
+        }
+        assert!("5".parse::<Stage>().is_err());
+    }
+
+    #[test]
+    fn stage1_is_the_talks() {
+        let t = topo(Stage::Namespace);
+        let n = &t.nodes[0];
+        assert_eq!(n.hostname, "1-network-namespace");
+        assert_eq!(n.ip.to_string(), "10.0.0.10/24");
+        let c = &n.containers[0];
+        assert_eq!((c.name.as_str(), c.host_veth.as_str(), c.veth.as_str()), ("con", "veth1", "veth2"));
+        assert_eq!(c.addr.to_string(), "172.16.0.1/32");
+    }
+
+    #[test]
+    fn stage2_is_the_talks() {
+        let t = topo(Stage::SingleNode);
+        let n = &t.nodes[0];
+        assert_eq!(n.hostname, "2-single-node");
+        assert_eq!(n.bridge.unwrap().to_string(), "172.16.0.1/24");
+        let names: Vec<_> = n.containers.iter().map(|c| (c.name.clone(), c.host_veth.clone(), c.veth.clone(), c.addr.to_string())).collect();
+        assert_eq!(names, vec![
+            ("con1".into(), "veth10".into(), "veth11".into(), "172.16.0.2/24".into()),
+            ("con2".into(), "veth20".into(), "veth21".into(), "172.16.0.3/24".into()),
+        ]);
+    }
+
+    #[test]
+    fn multi_node_subnets_and_ips() {
+        let t = topo(Stage::MultiNode);
+        assert_eq!(t.nodes.len(), 2);
+        assert_eq!(t.nodes[1].hostname, "3-multi-node-2");
+        assert_eq!(t.nodes[1].ip.addr, Ipv4Addr::new(10, 0, 0, 20));
+        assert_eq!(t.nodes[1].pod_net.to_string(), "172.16.1.0/24");
+        assert_eq!(t.nodes[1].containers[0].addr.to_string(), "172.16.1.2/24");
+        let o = topo(Stage::Overlay);
+        assert_eq!(o.nodes[0].tun_addr().to_string(), "172.16.0.100/16");
+        assert_eq!(o.nodes[1].tun_addr().to_string(), "172.16.1.100/16");
+        assert_eq!(o.nodes[0].hostname, "4-overlay-network-1");
+        assert_eq!(o.tun_mtu(), 1472);
+    }
+
+    #[test]
+    fn scale_allocation_and_bounds() {
+        let mut o = Options::new(Stage::SingleNode);
+        o.containers = 253;
+        let t = Topology::new(o.clone()).unwrap();
+        let last = t.nodes[0].containers.last().unwrap();
+        assert_eq!((last.name.as_str(), last.host_veth.as_str(), last.addr.addr), ("con253", "veth2530", Ipv4Addr::new(172, 16, 0, 254)));
+        o.containers = 254;
+        let err = Topology::new(o.clone()).unwrap_err().to_string();
+        assert!(err.contains("do not fit") && err.contains("--pod-cidr"), "{err}");
+        o.pod_cidr = Some("172.16.0.0/20".parse().unwrap());
+        o.containers = 1000;
+        let t = Topology::new(o).unwrap();
+        assert_eq!(t.nodes[0].containers[999].addr.to_string(), "172.16.3.233/20");
+        // Stage 4 skips .100, which tun0 holds.
+        let mut o = Options::new(Stage::Overlay);
+        o.containers = 100;
+        let t = Topology::new(o).unwrap();
+        assert!(t.nodes[0].containers.iter().all(|c| c.addr.addr != Ipv4Addr::new(172, 16, 0, 100)));
+        assert_eq!(t.nodes[0].containers[98].addr.addr, Ipv4Addr::new(172, 16, 0, 101));
+    }
+
+    #[test]
+    fn nodes_bounds() {
+        let mut o = Options::new(Stage::MultiNode);
+        o.nodes = 3;
+        let t = Topology::new(o.clone()).unwrap();
+        assert_eq!(t.nodes[2].ip.addr, Ipv4Addr::new(10, 0, 0, 30));
+        assert_eq!(t.nodes[2].pod_net.to_string(), "172.16.2.0/24");
+        o.nodes = 26;
+        assert!(Topology::new(o.clone()).is_err());
+        o.nodes = 1;
+        assert!(Topology::new(o).is_err());
+    }
+
+    #[test]
+    fn find_node_by_any_name() {
+        let t = topo(Stage::MultiNode);
+        assert_eq!(t.find_node("node2").unwrap().index, 2);
+        assert_eq!(t.find_node("3-multi-node-1").unwrap().index, 1);
+        assert!(t.find_node("node3").is_none());
+    }
+}
