@@ -67,9 +67,9 @@ pub async fn up(opts: &Options, v: Verbosity) -> Result<()> {
         bail!("the lab is already up with stage {}: run `cnet down` first", s.options.stage);
     }
     let topo = Topology::new(opts.clone())?;
-    ns::ensure_mount_dir(&run_dir(), false)?;
+    let made_run_mount = ns::ensure_mount_dir(&run_dir(), false)?;
     std::fs::create_dir_all("/run/netns").context("cannot create /run/netns")?;
-    let mut state = LabState { options: opts.clone(), nodes: Vec::new(), complete: false };
+    let mut state = LabState { options: opts.clone(), nodes: Vec::new(), complete: false, made_run_mount };
     state.write()?;
     let result = build(&topo, &mut state, v).await;
     if let Err(e) = result {
@@ -235,7 +235,11 @@ async fn down_lab(state: &LabState) -> Result<()> {
     if !errors.is_empty() {
         return Err(anyhow!("{}", errors.iter().map(chain).collect::<Vec<_>>().join("; ")));
     }
-    LabState::remove()
+    LabState::remove()?;
+    if state.made_run_mount {
+        ns::unmount_dir(&run_dir())?;
+    }
+    Ok(())
 }
 
 /// The lab's topology and one node of it, by name (`node1`, `2-single-node`, `1`).

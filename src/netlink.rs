@@ -226,7 +226,11 @@ impl Netlink {
     async fn route_message(&mut self, netns: Option<&str>, r: &RouteSpec) -> Result<RouteMessage> {
         let oif = self.link_index(netns, &r.dev).await?;
         let dst = r.dst.unwrap_or(Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0));
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst.addr, dst.prefix).output_interface(oif);
+        // Protocol "boot", as `ip route add` sets it, so `ip route` prints the talk's lines exactly.
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.addr, dst.prefix)
+            .output_interface(oif)
+            .protocol(netlink_packet_route::route::RouteProtocol::Boot);
         match r.via {
             Some(gw) => b = b.gateway(gw),
             // A route with no gateway is directly connected: link scope, as `ip` sets it.

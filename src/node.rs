@@ -177,6 +177,7 @@ pub async fn up(req: &NodeRequest, pace: Pace) -> Result<()> {
     let (topo, header) = resolve(req, &nl).await?;
     let plan = node_plan(&topo, topo.node(req.node)?, &header.underlay);
     check_conflicts(&nl, &plan).await?;
+    // As `ip netns add` does, so `ip netns` sees cnet's namespaces from any mount namespace.
     crate::sys::ns::ensure_mount_dir(&PathBuf::from(NETNS_DIR), true)?;
     let mut journal = NodeJournal::create(&header)?;
     let stage = topo.stage().name();

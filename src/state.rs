@@ -122,6 +122,10 @@ pub struct LabState {
     pub nodes: Vec<u32>,
     /// True once every node's plan has been applied.
     pub complete: bool,
+    /// cnet bind-mounted /run/cnet onto itself (a mount namespace file needs a private
+    /// parent mount); `down` undoes it.
+    #[serde(default)]
+    pub made_run_mount: bool,
 }
 
 pub fn lab_dir() -> PathBuf {

@@ -84,15 +84,26 @@ fn is_mountpoint(dir: &Path) -> bool {
 /// Make `dir` a mount point of its own with the given propagation, as iproute2 does for
 /// /run/netns (shared, so namespaces added later are seen by other mount namespaces) and as
 /// `unshare --mount=FILE` needs for a mount namespace file's directory (private).
-pub fn ensure_mount_dir(dir: &Path, shared: bool) -> Result<()> {
+/// Returns true if it had to make the mount (so that whoever made it can undo it).
+pub fn ensure_mount_dir(dir: &Path, shared: bool) -> Result<bool> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    if !is_mountpoint(dir) {
+    let made = !is_mountpoint(dir);
+    if made {
         mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
             .with_context(|| format!("cannot bind-mount {} onto itself", dir.display()))?;
     }
     let prop = if shared { MsFlags::MS_SHARED } else { MsFlags::MS_PRIVATE };
     mount(None::<&str>, dir, None::<&str>, prop | MsFlags::MS_REC, None::<&str>)
-        .with_context(|| format!("cannot set mount propagation of {}", dir.display()))
+        .with_context(|| format!("cannot set mount propagation of {}", dir.display()))?;
+    Ok(made)
+}
+
+/// Undo [`ensure_mount_dir`]'s bind mount.
+pub fn unmount_dir(dir: &Path) -> Result<()> {
+    match umount2(dir, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(Errno::EINVAL) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot unmount {}", dir.display())),
+    }
 }
 
 /// Bind `/proc/PID/ns/KIND` onto `dest` so the namespace outlives the process.
