@@ -127,18 +127,32 @@ fn create_node(index: u32, hostname: &str, state: &mut LabState) -> Result<()> {
     std::fs::create_dir_all(nsp.net.parent().unwrap())?;
     state.nodes.push(index);
     state.write()?;
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg("__hold").stdin(Stdio::piped()).stdout(Stdio::null());
-    ns::as_new_node(&mut cmd, hostname)?;
-    let mut child = cmd.spawn().with_context(|| format!("cannot create the namespaces of {hostname}"))?;
-    let bound = (|| {
-        ns::persist_ns(child.id(), "net", &nsp.net)?;
-        ns::persist_ns(child.id(), "uts", &nsp.uts)?;
-        ns::persist_ns(child.id(), "mnt", &nsp.mnt)
-    })();
-    drop(child.stdin.take());
-    child.wait()?;
-    bound
+    // First unpinned, then once on each CPU (see `as_new_node` on why binding may fail).
+    let attempts = std::iter::once(None).chain((0..ns::cpu_count()).map(Some));
+    let mut last = None;
+    for cpu in attempts {
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.arg("__hold").stdin(Stdio::piped()).stdout(Stdio::null());
+        ns::as_new_node(&mut cmd, hostname, cpu)?;
+        let mut child = cmd.spawn().with_context(|| format!("cannot create the namespaces of {hostname}"))?;
+        let bound = (|| {
+            ns::persist_ns(child.id(), "mnt", &nsp.mnt)?;
+            ns::persist_ns(child.id(), "net", &nsp.net)?;
+            ns::persist_ns(child.id(), "uts", &nsp.uts)
+        })();
+        drop(child.stdin.take());
+        child.wait()?;
+        match bound {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                for p in [&nsp.mnt, &nsp.net, &nsp.uts] {
+                    ns::delete_ns_file(p)?;
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.expect("at least one attempt"))
 }
 
 /// The node's cable to the switch: `enp0s8` in the node, its other end on the switch's bridge.
@@ -186,7 +200,7 @@ async fn down_lab(state: &LabState) -> Result<()> {
     let mut errors = Vec::new();
     for index in state.nodes.iter().rev() {
         let nsp = node_ns(*index);
-        if nsp.net.exists() && nsp.mnt.exists() {
+        if ns::is_ns_file(&nsp.net) && ns::is_ns_file(&nsp.mnt) {
             // Undo the node's plan from inside, as on a real host (restores what it changed).
             let mut cmd = Command::new("/proc/self/exe");
             cmd.args(["down", "--host", "--quiet"]).stdout(Stdio::null()).stderr(Stdio::piped());

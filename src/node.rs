@@ -191,6 +191,10 @@ pub async fn up(req: &NodeRequest, pace: Pace) -> Result<()> {
             if pace == Pace::Step {
                 wait_for_enter()?;
             }
+            // Test hook: make step N (1-based) fail, to prove that a failed `up` leaves nothing.
+            if std::env::var("CNET_FAIL_AT_STEP").ok().and_then(|v| v.parse::<usize>().ok()) == Some(i + 1) {
+                bail!("failure injected by CNET_FAIL_AT_STEP");
+            }
             let d = executor::apply(&mut nl, i, &s.step, stage).await?;
             journal.record(&d)?;
             Ok::<_, anyhow::Error>(d)

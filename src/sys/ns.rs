@@ -117,7 +117,13 @@ pub fn persist_ns(pid: u32, kind: &str, dest: &Path) -> Result<()> {
 /// Set up `cmd` so that, in the forked child before exec, it unshares new mount, network
 /// and UTS namespaces and becomes a fresh VM-like node: private mounts, its own empty
 /// /run/netns and /run/cnet (tmpfs), and `hostname`.
-pub fn as_new_node(cmd: &mut Command, hostname: &str) -> Result<()> {
+///
+/// `cpu` pins the child to one CPU first. Why: a mount namespace file can only be bound into
+/// an older mount namespace, and the kernel compares namespace ids that it hands out in
+/// per-CPU batches, so a node made on another CPU than the caller's own mount namespace
+/// can look "older" and the bind fails with EINVAL. Retrying on each CPU finds one whose
+/// ids are newer (seen with parallel sandboxes on kernel 6.18).
+pub fn as_new_node(cmd: &mut Command, hostname: &str, cpu: Option<usize>) -> Result<()> {
     let host = CString::new(hostname)?;
     let netns = CString::new("/run/netns")?;
     let run = CString::new("/run/cnet")?;
@@ -128,6 +134,13 @@ pub fn as_new_node(cmd: &mut Command, hostname: &str) -> Result<()> {
     // on data prepared above; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(cpu) = cpu {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             let flags = libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWUTS;
             if libc::unshare(flags) != 0 {
                 return Err(io::Error::last_os_error());
@@ -151,6 +164,21 @@ pub fn as_new_node(cmd: &mut Command, hostname: &str) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Whether `path` is a bound namespace file (on nsfs), not a leftover plain file.
+pub fn is_ns_file(path: &Path) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: statfs fills a struct we own from a valid C string path.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == NSFS_MAGIC
+    }
+}
+
+pub fn cpu_count() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// The persisted namespaces of one lab node.

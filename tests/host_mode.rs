@@ -1,0 +1,132 @@
+//! Host mode (`--host`) in a sandbox playing the talk's VM: it has an `enp0s8` with
+//! 10.0.0.10/24, and cnet builds straight on it.
+
+mod common;
+use common::*;
+
+const VM: &str = r#"
+hostname vm
+ip link add enp0s8 type veth peer name lan0
+ip addr add 10.0.0.10/24 dev enp0s8
+ip link set enp0s8 up; ip link set lan0 up
+"#;
+
+/// Leftovers on a VM: its own enp0s8/lan0 pair is expected.
+fn vm_leftovers() -> String {
+    LEFTOVERS.replace("grep -vxE 'lo'", "grep -vxE 'lo|enp0s8|lan0'")
+}
+
+#[test]
+fn host_stage2_matches_the_talk() {
+    if !privileged() {
+        return;
+    }
+    let r = sandbox(&format!(r#"{VM}
+cnet up single-node --host > /dev/null
+mark netns
+ip netns list
+mark links
+ip -br link
+mark test
+cnet test --host
+mark ping
+ip netns exec con1 ping -c1 -W2 172.16.0.3
+mark down
+cnet down
+{}"#, vm_leftovers()));
+    r.ok();
+    assert!(r.section("netns").contains("con1") && r.section("netns").contains("con2"));
+    let links = r.section("links");
+    for l in ["br0", "veth10", "veth20"] {
+        assert!(links.contains(l), "{l} missing:\n{links}");
+    }
+    assert!(r.section("test").contains("12/12 checks passed"), "{}", r.stdout);
+    assert_eq!(ping_ttls(&r.section("ping")), vec![64]);
+    assert!(r.section("down").contains("removed"));
+    assert_nothing_left(&r);
+}
+
+#[test]
+fn host_stage1() {
+    if !privileged() {
+        return;
+    }
+    let r = sandbox(&format!(r#"{VM}
+cnet up 1 --host -q
+mark ping
+ip netns exec con ping -c1 -W2 10.0.0.10
+ping -c1 -W2 172.16.0.1
+mark test
+cnet test --host
+cnet down -q
+{}"#, vm_leftovers()));
+    r.ok();
+    assert_eq!(ping_ttls(&r.section("ping")), vec![64, 64]);
+    assert!(r.section("test").contains("4/4 checks passed"));
+    assert_nothing_left(&r);
+}
+
+#[test]
+fn explain_sh_script_builds_what_cnet_checks() {
+    if !privileged() {
+        return;
+    }
+    for stage in ["namespace", "single-node"] {
+        let r = sandbox(&format!(r#"{VM}
+cnet explain {stage} --format sh > /tmp/build.sh
+sh /tmp/build.sh > /dev/null
+mark test
+cnet test --host {stage}
+"#));
+        r.ok();
+        let want = if stage == "namespace" { "4/4" } else { "12/12" };
+        assert!(r.section("test").contains(&format!("{want} checks passed")), "{stage}: {}", r.stdout);
+    }
+}
+
+#[test]
+fn failed_step_is_rolled_back() {
+    if !privileged() {
+        return;
+    }
+    // Inject a failure at each of several steps: `up` must fail, name the step, and undo.
+    for at in [1, 4, 12, 19] {
+        let r = sandbox(&format!(r#"{VM}
+mark up
+if CNET_FAIL_AT_STEP={at} cnet up 2 --host -q 2>&1; then echo "up succeeded"; fi
+{}"#, vm_leftovers()));
+        r.ok();
+        let up = r.section("up");
+        assert!(up.contains(&format!("step {at} (")) && up.contains("undone"), "step {at}: {up}");
+        assert!(!up.contains("up succeeded"));
+        assert_eq!(up.lines().count(), 1, "one line: {up}");
+        assert_nothing_left(&r);
+    }
+}
+
+#[test]
+fn killed_up_is_removed_by_down() {
+    if !privileged() {
+        return;
+    }
+    // `up --step` waits for Enter before each step: feed five, then kill it mid-way.
+    let r = sandbox(&format!(r#"{VM}
+mkfifo /tmp/keys
+cnet up 2 --host --step < /tmp/keys > /dev/null &
+pid=$!
+exec 3> /tmp/keys
+printf '\n\n\n\n\n' >&3
+sleep 0.5
+kill -9 $pid
+wait $pid || true
+mark before
+ip -br link | cut -d' ' -f1
+mark down
+cnet down
+exec 3>&-
+{}"#, vm_leftovers()));
+    r.ok();
+    assert!(r.section("before").contains("veth10"), "the killed up had built something: {}", r.stdout);
+    assert!(r.section("down").contains("removed"), "{}", r.stdout);
+    assert_nothing_left(&r);
+}

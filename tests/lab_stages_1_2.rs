@@ -1,0 +1,115 @@
+//! Stages 1 and 2 in the lab: built, checked with cnet's own ICMP and with the system
+//! `ping` inside the node and its containers, then removed without a trace.
+
+mod common;
+use common::*;
+
+#[test]
+fn stage1_namespace_lab() {
+    if !privileged() {
+        return;
+    }
+    let r = sandbox(&format!(r#"
+cnet up namespace > /dev/null
+mark test
+cnet test
+mark hostname
+cnet exec node1 -- hostname
+mark netns
+cnet exec 1-network-namespace -- ip netns list
+mark ping-node
+cnet exec node1 -- ip netns exec con ping -c1 -W2 10.0.0.10
+mark ping-con
+cnet exec node1 -- ping -c1 -W2 172.16.0.1
+mark route
+cnet exec node1 -- ip route
+mark down
+cnet down
+{LEFTOVERS}"#));
+    r.ok();
+    assert!(r.section("test").contains("4/4 checks passed"), "{}", r.stdout);
+    assert_eq!(r.section("hostname").trim(), "1-network-namespace");
+    assert!(r.section("netns").starts_with("con"), "{}", r.section("netns"));
+    assert_eq!(ping_ttls(&r.section("ping-node")), vec![64]);
+    assert_eq!(ping_ttls(&r.section("ping-con")), vec![64]);
+    assert!(r.section("route").contains("172.16.0.1 dev veth1 scope link"), "{}", r.section("route"));
+    assert!(r.section("down").contains("lab removed"));
+    assert_nothing_left(&r);
+}
+
+#[test]
+fn stage1_http_demo_and_down_stops_the_server() {
+    if !privileged() {
+        return;
+    }
+    // The talk's demo: a web server inside `con`, fetched from the node.
+    let r = sandbox(&format!(r#"
+cnet up 1 -q
+cnet exec node1 -- sh -c 'ip netns exec con python3 -m http.server 8000 >/dev/null 2>&1 &'
+i=0; until cnet exec node1 -- python3 -c 'import urllib.request; print(urllib.request.urlopen("http://172.16.0.1:8000/").status)' 2>/dev/null; do i=$((i+1)); [ $i -lt 50 ] || exit 1; sleep 0.1; done
+cnet down -q
+{LEFTOVERS}"#));
+    r.ok();
+    assert!(r.stdout.starts_with("200"), "{}", r.stdout);
+    assert_nothing_left(&r);
+}
+
+#[test]
+fn stage2_single_node_lab() {
+    if !privileged() {
+        return;
+    }
+    let r = sandbox(&format!(r#"
+cnet up single-node > /dev/null
+mark test
+cnet test
+mark json
+cnet test --json
+mark netns
+cnet exec node1 -- ip netns list
+mark routes
+cnet exec node1 -- ip route
+mark con1-con2
+cnet exec node1/con1 -- ping -c1 -W2 172.16.0.3
+mark con2-node
+cnet exec 2-single-node -- ip netns exec con2 ping -c1 -W2 10.0.0.10
+mark node-con1
+cnet exec node1 -- ping -c1 -W2 172.16.0.2
+mark status
+cnet status
+mark down
+cnet down
+mark down-again
+cnet down
+{LEFTOVERS}"#));
+    r.ok();
+    assert!(r.section("test").contains("12/12 checks passed"), "{}", r.stdout);
+    let json: serde_json::Value = serde_json::from_str(&r.section("json")).unwrap();
+    assert_eq!(json[0]["results"].as_array().unwrap().len(), 12);
+    let netns = r.section("netns");
+    assert!(netns.contains("con1") && netns.contains("con2"), "{netns}");
+    let routes = r.section("routes");
+    assert!(routes.contains("172.16.0.0/24 dev br0 proto kernel scope link src 172.16.0.1"), "{routes}");
+    assert!(routes.contains("10.0.0.0/24 dev enp0s8"), "{routes}");
+    assert_eq!(ping_ttls(&r.section("con1-con2")), vec![64], "same L2: nothing routed");
+    assert_eq!(ping_ttls(&r.section("con2-node")), vec![64]);
+    assert_eq!(ping_ttls(&r.section("node-con1")), vec![64]);
+    assert!(r.section("status").contains("matches the plan (19/19 steps verified)"), "{}", r.section("status"));
+    assert!(r.section("down-again").contains("nothing is up"));
+    assert_nothing_left(&r);
+}
+
+#[test]
+fn twenty_up_down_cycles() {
+    if !privileged() {
+        return;
+    }
+    let r = sandbox(&format!(r#"
+i=0
+while [ $i -lt 20 ]; do cnet up 2 -q; cnet down -q; i=$((i+1)); done
+echo cycles=$i
+{LEFTOVERS}"#));
+    r.ok();
+    assert!(r.stdout.contains("cycles=20"));
+    assert_nothing_left(&r);
+}
