@@ -217,3 +217,35 @@ pub fn hold() -> Result<()> {
     std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink)?;
     Ok(())
 }
+
+pub fn capture(a: &CaptureArgs) -> Result<()> {
+    require_admin()?;
+    if a.node == "host" || a.node == "." {
+        let opts = crate::capture::CaptureOptions {
+            iface: a.iface.clone(),
+            count: a.count,
+            pcap: a.pcap.clone(),
+            tunnel_ports: vec![crate::topology::TUNNEL_PORT],
+            timeout: a.timeout.map(Duration::from_secs_f64),
+        };
+        let mut out = std::io::stdout().lock();
+        crate::capture::run(&opts, &mut out).with_context(|| format!("capture on {}", a.iface))?;
+        return Ok(());
+    }
+    // In a lab node (or node/container): run this same command there, as `host`.
+    let mut args = vec!["capture".to_string(), "host".into(), a.iface.clone()];
+    if let Some(c) = a.count {
+        args.extend(["-c".into(), c.to_string()]);
+    }
+    if let Some(t) = a.timeout {
+        args.extend(["--timeout".into(), t.to_string()]);
+    }
+    if let Some(p) = &a.pcap {
+        // The node shares the machine's filesystems but starts in /: make the path absolute.
+        let abs = std::path::absolute(p).with_context(|| format!("bad path {}", p.display()))?;
+        args.extend(["--pcap".into(), abs.to_string_lossy().into_owned()]);
+    }
+    let mut cmd = lab::command_in(&a.node, "/proc/self/exe", &args)?;
+    let err = cmd.exec();
+    Err(anyhow!("cannot capture in {}: {err}", a.node))
+}

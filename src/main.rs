@@ -1,5 +1,6 @@
 //! cnet: the topologies of "Container Networking From Scratch", built step by step.
 
+mod capture;
 mod check;
 mod cli;
 mod commands;
@@ -42,7 +43,8 @@ fn run() -> ExitCode {
         Command::Exec(a) => commands::exec(a),
         Command::Shell(a) => commands::shell(a),
         Command::Explain(a) => commands::explain(a),
-        Command::Tunnel(_) | Command::Capture(_) | Command::Diagram(_) => Err(anyhow::anyhow!("not built yet")),
+        Command::Capture(a) => commands::capture(a),
+        Command::Tunnel(_) | Command::Diagram(_) => Err(anyhow::anyhow!("not built yet")),
         Command::Hold => commands::hold(),
     };
     match result {

@@ -3,4 +3,6 @@
 
 pub mod icmp;
 pub mod ns;
+pub mod packet;
+pub mod signal;
 pub mod tun;
