@@ -96,10 +96,9 @@ pub fn down(a: &DownArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn status(a: &StatusArgs) -> Result<()> {
-    require_admin()?;
-    let rt = runtime()?;
-    let statuses: Vec<NodeStatus> = if !a.host && lab::is_up() {
+/// Every node's status: the lab's nodes (each asked from inside), or this host's.
+pub fn collect_statuses(host: bool) -> Result<Vec<NodeStatus>> {
+    if !host && lab::is_up() {
         let mut v = Vec::new();
         for (i, out) in lab::in_every_node(&["status", "--host", "--json"])? {
             if !out.status.success() {
@@ -108,10 +107,15 @@ pub fn status(a: &StatusArgs) -> Result<()> {
             let mut list: Vec<NodeStatus> = serde_json::from_slice(&out.stdout).with_context(|| format!("node{i} answered no status"))?;
             v.append(&mut list);
         }
-        v
+        Ok(v)
     } else {
-        rt.block_on(status::node_status())?.into_iter().collect()
-    };
+        Ok(runtime()?.block_on(status::node_status())?.into_iter().collect())
+    }
+}
+
+pub fn status(a: &StatusArgs) -> Result<()> {
+    require_admin()?;
+    let statuses = collect_statuses(a.host)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&statuses)?);
     } else if statuses.is_empty() {
@@ -248,4 +252,25 @@ pub fn capture(a: &CaptureArgs) -> Result<()> {
     let mut cmd = lab::command_in(&a.node, "/proc/self/exe", &args)?;
     let err = cmd.exec();
     Err(anyhow!("cannot capture in {}: {err}", a.node))
+}
+
+pub fn diagram(a: &DiagramArgs) -> Result<()> {
+    // Live when something is up (and we may look), else the plan of the stage asked for.
+    let live = if crate::sys::ns::has_admin_caps() && (lab::is_up() || NodeJournal::read().ok().flatten().is_some()) {
+        collect_statuses(false)?
+    } else {
+        Vec::new()
+    };
+    let live_stage = live.first().and_then(|s| s.stage.parse().ok());
+    let d = match (a.stage, live_stage) {
+        (Some(want), Some(up)) if want != up => crate::diagram::from_plan(&Topology::new(Options::new(want))?),
+        (_, Some(_)) => crate::diagram::from_status(&live)?,
+        (Some(want), None) => crate::diagram::from_plan(&Topology::new(Options::new(want))?),
+        (None, None) => bail!("nothing is up: name a stage to draw its plan, e.g. `cnet diagram overlay`"),
+    };
+    match a.format {
+        DiagramFormat::Text => print!("{}", d.text()),
+        DiagramFormat::Dot => print!("{}", d.dot()),
+    }
+    Ok(())
 }

@@ -4,6 +4,7 @@ mod capture;
 mod check;
 mod cli;
 mod commands;
+mod diagram;
 mod executor;
 mod explain;
 mod lab;
@@ -44,7 +45,8 @@ fn run() -> ExitCode {
         Command::Shell(a) => commands::shell(a),
         Command::Explain(a) => commands::explain(a),
         Command::Capture(a) => commands::capture(a),
-        Command::Tunnel(_) | Command::Diagram(_) => Err(anyhow::anyhow!("not built yet")),
+        Command::Diagram(a) => commands::diagram(a),
+        Command::Tunnel(_) => Err(anyhow::anyhow!("not built yet")),
         Command::Hold => commands::hold(),
     };
     match result {
