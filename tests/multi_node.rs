@@ -1,0 +1,115 @@
+//! Stages 3 and 4: two nodes in the lab, and on two sandboxes playing the talk's two VMs.
+
+mod common;
+use common::*;
+
+/// The talk's 24 checks on each node, with the system `ping` inside the nodes and their
+/// containers, and cnet's own `cnet test`; then `down` leaves nothing.
+fn lab_stage(args: &str, overlay_dev: Option<&str>) {
+    let r = sandbox(&format!(r#"
+cnet up {args} > /dev/null
+mark test
+cnet test
+mark con-con
+cnet exec node1 -- ip netns exec con1 ping -c1 -W2 172.16.1.2
+mark node-con
+cnet exec node1 -- ping -c1 -W2 172.16.1.3
+mark con-node
+cnet exec node2/con2 -- ping -c1 -W2 10.0.0.10
+mark node-node
+cnet exec 2 -- ping -c1 -W2 10.0.0.10
+mark routes
+cnet exec node1 -- ip route
+mark status
+cnet status
+mark down
+cnet down
+{LEFTOVERS}"#));
+    r.ok();
+    let t = r.section("test");
+    assert!(t.contains("(node1): 24/24 checks passed") && t.contains("(node2): 24/24 checks passed") && t.contains("48/48"), "{t}");
+    assert_eq!(ping_ttls(&r.section("con-con")), vec![62], "two routers: both nodes");
+    assert_eq!(ping_ttls(&r.section("node-con")), vec![63]);
+    assert_eq!(ping_ttls(&r.section("con-node")), vec![63]);
+    assert_eq!(ping_ttls(&r.section("node-node")), vec![64]);
+    let routes = r.section("routes");
+    match overlay_dev {
+        None => assert!(routes.contains("172.16.1.0/24 via 10.0.0.20 dev enp0s8"), "{routes}"),
+        Some(dev) => {
+            assert!(routes.contains(&format!("172.16.0.0/16 dev {dev}")), "{routes}");
+            assert!(!routes.contains("via 10.0.0.20"), "no static route in stage 4: {routes}");
+        }
+    }
+    let st = r.section("status");
+    assert_eq!(st.matches("matches the plan").count(), 2, "{st}");
+    assert_nothing_left(&r);
+}
+
+#[test]
+fn stage3_multi_node_lab() {
+    if privileged() {
+        lab_stage("multi-node", None);
+    }
+}
+
+#[test]
+fn stage4_vxlan_lab() {
+    if privileged() {
+        lab_stage("overlay --backend vxlan", Some("vxlan0"));
+    }
+}
+
+/// Two sandboxes playing the talk's VMs, joined by a veth (their enp0s8), each running
+/// `cnet up ... --host --node i` in its own mount and UTS namespace.
+fn two_vms(args: &str) -> Run {
+    let vm = r#"
+vm() {  # vm INDEX OTHER: one VM's whole session
+  ip netns exec vm$1 unshare --mount --uts --propagation private sh -euc '
+    mount -t tmpfs vm /run/netns; mount -t tmpfs vm /run/cnet; hostname vm'$1'
+    cnet up '"$ARGS"' --host --node '$1' > /tmp/up.'$1' 2>&1 || { echo failed > /tmp/up.'$1'.err; }
+    touch /tmp/ready.'$1'
+    while [ ! -e /tmp/ready.'$2' ]; do sleep 0.05; done
+    cnet test --host > /tmp/test.'$1' 2>&1 || true
+    ip netns exec con1 ping -c1 -W2 172.16.$(( '$2' - 1 )).2 > /tmp/ping.'$1' 2>&1 || true
+    touch /tmp/tested.'$1'
+    while [ ! -e /tmp/tested.'$2' ]; do sleep 0.05; done
+    cnet down > /tmp/down.'$1' 2>&1
+    { ip -o link show | awk -F": " "{print \$2}" | cut -d@ -f1 | grep -vxE "lo|enp0s8" || true; ls /run/netns; ls -A /run/cnet | grep -vx lock || true; } > /tmp/left.'$1'
+  '
+}
+ip netns add vm1; ip netns add vm2
+ip link add enp0s8 netns vm1 type veth peer name enp0s8 netns vm2
+ip -n vm1 addr add 10.0.0.10/24 dev enp0s8; ip -n vm2 addr add 10.0.0.20/24 dev enp0s8
+ip -n vm1 link set enp0s8 up; ip -n vm2 link set enp0s8 up
+ip -n vm1 link set lo up; ip -n vm2 link set lo up
+vm 1 2 & vm 2 1 & wait
+for i in 1 2; do mark up.$i; cat /tmp/up.$i; mark test.$i; cat /tmp/test.$i; mark ping.$i; cat /tmp/ping.$i; mark down.$i; cat /tmp/down.$i; mark left.$i; cat /tmp/left.$i; done
+mark end
+"#;
+    sandbox(&format!("ARGS='{args}'\n{vm}"))
+}
+
+fn assert_vms(r: &Run) {
+    r.ok();
+    for i in ["1", "2"] {
+        let t = r.section(&format!("test.{i}"));
+        assert!(t.contains("24/24 checks passed"), "vm{i}:\n{t}\nup:\n{}", r.section(&format!("up.{i}")));
+        assert_eq!(ping_ttls(&r.section(&format!("ping.{i}"))), vec![62], "vm{i}");
+        assert!(r.section(&format!("down.{i}")).contains("removed"));
+        assert!(r.section(&format!("left.{i}")).trim().is_empty(), "vm{i} left: {}", r.section(&format!("left.{i}")));
+    }
+}
+
+#[test]
+fn stage3_on_two_host_vms() {
+    if privileged() {
+        assert_vms(&two_vms("multi-node"));
+    }
+}
+
+#[test]
+fn stage4_vxlan_on_two_host_vms() {
+    if privileged() {
+        assert_vms(&two_vms("overlay --backend vxlan"));
+    }
+}
