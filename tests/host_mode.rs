@@ -73,8 +73,8 @@ fn explain_sh_script_builds_what_cnet_checks() {
     }
     for stage in ["namespace", "single-node"] {
         let r = sandbox(&format!(r#"{VM}
-cnet explain {stage} --format sh > /tmp/build.sh
-sh /tmp/build.sh > /dev/null
+cnet explain {stage} --format sh > $T/build.sh
+sh $T/build.sh > /dev/null
 mark test
 cnet test --host {stage}
 "#));
@@ -111,10 +111,10 @@ fn killed_up_is_removed_by_down() {
     }
     // `up --step` waits for Enter before each step: feed five, then kill it mid-way.
     let r = sandbox(&format!(r#"{VM}
-mkfifo /tmp/keys
-cnet up 2 --host --step < /tmp/keys > /dev/null &
+mkfifo $T/keys
+cnet up 2 --host --step < $T/keys > /dev/null &
 pid=$!
-exec 3> /tmp/keys
+exec 3> $T/keys
 printf '\n\n\n\n\n' >&3
 sleep 0.5
 kill -9 $pid

@@ -66,15 +66,15 @@ fn two_vms(args: &str) -> Run {
 vm() {  # vm INDEX OTHER: one VM's whole session
   ip netns exec vm$1 unshare --mount --uts --propagation private sh -euc '
     mount -t tmpfs vm /run/netns; mount -t tmpfs vm /run/cnet; hostname vm'$1'
-    cnet up '"$ARGS"' --host --node '$1' > /tmp/up.'$1' 2>&1 || { echo failed > /tmp/up.'$1'.err; }
-    touch /tmp/ready.'$1'
-    while [ ! -e /tmp/ready.'$2' ]; do sleep 0.05; done
-    cnet test --host > /tmp/test.'$1' 2>&1 || true
-    ip netns exec con1 ping -c1 -W2 172.16.$(( '$2' - 1 )).2 > /tmp/ping.'$1' 2>&1 || true
-    touch /tmp/tested.'$1'
-    while [ ! -e /tmp/tested.'$2' ]; do sleep 0.05; done
-    cnet down > /tmp/down.'$1' 2>&1
-    { ip -o link show | awk -F": " "{print \$2}" | cut -d@ -f1 | grep -vxE "lo|enp0s8" || true; ls /run/netns; ls -A /run/cnet | grep -vx lock || true; } > /tmp/left.'$1'
+    cnet up '"$ARGS"' --host --node '$1' > $T/up.'$1' 2>&1 || { echo failed > $T/up.'$1'.err; }
+    touch $T/ready.'$1'
+    while [ ! -e $T/ready.'$2' ]; do sleep 0.05; done
+    cnet test --host > $T/test.'$1' 2>&1 || true
+    ip netns exec con1 ping -c1 -W2 172.16.$(( '$2' - 1 )).2 > $T/ping.'$1' 2>&1 || true
+    touch $T/tested.'$1'
+    while [ ! -e $T/tested.'$2' ]; do sleep 0.05; done
+    cnet down > $T/down.'$1' 2>&1
+    { ip -o link show | awk -F": " "{print \$2}" | cut -d@ -f1 | grep -vxE "lo|enp0s8" || true; ls /run/netns; ls -A /run/cnet | grep -vx lock || true; } > $T/left.'$1'
   '
 }
 ip netns add vm1; ip netns add vm2
@@ -83,7 +83,7 @@ ip -n vm1 addr add 10.0.0.10/24 dev enp0s8; ip -n vm2 addr add 10.0.0.20/24 dev 
 ip -n vm1 link set enp0s8 up; ip -n vm2 link set enp0s8 up
 ip -n vm1 link set lo up; ip -n vm2 link set lo up
 vm 1 2 & vm 2 1 & wait
-for i in 1 2; do mark up.$i; cat /tmp/up.$i; mark test.$i; cat /tmp/test.$i; mark ping.$i; cat /tmp/ping.$i; mark down.$i; cat /tmp/down.$i; mark left.$i; cat /tmp/left.$i; done
+for i in 1 2; do mark up.$i; cat $T/up.$i; mark test.$i; cat $T/test.$i; mark ping.$i; cat $T/ping.$i; mark down.$i; cat $T/down.$i; mark left.$i; cat $T/left.$i; done
 mark end
 "#;
     sandbox(&format!("ARGS='{args}'\n{vm}"))

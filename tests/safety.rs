@@ -49,16 +49,16 @@ ip addr add 10.0.0.10/24 dev enp0s8
 ip netns add con2
 ip link add br0 type bridge
 snapshot() { ip -br link | sort; ip netns list | sort; ip route; }
-snapshot > /tmp/before
+snapshot > $T/before
 mark netns-conflict
 cnet up 2 --host 2>&1 && echo "up succeeded"
 ip netns del con2
 mark link-conflict
 cnet up 2 --host 2>&1 && echo "up succeeded"
 ip netns add con2
-snapshot > /tmp/after
+snapshot > $T/after
 mark diff
-diff /tmp/before /tmp/after || true
+diff $T/before $T/after || true
 ip link del br0; ip netns del con2
 cnet up 2 -q
 mark twice

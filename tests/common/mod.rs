@@ -64,20 +64,27 @@ impl Run {
     }
 }
 
-/// Run a shell script (sh -eu) in a fresh sandbox, with `cnet` on PATH and `$CNET` set.
+/// Run a shell script (sh -eu) in a fresh sandbox, with `cnet` on PATH, `$CNET` set and a
+/// scratch directory `$T` of its own.
 /// Use `mark NAME` in the script to start a section read back with [`Run::section`].
 pub fn sandbox(script: &str) -> Run {
-    // A private /tmp too, so that parallel tests' files cannot collide.
-    let prelude = "mount -t tmpfs cnet-test /tmp\nmark() { echo \"@@ $1\"; }\n";
+    // A private scratch directory ($T), so that parallel tests' files cannot collide.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let scratch = std::env::temp_dir().join(format!("cnet-test-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let prelude = "mark() { echo \"@@ $1\"; }\n";
     let bin_dir = cnet_bin().parent().unwrap().to_path_buf();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     let out: Output = Command::new(repo().join("scripts/sandbox"))
         .args(["sh", "-euc", &format!("{prelude}{script}")])
         .env("PATH", path)
         .env("CNET", cnet_bin())
+        .env("T", &scratch)
         .current_dir(repo())
         .output()
         .expect("run scripts/sandbox");
+    let _ = std::fs::remove_dir_all(&scratch);
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
