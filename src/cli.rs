@@ -145,7 +145,10 @@ pub struct ShellArgs {
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum ExplainFormat {
     Text,
+    /// A runnable iproute2 script that builds the stage.
     Sh,
+    /// The script that removes what `sh` built.
+    ShDown,
     Json,
 }
 

@@ -207,6 +207,7 @@ pub fn explain(a: &ExplainArgs) -> Result<()> {
     match a.format {
         ExplainFormat::Text => crate::explain::print_text(&topo),
         ExplainFormat::Sh => print!("{}", crate::explain::shell_script(&topo)),
+        ExplainFormat::ShDown => print!("{}", crate::explain::shell_down_script(&topo)),
         ExplainFormat::Json => {
             let plans: Vec<_> = topo.nodes.iter().map(|n| node_plan(&topo, n, crate::topology::UNDERLAY_DEV)).collect();
             println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "topology": topo, "plans": plans }))?);

@@ -21,6 +21,34 @@ pub fn print_text(topo: &Topology) {
     }
 }
 
+/// A script that removes what [`shell_script`] built: each step's undo, newest first.
+pub fn shell_down_script(topo: &Topology) -> String {
+    let stage = topo.stage();
+    let mut s = String::new();
+    writeln!(s, "#!/bin/sh\n# Removes stage {} ({}) as built by `cnet explain {} --format sh`.", stage.number(), stage.name(), stage.name()).unwrap();
+    let body = |p: &NodePlan, indent: &str, s: &mut String| {
+        let links: Vec<&str> = p.steps.iter().filter_map(|x| x.step.created_link()).collect();
+        for st in p.steps.iter().rev() {
+            if let Some(c) = st.step.undo_command(&links) {
+                writeln!(s, "{indent}{c}").unwrap();
+            }
+        }
+    };
+    let all = plans(topo);
+    if topo.nodes.len() == 1 {
+        body(&all[0], "", &mut s);
+    } else {
+        writeln!(s, "node=${{1:?usage: $0 NODE (1..{})}}\ncase \"$node\" in", topo.nodes.len()).unwrap();
+        for p in &all {
+            writeln!(s, "{})", p.node).unwrap();
+            body(p, "  ", &mut s);
+            writeln!(s, "  ;;").unwrap();
+        }
+        writeln!(s, "esac").unwrap();
+    }
+    s
+}
+
 /// A script that builds the same topology on a host with iproute2 (and `cnet tunnel` for
 /// stage 4's udp backend). Multi-node stages take the node number as $1.
 pub fn shell_script(topo: &Topology) -> String {

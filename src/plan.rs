@@ -104,6 +104,23 @@ impl Step {
         }
     }
 
+    /// The iproute2 command that undoes this step, where one is needed (what dies with a
+    /// deleted link or namespace needs none).
+    pub fn undo_command(&self, created_links: &[&str]) -> Option<String> {
+        match self {
+            Step::AddNetns { name } => Some(format!("ip netns del {name}")),
+            Step::AddVeth { name, .. } | Step::AddBridge { name } | Step::AddVxlan { name, .. } => Some(format!("ip link del {name}")),
+            Step::AddTun { name } => Some(format!("ip tuntap del dev {name} mode tun")),
+            Step::AddRoute { netns: None, dev, .. } if !created_links.contains(&dev.as_str()) => {
+                Some(self.command().replacen("route add", "route del", 1))
+            }
+            Step::StartTunnel { dev, .. } => Some(format!("pkill -f 'cnet tunnel --dev {dev} '")),
+            Step::Sysctl { key, .. } => Some(format!("# set {key} back to its old value if it matters")),
+            Step::SetMaster { .. } | Step::SetMtu { .. } | Step::AddAddr { .. } | Step::LinkUp { .. }
+            | Step::AddRoute { .. } | Step::AddFdb { .. } => None,
+        }
+    }
+
     /// Links this step creates on the node (deleted by `down`).
     pub fn created_link(&self) -> Option<&str> {
         match self {
@@ -358,6 +375,16 @@ mod tests {
         assert!(c.contains(&"ip link add vxlan0 type vxlan id 1 local 10.0.0.20 dev enp0s8 dstport 4789 nolearning".to_string()));
         assert!(c.contains(&"bridge fdb append 00:00:00:00:00:00 dev vxlan0 dst 10.0.0.10".to_string()));
         assert!(c.contains(&"ip route add 172.16.0.0/24 via 172.16.0.100 dev vxlan0 onlink".to_string()));
+    }
+
+    #[test]
+    fn undo_commands_reverse_the_build() {
+        let p = plan(Stage::MultiNode, 1);
+        let links: Vec<&str> = p.steps.iter().filter_map(|s| s.step.created_link()).collect();
+        let undo: Vec<String> = p.steps.iter().rev().filter_map(|s| s.step.undo_command(&links)).collect();
+        assert_eq!(undo[0], "# set net.ipv4.ip_forward back to its old value if it matters");
+        assert_eq!(undo[1], "ip route del 172.16.1.0/24 via 10.0.0.20 dev enp0s8");
+        assert_eq!(&undo[2..], ["ip link del br0", "ip link del veth20", "ip link del veth10", "ip netns del con2", "ip netns del con1"]);
     }
 
     #[test]
