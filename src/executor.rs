@@ -40,8 +40,41 @@ pub fn tunnel_log_path() -> PathBuf {
     run_dir().join("tunnel.log")
 }
 
+/// Test hook: `CNET_FAIL_AT_STEP=N` makes step N (1-based) fail, to prove that a failed
+/// `up` leaves nothing behind.
+fn injected_failure(index: usize) -> Result<()> {
+    if std::env::var("CNET_FAIL_AT_STEP").ok().and_then(|v| v.parse::<usize>().ok()) == Some(index + 1) {
+        anyhow::bail!("failure injected by CNET_FAIL_AT_STEP");
+    }
+    Ok(())
+}
+
+/// How many requests of one batch are in flight at once: enough to hide round trips,
+/// few enough that the kernel's acknowledgements never overflow the socket's buffer.
+const IN_FLIGHT: usize = 64;
+
+/// Apply a batch of independent steps (same `batch_key`) concurrently; one result per step,
+/// in order.
+pub async fn apply_batch(nl: &Netlink, steps: &[(usize, &Step)], stage: &str) -> Vec<Result<Done>> {
+    use futures::StreamExt;
+    if let Some((_, Step::AddNetns { .. })) = steps.first() {
+        // Stop at an injected failure (test hook) as at a real one.
+        let cut = steps.iter().position(|(i, _)| injected_failure(*i).is_err()).unwrap_or(steps.len());
+        let names: Vec<&str> = steps[..cut].iter().filter_map(|(_, s)| match s { Step::AddNetns { name } => Some(name.as_str()), _ => None }).collect();
+        let mut out: Vec<Result<Done>> = nl.add_netns_many(&names).into_iter().zip(steps)
+            .map(|(r, (i, _))| r.map(|()| Done { step: *i, ..Default::default() }))
+            .collect();
+        if let Some((i, _)) = steps.get(cut) {
+            out.push(injected_failure(*i).map(|()| Done::default()));
+        }
+        return out;
+    }
+    futures::stream::iter(steps.iter().map(|(i, s)| apply(nl, *i, s, stage))).buffered(IN_FLIGHT).collect().await
+}
+
 /// Apply one step; the returned record holds what undoing it needs.
-pub async fn apply(nl: &mut Netlink, index: usize, step: &Step, stage: &str) -> Result<Done> {
+pub async fn apply(nl: &Netlink, index: usize, step: &Step, stage: &str) -> Result<Done> {
+    injected_failure(index)?;
     let mut done = Done { step: index, ..Default::default() };
     let tag = alias(stage);
     match step {
@@ -148,7 +181,7 @@ pub fn processes_in(ns_file: &Path, kind: &str) -> Vec<u32> {
 
 /// Undo finished steps, newest first, collecting errors rather than stopping at the first
 /// (as CNI's DEL does): whatever is already gone counts as undone.
-pub async fn teardown(nl: &mut Netlink, plan: &NodePlan, done: &[Done], stage: &str) -> Vec<anyhow::Error> {
+pub async fn teardown(nl: &Netlink, plan: &NodePlan, done: &[Done], stage: &str) -> Vec<anyhow::Error> {
     let mut errors = Vec::new();
     let steps: Vec<(&Step, &Done)> = done.iter().filter_map(|d| plan.steps.get(d.step).map(|s| (&s.step, d))).collect();
     let created: HashSet<&str> = steps.iter().filter_map(|(s, _)| s.created_link()).collect();
@@ -206,7 +239,7 @@ pub async fn teardown(nl: &mut Netlink, plan: &NodePlan, done: &[Done], stage: &
     errors
 }
 
-async fn delete_links(nl: &mut Netlink, created: &HashSet<&str>, stage: &str) -> Result<()> {
+async fn delete_links(nl: &Netlink, created: &HashSet<&str>, stage: &str) -> Result<()> {
     let links: Vec<_> = nl.links(None).await?.iter().map(link_view).collect();
     let in_group: Vec<_> = links.iter().filter(|l| l.group == CNET_GROUP).collect();
     let all_ours = in_group.iter().all(|l| l.alias.as_deref().is_some_and(|a| a.starts_with(ALIAS_PREFIX)));

@@ -5,6 +5,7 @@
 //! `down` delete all of them in one request, so the kernel's RCU waits are paid once.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -62,16 +63,18 @@ fn connect(fd: std::os::fd::OwnedFd) -> Handle {
 pub struct Netlink {
     node: Handle,
     netns_dir: PathBuf,
-    containers: HashMap<String, Handle>,
+    /// Behind locks so that independent steps can run concurrently (pipelined requests);
+    /// never held across an await.
+    containers: Mutex<HashMap<String, Handle>>,
     /// Link indexes by (netns, name), so a step needs no extra lookup round trip.
-    index: HashMap<(Option<String>, String), u32>,
+    index: Mutex<HashMap<(Option<String>, String), u32>>,
 }
 
 impl Netlink {
     /// Handles for the namespace this process is in, with containers under `netns_dir`.
     pub fn here(netns_dir: &Path) -> Result<Netlink> {
         let fd = ns::open_netlink()?;
-        Ok(Netlink { node: connect(fd), netns_dir: netns_dir.to_path_buf(), containers: HashMap::new(), index: HashMap::new() })
+        Ok(Netlink { node: connect(fd), netns_dir: netns_dir.to_path_buf(), containers: Mutex::default(), index: Mutex::default() })
     }
 
     /// A handle for a namespace persisted at an arbitrary path (the lab's switch and nodes).
@@ -84,18 +87,18 @@ impl Netlink {
         self.netns_dir.join(name)
     }
 
-    pub fn handle(&mut self, netns: Option<&str>) -> Result<Handle> {
+    pub fn handle(&self, netns: Option<&str>) -> Result<Handle> {
         let Some(name) = netns else { return Ok(self.node.clone()) };
-        if let Some(h) = self.containers.get(name) {
+        if let Some(h) = self.containers.lock().unwrap().get(name) {
             return Ok(h.clone());
         }
         let h = Self::handle_at(&self.netns_path(name))?;
-        self.containers.insert(name.to_string(), h.clone());
+        self.containers.lock().unwrap().insert(name.to_string(), h.clone());
         Ok(h)
     }
 
     /// `ip netns add NAME`, keeping a netlink handle opened inside it on the way.
-    pub fn add_netns(&mut self, name: &str) -> Result<()> {
+    pub fn add_netns(&self, name: &str) -> Result<()> {
         let path = self.netns_path(name);
         let fd = ns::create_netns(&path, ns::open_netlink).map_err(|e| {
             if e.chain().any(|c| c.to_string().contains("File exists")) {
@@ -104,30 +107,59 @@ impl Netlink {
                 e
             }
         })?;
-        self.containers.insert(name.to_string(), connect(fd));
+        self.containers.lock().unwrap().insert(name.to_string(), connect(fd));
         Ok(())
     }
 
-    pub fn del_netns(&mut self, name: &str) -> Result<()> {
-        self.containers.remove(name);
-        self.index.retain(|(ns, _), _| ns.as_deref() != Some(name));
+    /// Many `ip netns add` at once, on one thread per CPU (creating a namespace is mostly
+    /// kernel work that runs in parallel). One result per name, in order.
+    pub fn add_netns_many(&self, names: &[&str]) -> Vec<Result<()>> {
+        let workers = ns::cpu_count().min(names.len()).max(1);
+        let chunk = names.len().div_ceil(workers);
+        let made: Vec<Result<std::os::fd::OwnedFd>> = std::thread::scope(|s| {
+            let jobs: Vec<_> = names
+                .chunks(chunk.max(1))
+                .map(|part| s.spawn(move || part.iter().map(|n| ns::create_netns(&self.netns_path(n), ns::open_netlink)).collect::<Vec<_>>()))
+                .collect();
+            jobs.into_iter().flat_map(|j| j.join().expect("netns worker")).collect()
+        });
+        names
+            .iter()
+            .zip(made)
+            .map(|(name, r)| {
+                let fd = r.map_err(|e| {
+                    if e.chain().any(|c| c.to_string().contains("File exists")) {
+                        anyhow!("a network namespace named '{name}' already exists")
+                    } else {
+                        e
+                    }
+                })?;
+                self.containers.lock().unwrap().insert(name.to_string(), connect(fd));
+                Ok(())
+            })
+            .collect()
+    }
+
+    pub fn del_netns(&self, name: &str) -> Result<()> {
+        self.containers.lock().unwrap().remove(name);
+        self.index.lock().unwrap().retain(|(ns, _), _| ns.as_deref() != Some(name));
         ns::delete_ns_file(&self.netns_path(name))
     }
 
-    pub async fn link_index(&mut self, netns: Option<&str>, name: &str) -> Result<u32> {
+    pub async fn link_index(&self, netns: Option<&str>, name: &str) -> Result<u32> {
         let key = (netns.map(str::to_string), name.to_string());
-        if let Some(i) = self.index.get(&key) {
+        if let Some(i) = self.index.lock().unwrap().get(&key) {
             return Ok(*i);
         }
         let h = self.handle(netns)?;
         let msg = find_link(&h, name).await?.ok_or_else(|| anyhow!("there is no link named {name}"))?;
-        self.index.insert(key, msg.header.index);
+        self.index.lock().unwrap().insert(key, msg.header.index);
         Ok(msg.header.index)
     }
 
     /// `ip link add NAME type veth peer name PEER netns NS`: the peer is created straight in
     /// the namespace (23x faster than creating then moving it).
-    pub async fn add_veth(&mut self, name: &str, peer: &str, peer_netns: &str, alias: &str) -> Result<()> {
+    pub async fn add_veth(&self, name: &str, peer: &str, peer_netns: &str, alias: &str) -> Result<()> {
         let target = std::fs::File::open(self.netns_path(peer_netns))
             .with_context(|| format!("cannot open network namespace '{peer_netns}'"))?;
         let peer_msg = LinkMessageBuilder::<LinkUnspec>::default()
@@ -142,12 +174,12 @@ impl Netlink {
         self.add_link(msg, name, alias).await
     }
 
-    pub async fn add_bridge(&mut self, name: &str, alias: &str) -> Result<()> {
+    pub async fn add_bridge(&self, name: &str, alias: &str) -> Result<()> {
         let msg = LinkBridge::new(name).link_group(CNET_GROUP).build();
         self.add_link(msg, name, alias).await
     }
 
-    pub async fn add_vxlan(&mut self, name: &str, vni: u32, local: Ipv4Addr, underlay: &str, port: u16, alias: &str) -> Result<()> {
+    pub async fn add_vxlan(&self, name: &str, vni: u32, local: Ipv4Addr, underlay: &str, port: u16, alias: &str) -> Result<()> {
         let under = self.link_index(None, underlay).await?;
         let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Vxlan)
             .name(name.to_string())
@@ -163,7 +195,7 @@ impl Netlink {
         self.add_link(msg, name, alias).await
     }
 
-    async fn add_link(&mut self, msg: LinkMessage, name: &str, alias: &str) -> Result<()> {
+    async fn add_link(&self, msg: LinkMessage, name: &str, alias: &str) -> Result<()> {
         self.node.link().add(msg).execute().await.map_err(|e| {
             if errno(&e) == Some(libc::EEXIST) {
                 anyhow!("a link named {name} already exists")
@@ -175,7 +207,7 @@ impl Netlink {
     }
 
     /// Put a link cnet made (a TUN device, say) in cnet's group and give it cnet's alias.
-    pub async fn mark(&mut self, name: &str, alias: &str) -> Result<()> {
+    pub async fn mark(&self, name: &str, alias: &str) -> Result<()> {
         let index = self.link_index(None, name).await?;
         let msg = LinkUnspec::new_with_index(index)
             .link_group(CNET_GROUP)
@@ -184,24 +216,24 @@ impl Netlink {
         self.node.link().set(msg).execute().await.map_err(kernel_error)
     }
 
-    pub async fn set_master(&mut self, dev: &str, master: &str) -> Result<()> {
+    pub async fn set_master(&self, dev: &str, master: &str) -> Result<()> {
         let (i, m) = (self.link_index(None, dev).await?, self.link_index(None, master).await?);
         let msg = LinkUnspec::new_with_index(i).controller(m).build();
         self.node.link().set(msg).execute().await.map_err(kernel_error)
     }
 
-    pub async fn set_mtu(&mut self, dev: &str, mtu: u32) -> Result<()> {
+    pub async fn set_mtu(&self, dev: &str, mtu: u32) -> Result<()> {
         let i = self.link_index(None, dev).await?;
         self.node.link().set(LinkUnspec::new_with_index(i).mtu(mtu).build()).execute().await.map_err(kernel_error)
     }
 
-    pub async fn link_up(&mut self, netns: Option<&str>, dev: &str) -> Result<()> {
+    pub async fn link_up(&self, netns: Option<&str>, dev: &str) -> Result<()> {
         let i = self.link_index(netns, dev).await?;
         let h = self.handle(netns)?;
         h.link().set(LinkUnspec::new_with_index(i).up().build()).execute().await.map_err(kernel_error)
     }
 
-    pub async fn add_addr(&mut self, netns: Option<&str>, dev: &str, addr: Ipv4Net) -> Result<()> {
+    pub async fn add_addr(&self, netns: Option<&str>, dev: &str, addr: Ipv4Net) -> Result<()> {
         let i = self.link_index(netns, dev).await?;
         let h = self.handle(netns)?;
         h.address().add(i, IpAddr::V4(addr.addr), addr.prefix).execute().await.map_err(|e| {
@@ -209,7 +241,7 @@ impl Netlink {
         })
     }
 
-    pub async fn add_route(&mut self, netns: Option<&str>, route: &RouteSpec) -> Result<()> {
+    pub async fn add_route(&self, netns: Option<&str>, route: &RouteSpec) -> Result<()> {
         let msg = self.route_message(netns, route).await?;
         let h = self.handle(netns)?;
         h.route().add(msg).execute().await.map_err(|e| {
@@ -217,13 +249,13 @@ impl Netlink {
         })
     }
 
-    pub async fn del_route(&mut self, netns: Option<&str>, route: &RouteSpec) -> Result<()> {
+    pub async fn del_route(&self, netns: Option<&str>, route: &RouteSpec) -> Result<()> {
         let msg = self.route_message(netns, route).await?;
         let h = self.handle(netns)?;
         h.route().del(msg).execute().await.map_err(kernel_error)
     }
 
-    async fn route_message(&mut self, netns: Option<&str>, r: &RouteSpec) -> Result<RouteMessage> {
+    async fn route_message(&self, netns: Option<&str>, r: &RouteSpec) -> Result<RouteMessage> {
         let oif = self.link_index(netns, &r.dev).await?;
         let dst = r.dst.unwrap_or(Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0));
         // Protocol "boot", as `ip route add` sets it, so `ip route` prints the talk's lines exactly.
@@ -244,7 +276,7 @@ impl Netlink {
 
     /// `bridge fdb append 00:00:00:00:00:00 dev DEV dst IP` (NLM_F_APPEND: one all-zero entry
     /// per peer, so broadcast and unknown frames go to every peer).
-    pub async fn add_fdb(&mut self, dev: &str, dst: Ipv4Addr) -> Result<()> {
+    pub async fn add_fdb(&self, dev: &str, dst: Ipv4Addr) -> Result<()> {
         use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
         use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
         use netlink_packet_route::RouteNetlinkMessage;
@@ -274,22 +306,22 @@ impl Netlink {
     pub async fn links(&self, netns: Option<&str>) -> Result<Vec<LinkMessage>> {
         let h = match netns {
             None => self.node.clone(),
-            Some(n) => self.containers.get(n).cloned().map_or_else(|| Self::handle_at(&self.netns_path(n)), Ok)?,
+            Some(n) => self.handle(Some(n))?,
         };
         dump_links(&h).await
     }
 
     /// `ip link del group CNET_GROUP`: one request, one batch of RCU waits.
-    pub async fn del_cnet_group(&mut self) -> Result<()> {
-        self.index.clear();
+    pub async fn del_cnet_group(&self) -> Result<()> {
+        self.index.lock().unwrap().clear();
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::Group(CNET_GROUP));
         self.node.link().del_with_message(msg).execute().await.map_err(kernel_error)
     }
 
-    pub async fn del_link(&mut self, name: &str) -> Result<()> {
+    pub async fn del_link(&self, name: &str) -> Result<()> {
         let i = self.link_index(None, name).await?;
-        self.index.retain(|(ns, n), _| !(ns.is_none() && n == name));
+        self.index.lock().unwrap().retain(|(ns, n), _| !(ns.is_none() && n == name));
         self.node.link().del(i).execute().await.map_err(kernel_error)
     }
 

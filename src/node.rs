@@ -173,7 +173,7 @@ fn wait_for_enter() -> Result<()> {
 
 /// `cnet up STAGE --host`: build this node, recording each step; on failure undo them all.
 pub async fn up(req: &NodeRequest, pace: Pace) -> Result<()> {
-    let mut nl = Netlink::here(&PathBuf::from(NETNS_DIR))?;
+    let nl = Netlink::here(&PathBuf::from(NETNS_DIR))?;
     let (topo, header) = resolve(req, &nl).await?;
     let plan = node_plan(&topo, topo.node(req.node)?, &header.underlay);
     check_conflicts(&nl, &plan).await?;
@@ -183,36 +183,53 @@ pub async fn up(req: &NodeRequest, pace: Pace) -> Result<()> {
     let stage = topo.stage().name();
     let mut done: Vec<Done> = Vec::with_capacity(plan.steps.len());
     let total = plan.steps.len();
-    for (i, s) in plan.steps.iter().enumerate() {
+    let mut i = 0;
+    while i < total {
+        // A run of independent steps (one per container) goes as one pipelined batch,
+        // except when the user steps through them one by one.
+        let key = plan.steps[i].step.batch_key();
+        let mut end = i + 1;
+        if pace != Pace::Step && key.is_some() {
+            while end < total && plan.steps[end].step.batch_key() == key {
+                end += 1;
+            }
+        }
         if pace != Pace::Quiet {
-            print_step(i, total, &s.why, &s.command);
-        }
-        let result = async {
-            if pace == Pace::Step {
-                wait_for_enter()?;
-            }
-            // Test hook: make step N (1-based) fail, to prove that a failed `up` leaves nothing.
-            if std::env::var("CNET_FAIL_AT_STEP").ok().and_then(|v| v.parse::<usize>().ok()) == Some(i + 1) {
-                bail!("failure injected by CNET_FAIL_AT_STEP");
-            }
-            let d = executor::apply(&mut nl, i, &s.step, stage).await?;
-            journal.record(&d)?;
-            Ok::<_, anyhow::Error>(d)
-        }
-        .await;
-        match result {
-            Ok(d) => done.push(d),
-            Err(e) => {
-                let errors = executor::teardown(&mut nl, &plan, &done, stage).await;
-                let undo = if errors.is_empty() {
-                    NodeJournal::remove()?;
-                    "the steps already done were undone".to_string()
-                } else {
-                    format!("undoing the steps already done also failed ({}); run `cnet down`", join_errors(&errors))
-                };
-                return Err(anyhow!("step {} ({}) failed: {}; {undo}", i + 1, s.command, chain(&e)));
+            for j in i..end {
+                print_step(j, total, &plan.steps[j].why, &plan.steps[j].command);
             }
         }
+        if pace == Pace::Step {
+            if let Err(e) = wait_for_enter() {
+                return Err(fail(&nl, &plan, &done, stage, i, e).await);
+            }
+        }
+        let batch: Vec<(usize, &Step)> = (i..end).map(|j| (j, &plan.steps[j].step)).collect();
+        let started = std::time::Instant::now();
+        let results = if batch.len() == 1 {
+            vec![executor::apply(&nl, i, batch[0].1, stage).await]
+        } else {
+            executor::apply_batch(&nl, &batch, stage).await
+        };
+        let mut failed = None;
+        for (j, r) in (i..end).zip(results) {
+            match r {
+                Ok(d) => {
+                    if let Err(e) = journal.record(&d) {
+                        failed.get_or_insert((j, e));
+                    }
+                    done.push(d);
+                }
+                Err(e) => {
+                    failed.get_or_insert((j, e));
+                }
+            }
+        }
+        tracing::debug!("steps {}..{} ({}) took {:?}", i + 1, end, plan.steps[i].command, started.elapsed());
+        if let Some((j, e)) = failed {
+            return Err(fail(&nl, &plan, &done, stage, j, e).await);
+        }
+        i = end;
     }
     if pace != Pace::Quiet {
         println!();
@@ -221,12 +238,26 @@ pub async fn up(req: &NodeRequest, pace: Pace) -> Result<()> {
     Ok(())
 }
 
+/// Undo what is done and say which step failed and why, in one line.
+async fn fail(nl: &Netlink, plan: &NodePlan, done: &[Done], stage: &str, step: usize, e: anyhow::Error) -> anyhow::Error {
+    let errors = executor::teardown(nl, plan, done, stage).await;
+    let undo = if errors.is_empty() {
+        match NodeJournal::remove() {
+            Ok(()) => "the steps already done were undone".to_string(),
+            Err(r) => format!("the steps already done were undone, but {}", chain(&r)),
+        }
+    } else {
+        format!("undoing the steps already done also failed ({}); run `cnet down`", join_errors(&errors))
+    };
+    anyhow!("step {} ({}) failed: {}; {undo}", step + 1, plan.steps[step].command, chain(&e))
+}
+
 /// `cnet down --host`. Returns false if nothing was up.
 pub async fn down(quiet: bool) -> Result<bool> {
     let Some((header, done)) = NodeJournal::read()? else { return Ok(false) };
     let (topo, plan) = plan_of(&header)?;
-    let mut nl = Netlink::here(&header.netns_dir)?;
-    let errors = executor::teardown(&mut nl, &plan, &done, topo.stage().name()).await;
+    let nl = Netlink::here(&header.netns_dir)?;
+    let errors = executor::teardown(&nl, &plan, &done, topo.stage().name()).await;
     if !errors.is_empty() {
         bail!("could not remove everything: {}; fix that and run `cnet down` again", join_errors(&errors));
     }
@@ -280,7 +311,7 @@ pub fn print_next_steps(topo: &Topology, node: u32, in_lab: bool) {
 }
 
 /// Read a container's state with a fresh handle (status, test).
-pub async fn container_snapshot(nl: &mut Netlink, name: &str) -> Result<crate::status::NsSnapshot> {
+pub async fn container_snapshot(nl: &Netlink, name: &str) -> Result<crate::status::NsSnapshot> {
     let h = nl.handle(Some(name)).with_context(|| format!("container {name}"))?;
     crate::status::snapshot(&h).await
 }

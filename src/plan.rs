@@ -121,6 +121,21 @@ impl Step {
         }
     }
 
+    /// Steps with the same key that follow one another touch different objects (one per
+    /// container) and may run concurrently: their netlink requests are pipelined.
+    pub fn batch_key(&self) -> Option<u8> {
+        match self {
+            Step::AddNetns { .. } => Some(1),
+            Step::AddVeth { .. } => Some(2),
+            Step::AddAddr { netns: Some(_), .. } => Some(3),
+            Step::LinkUp { netns: Some(_), .. } => Some(4),
+            Step::SetMaster { .. } => Some(5),
+            Step::LinkUp { netns: None, .. } => Some(6),
+            Step::AddRoute { netns: Some(_), .. } => Some(7),
+            _ => None,
+        }
+    }
+
     /// Links this step creates on the node (deleted by `down`).
     pub fn created_link(&self) -> Option<&str> {
         match self {

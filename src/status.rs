@@ -108,7 +108,7 @@ pub struct NodeStatus {
 pub async fn node_status() -> Result<Option<NodeStatus>> {
     let Some((header, done)) = NodeJournal::read()? else { return Ok(None) };
     let (topo, plan) = crate::node::plan_of(&header)?;
-    let mut nl = Netlink::here(&header.netns_dir)?;
+    let nl = Netlink::here(&header.netns_dir)?;
     let node_snap = snapshot(&nl.node_handle()).await?;
     let mut namespaces: Vec<String> = std::fs::read_dir(&header.netns_dir)
         .map(|d| d.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect())
@@ -117,7 +117,7 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
     let mut containers = BTreeMap::new();
     for c in &topo.node(header.node)?.containers {
         if nl.netns_path(&c.name).exists() {
-            if let Ok(s) = crate::node::container_snapshot(&mut nl, &c.name).await {
+            if let Ok(s) = crate::node::container_snapshot(&nl, &c.name).await {
                 containers.insert(c.name.clone(), s);
             }
         }
