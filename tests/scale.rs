@@ -1,0 +1,55 @@
+//! Scale options: many containers on one node, more than two nodes.
+
+mod common;
+use common::*;
+
+#[test]
+fn two_hundred_containers_pass_and_leave_nothing() {
+    if !privileged() {
+        return;
+    }
+    let r = sandbox(&format!(r#"
+cnet up single-node --containers 200 --pod-cidr 172.16.0.0/23 -q
+mark test
+cnet test
+mark names
+cnet exec node1 -- ip netns list | wc -l
+cnet exec node1 -- ip -br addr show dev br0
+cnet exec node1/con200 -- ip -br addr show dev veth2001
+mark ping
+cnet exec node1/con200 -- ping -c1 -W2 172.16.0.2
+mark down
+cnet down
+{LEFTOVERS}"#));
+    r.ok();
+    let t = r.section("test");
+    assert!(t.contains("checks passed (bounded plan)") && t.contains("402/402 checks passed"), "{t}");
+    let names = r.section("names");
+    assert!(names.starts_with("200\n"), "{names}");
+    assert!(names.contains("172.16.0.1/23") && names.contains("172.16.0.201/23"), "{names}");
+    assert_eq!(ping_ttls(&r.section("ping")), vec![64]);
+    assert_nothing_left(&r);
+}
+
+#[test]
+fn three_node_static_routes() {
+    if !privileged() {
+        return;
+    }
+    let r = sandbox(&format!(r#"
+cnet up multi-node --nodes 3 -q
+mark test
+cnet test
+mark routes
+cnet exec node3 -- ip route
+mark ping
+cnet exec node3/con1 -- ping -c1 -W2 172.16.0.3
+cnet down -q
+{LEFTOVERS}"#));
+    r.ok();
+    assert!(r.section("test").contains("108/108 checks passed"), "{}", r.section("test"));
+    let routes = r.section("routes");
+    assert!(routes.contains("172.16.0.0/24 via 10.0.0.10 dev enp0s8") && routes.contains("172.16.1.0/24 via 10.0.0.20 dev enp0s8"), "{routes}");
+    assert_eq!(ping_ttls(&r.section("ping")), vec![62]);
+    assert_nothing_left(&r);
+}
