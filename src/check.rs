@@ -210,6 +210,12 @@ pub fn print_table(n: &NodeChecks, multi: bool) {
     let passed = n.results.iter().filter(|r| r.pass).count();
     let title = if multi { format!("{} ({})", n.hostname, format_args!("node{}", n.node)) } else { n.hostname.clone() };
     println!("{title}: {passed}/{} checks passed ({} plan)", n.results.len(), n.plan);
+    if passed < n.results.len() && n.results.len() > 800 {
+        // Each container and the node need an ARP entry for one another, and the kernel's ARP
+        // table is shared by every namespace: 1024 entries (gc_thresh3 of the root namespace).
+        println!("  note: this many containers need more ARP entries than the kernel's table holds \
+            (net.ipv4.neigh.default.gc_thresh3, machine-wide, often 1024): unanswered checks may be that");
+    }
     println!("  {:<8} {:<16} {:<18} {:>4} {:>5} {:>9}  result", "from", "to", "target", "ttl", "want", "rtt");
     for r in &n.results {
         let ttl = r.ttl.map_or("-".into(), |t| t.to_string());
