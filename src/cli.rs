@@ -177,6 +177,11 @@ pub struct TunnelArgs {
     /// Use the plain one-packet-per-syscall path even where offloads are available.
     #[arg(long)]
     pub no_offload: bool,
+    /// Datagram framing: `raw` (the bare IP packet, the default) or `pi` (4-byte TUN
+    /// packet-info header first, as the talk's socat sends without `iff-no-pi`). Both are
+    /// accepted on receive.
+    #[arg(long, default_value = "raw")]
+    pub wire: String,
 }
 
 #[derive(Args, Debug)]

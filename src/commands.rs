@@ -275,3 +275,29 @@ pub fn diagram(a: &DiagramArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// `cnet tunnel`: the data plane in the foreground until SIGINT/SIGTERM.
+pub fn tunnel(a: &TunnelArgs) -> Result<()> {
+    require_admin()?;
+    let peers = a.peers.iter().map(|p| parse_peer(p)).collect::<Result<Vec<_>>>()?;
+    let cfg = crate::tunnel::TunnelConfig {
+        dev: a.dev.clone(),
+        local: a.local,
+        peers,
+        stats_path: a.stats.clone(),
+        offload: if a.no_offload { crate::tunnel::OffloadMode::Off } else { crate::tunnel::OffloadMode::Auto },
+        wire: a.wire.parse()?,
+    };
+    crate::tunnel::run(&cfg)
+}
+
+/// `10.0.0.20:9000=172.16.1.0/24[,172.16.9.0/24]`
+fn parse_peer(s: &str) -> Result<crate::tunnel::Peer> {
+    let (addr, nets) = s.split_once('=').ok_or_else(|| anyhow!("--peer {s}: give ADDR:PORT=SUBNET/LEN, e.g. 10.0.0.20:9000=172.16.1.0/24"))?;
+    let addr = addr.parse().map_err(|_| anyhow!("--peer {s}: '{addr}' is not an IPv4 address with a port"))?;
+    let subnets = nets
+        .split(',')
+        .map(|n| n.parse::<crate::topology::Ipv4Net>().map(|n| (n.trunc().addr, n.prefix)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(crate::tunnel::Peer { addr, subnets })
+}

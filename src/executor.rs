@@ -13,7 +13,7 @@ use anyhow::{anyhow, Context, Result};
 use crate::netlink::{link_view, Netlink, RouteSpec, ALIAS_PREFIX, CNET_GROUP};
 use crate::plan::{NodePlan, Step};
 use crate::state::{run_dir, Done};
-use crate::sys::{ns, tun};
+use crate::sys::ns;
 
 pub fn alias(stage: &str) -> String {
     format!("{ALIAS_PREFIX}{stage}")
@@ -82,7 +82,7 @@ pub async fn apply(nl: &Netlink, index: usize, step: &Step, stage: &str) -> Resu
         Step::AddVeth { name, peer, peer_netns } => nl.add_veth(name, peer, peer_netns, &tag).await?,
         Step::AddBridge { name } => nl.add_bridge(name, &tag).await?,
         Step::AddTun { name } => {
-            tun::create_persistent(name)?;
+            crate::tunnel::create_persistent_tun(name)?;
             nl.mark(name, &tag).await?;
         }
         Step::AddVxlan { name, vni, local, underlay, port } => nl.add_vxlan(name, *vni, *local, underlay, *port, &tag).await?,
@@ -191,6 +191,11 @@ pub async fn teardown(nl: &Netlink, plan: &NodePlan, done: &[Done], stage: &str)
         if let (Step::StartTunnel { .. }, Some(pid)) = (s, d.pid) {
             if is_cnet_process(pid, "tunnel") {
                 stop_process(pid);
+            }
+            for f in [tunnel_stats_path(), tunnel_log_path()] {
+                if let Err(e) = crate::state::remove_if_exists(&f) {
+                    errors.push(e);
+                }
             }
         }
     }

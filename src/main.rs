@@ -15,6 +15,7 @@ mod state;
 mod status;
 mod sys;
 mod topology;
+mod tunnel;
 
 use std::process::ExitCode;
 
@@ -46,7 +47,7 @@ fn run() -> ExitCode {
         Command::Explain(a) => commands::explain(a),
         Command::Capture(a) => commands::capture(a),
         Command::Diagram(a) => commands::diagram(a),
-        Command::Tunnel(_) => Err(anyhow::anyhow!("not built yet")),
+        Command::Tunnel(a) => commands::tunnel(a),
         Command::Hold => commands::hold(),
     };
     match result {

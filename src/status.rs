@@ -222,21 +222,17 @@ pub fn print(st: &NodeStatus) {
     }
 }
 
-/// The tunnel's counters on one line: its data path, then each non-zero counter.
+/// The tunnel's counters on two lines: its data path and traffic, then drops by reason.
 pub fn tunnel_line(t: &serde_json::Value) -> String {
-    let mut parts = Vec::new();
-    fn walk(prefix: &str, v: &serde_json::Value, parts: &mut Vec<String>) {
-        match v {
-            serde_json::Value::Object(m) => {
-                for (k, v) in m {
-                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                    walk(&key, v, parts);
-                }
-            }
-            serde_json::Value::Number(n) if n.as_u64() == Some(0) => {}
-            other => parts.push(format!("{prefix}={}", other.to_string().trim_matches('"'))),
-        }
-    }
-    walk("", t, &mut parts);
-    parts.join(" ")
+    let Ok(st) = serde_json::from_value::<crate::tunnel::Stats>(t.clone()) else { return t.to_string() };
+    let drops = serde_json::to_value(&st.drops).unwrap_or_default();
+    let reasons: Vec<String> = drops
+        .as_object()
+        .map(|m| m.iter().filter(|(_, v)| v.as_u64() != Some(0)).map(|(k, v)| format!("{k} {v}")).collect())
+        .unwrap_or_default();
+    format!(
+        "data path {}; tun0 -> udp {} packets ({} B), udp -> tun0 {} packets ({} B)\n    drops: {}",
+        st.datapath, st.tun_to_udp.packets, st.tun_to_udp.bytes, st.udp_to_tun.packets, st.udp_to_tun.bytes,
+        if reasons.is_empty() { "none".into() } else { reasons.join(", ") }
+    )
 }

@@ -28,7 +28,6 @@ fn count_lines(text: &str, want: &[&str]) -> usize {
 }
 
 #[test]
-#[ignore = "enabled when cnet tunnel lands"]
 fn udp_tunnel_encapsulation_is_visible() {
     if !privileged() {
         return;

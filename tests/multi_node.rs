@@ -59,6 +59,13 @@ fn stage4_vxlan_lab() {
     }
 }
 
+#[test]
+fn stage4_udp_tunnel_lab() {
+    if privileged() {
+        lab_stage("overlay", Some("tun0"));
+    }
+}
+
 /// Two sandboxes playing the talk's VMs, joined by a veth (their enp0s8), each running
 /// `cnet up ... --host --node i` in its own mount and UTS namespace.
 fn two_vms(args: &str) -> Run {
@@ -111,5 +118,12 @@ fn stage3_on_two_host_vms() {
 fn stage4_vxlan_on_two_host_vms() {
     if privileged() {
         assert_vms(&two_vms("overlay --backend vxlan"));
+    }
+}
+
+#[test]
+fn stage4_udp_on_two_host_vms() {
+    if privileged() {
+        assert_vms(&two_vms("overlay"));
     }
 }

@@ -4,5 +4,9 @@
 pub mod icmp;
 pub mod ns;
 pub mod packet;
+/// SIGINT/SIGTERM as a stop flag (capture).
 pub mod signal;
+/// SIGINT/SIGTERM collected synchronously (the tunnel's supervisor).
+pub mod term;
 pub mod tun;
+pub mod udp;

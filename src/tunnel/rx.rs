@@ -1,0 +1,96 @@
+//! UDP → TUN forwarding loop (one thread). recvmmsg fetches a batch of datagrams (with
+//! UDP GRO, each may hold many same-size datagrams back to back); each inner packet is
+//! checked (known peer, valid IPv4, source inside that peer's subnets) before the TUN
+//! sees it. On the offload path consecutive TCP segments are merged into super-packets.
+
+use std::io;
+use std::sync::atomic::Ordering::Relaxed;
+
+use anyhow::{Context, Result};
+
+use super::Shared;
+use super::coalesce::{Coalescer, Emit};
+use super::packet::{Invalid, validate_ipv4};
+use super::stats::{RxCounters, add};
+use super::wire::unframe;
+use crate::sys::tun::TunFd;
+use crate::sys::udp::RecvBatch;
+
+/// Offload: few big buffers (a GRO batch is up to 64 KB). Plain: many small ones, still
+/// big enough for a jumbo-frame underlay.
+const OFFLOAD_BATCH: (usize, usize) = (16, 65536);
+const PLAIN_BATCH: (usize, usize) = (64, 16384);
+const IDLE_POLL_MS: i32 = 200;
+
+pub fn run(sh: &Shared) -> Result<()> {
+    let (cap, size) = if sh.offload { OFFLOAD_BATCH } else { PLAIN_BATCH };
+    let mut batch = RecvBatch::new(cap, size);
+    let mut coalescer = if sh.offload { Some(Coalescer::new()) } else { None };
+    let c = &sh.counters.rx;
+    let mut emit = |e: Emit<'_>| write_tun(&sh.tun, c, e);
+
+    while !sh.stop.load(Relaxed) {
+        let n = match batch.recv(&sh.sock) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                sh.sock.wait_readable(IDLE_POLL_MS).context("polling the UDP socket")?;
+                continue;
+            }
+            // Errors queued by ICMP (e.g. ECONNREFUSED) surface here on some kernels
+            // even for unconnected sockets; they are about sends, not receives.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNREFUSED | libc::EINTR | libc::EHOSTUNREACH | libc::ENETUNREACH)) => continue,
+            Err(e) => return Err(e).context("receiving from the UDP socket"),
+        };
+        add(&c.udp_recvs, 1);
+        for i in 0..n {
+            let m = batch.get(i);
+            let step = m.gro_size.map_or(m.data.len(), |s| s as usize).max(1);
+            let count = m.data.len().div_ceil(step).max(1) as u64;
+            let Some(peer) = sh.peers.by_addr(m.src) else {
+                add(&c.unknown_peer, count);
+                continue;
+            };
+            if m.truncated {
+                add(&c.truncated, count);
+                continue;
+            }
+            for datagram in m.data.chunks(step) {
+                let checked = unframe(datagram).and_then(|pkt| validate_ipv4(pkt).map(|meta| (pkt, meta)));
+                match checked {
+                    Err(Invalid::Truncated) => add(&c.truncated, 1),
+                    Err(Invalid::Malformed) => add(&c.malformed, 1),
+                    Err(Invalid::NotIpv4) => add(&c.not_ipv4, 1),
+                    Ok((_, meta)) if !sh.peers.owns(peer, meta.src) => add(&c.spoofed_source, 1),
+                    Ok((pkt, _)) => match coalescer.as_mut() {
+                        Some(co) => co.push(pkt, &mut emit),
+                        None => emit(Emit { hdr: &[0; 10], pkt, segments: 1, inner_bytes: pkt.len() as u64 }),
+                    },
+                }
+            }
+            // An empty datagram has no chunks at all.
+            if m.data.is_empty() {
+                add(&c.truncated, 1);
+            }
+        }
+        if let Some(co) = coalescer.as_mut() {
+            co.flush(&mut emit);
+        }
+    }
+    Ok(())
+}
+
+/// One TUN write (with the vnet header only if the TUN expects it).
+fn write_tun(tun: &TunFd, c: &RxCounters, e: Emit<'_>) {
+    let res = if tun.has_vnet_hdr() { tun.write2(e.hdr, e.pkt) } else { tun.write(e.pkt) };
+    add(&c.tun_writes, 1);
+    match res {
+        Ok(_) => {
+            add(&c.packets, e.segments);
+            add(&c.bytes, e.inner_bytes);
+        }
+        Err(err) => {
+            add(&c.tun_write_error, e.segments);
+            tracing::debug!(error = %err, "TUN write failed");
+        }
+    }
+}

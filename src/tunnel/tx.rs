@@ -1,0 +1,182 @@
+//! TUN → UDP forwarding loop (one thread). Reads packets from the TUN until it runs dry or
+//! the send buffer fills, then ships the whole batch with one sendmmsg. On the offload
+//! path each read may be a 64 KB TCP super-packet, cut into MTU-sized inner packets and
+//! sent as UDP GSO trains (one sendmmsg entry carries up to 64 datagrams).
+
+use std::io;
+use std::sync::atomic::Ordering::Relaxed;
+
+use anyhow::{Context, Result};
+
+use super::Shared;
+use super::segment::{self, Segments};
+use super::stats::add;
+use super::vnet::{self, VnetHdr};
+use crate::sys::udp::{SendBatch, SendItem};
+
+/// Send buffer; refilled from the start for every batch.
+const SBUF: usize = 640 * 1024;
+/// Stop reading when less than this is free: the worst-case segmented super-packet
+/// (64 KB payload + a 120-byte header per small segment) must still fit.
+const SBUF_RESERVE: usize = 200 * 1024;
+/// Largest packet a TUN read can return (IP total length limit) plus the vnet header.
+const RBUF: usize = vnet::LEN + 65536;
+const MAX_ITEMS: usize = 128;
+/// Largest UDP payload in one GSO send (IP length limit) and the kernel's segment cap.
+const GSO_MAX_BYTES: usize = 65507;
+const GSO_MAX_SEGS: usize = 64;
+/// How long an idle reader sleeps before re-checking the stop flag.
+const IDLE_POLL_MS: i32 = 200;
+
+pub fn run(sh: &Shared) -> Result<()> {
+    let mut rbuf = vec![0u8; if sh.offload { RBUF } else { 0 }];
+    let mut sbuf = vec![0u8; SBUF];
+    let mut items: Vec<SendItem> = Vec::with_capacity(MAX_ITEMS);
+    let mut batch = SendBatch::new(MAX_ITEMS);
+    let c = &sh.counters.tx;
+    let pre = sh.wire.prefix();
+
+    while !sh.stop.load(Relaxed) {
+        items.clear();
+        let mut used = 0;
+        let mut idle = true;
+        while items.len() + 2 <= MAX_ITEMS && SBUF - used >= SBUF_RESERVE {
+            let res = if sh.offload { sh.tun.read(&mut rbuf) } else { sh.tun.read(&mut sbuf[used + pre.len()..]) };
+            let n = match res {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).context("reading from the TUN device"),
+            };
+            idle = false;
+            add(&c.tun_reads, 1);
+            if sh.offload {
+                used += stage_offload(sh, &mut rbuf[..n], &mut sbuf[used..], used, &mut items);
+            } else {
+                used += stage_plain(sh, &mut sbuf[used..used + pre.len() + n], used, &mut items);
+            }
+        }
+        if idle {
+            sh.tun.wait_readable(IDLE_POLL_MS).context("polling the TUN device")?;
+            continue;
+        }
+        send_all(sh, &sbuf, &items, &mut batch);
+    }
+    Ok(())
+}
+
+/// Queue one plain packet read into `dgram` after room for the wire prefix (`dgram`
+/// is `sbuf[at..]`); returns bytes consumed.
+fn stage_plain(sh: &Shared, dgram: &mut [u8], at: usize, items: &mut Vec<SendItem>) -> usize {
+    let pre = sh.wire.prefix();
+    let Some(peer) = route(sh, &dgram[pre.len()..], 1) else { return 0 };
+    dgram[..pre.len()].copy_from_slice(pre);
+    items.push(SendItem { dst: sh.peers.addr(peer), start: at, len: dgram.len(), gso_size: 0 });
+    dgram.len()
+}
+
+/// Find the peer for an IPv4 packet read from the TUN, counting drops.
+fn route(sh: &Shared, pkt: &[u8], packets: u64) -> Option<usize> {
+    let c = &sh.counters.tx;
+    if pkt.len() < 20 || pkt[0] >> 4 != 4 {
+        add(&c.tun_not_ipv4, packets);
+        return None;
+    }
+    let peer = sh.peers.route(super::packet::dst(pkt));
+    if peer.is_none() {
+        add(&c.no_route, packets);
+    }
+    peer
+}
+
+/// Turn one vnet-framed TUN read into wire packets at `out` (= sbuf[at..]); returns
+/// bytes consumed in the send buffer.
+fn stage_offload(sh: &Shared, frame: &mut [u8], out: &mut [u8], at: usize, items: &mut Vec<SendItem>) -> usize {
+    let c = &sh.counters.tx;
+    let Some(h) = VnetHdr::decode(frame) else {
+        add(&c.bad_offload, 1);
+        return 0;
+    };
+    let pkt = &mut frame[vnet::LEN..];
+    match h.gso_type & !vnet::GSO_ECN {
+        vnet::GSO_NONE => {
+            if h.flags & vnet::F_NEEDS_CSUM != 0
+                && segment::complete_checksum(pkt, h.csum_start as usize, h.csum_offset as usize).is_err()
+            {
+                add(&c.bad_offload, 1);
+                return 0;
+            }
+            let Some(peer) = route(sh, pkt, 1) else { return 0 };
+            let pre = sh.wire.prefix();
+            let len = pre.len() + pkt.len();
+            out[..pre.len()].copy_from_slice(pre);
+            out[pre.len()..len].copy_from_slice(pkt);
+            items.push(SendItem { dst: sh.peers.addr(peer), start: at, len, gso_size: 0 });
+            len
+        }
+        vnet::GSO_TCPV4 => {
+            let mss = h.gso_size as usize;
+            let Some(peer) = route(sh, pkt, 1) else { return 0 };
+            let Segments { seg_len, count, total } = match segment::segment_tcp4(pkt, mss, sh.wire.prefix(), out) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(?e, "cannot segment TSO packet");
+                    add(&c.bad_offload, 1);
+                    return 0;
+                }
+            };
+            let dst = sh.peers.addr(peer);
+            if count == 1 {
+                items.push(SendItem { dst, start: at, len: total, gso_size: 0 });
+                return total;
+            }
+            // One GSO train per sendmmsg entry, bounded by the UDP length and segment caps.
+            let per_msg = (GSO_MAX_BYTES / seg_len).clamp(1, GSO_MAX_SEGS);
+            let mut off = 0;
+            while off < total {
+                let len = (per_msg * seg_len).min(total - off);
+                items.push(SendItem { dst, start: at + off, len, gso_size: seg_len as u16 });
+                off += len;
+            }
+            total
+        }
+        _ => {
+            // We only enabled TSO4; anything else (UDP/TCPv6 GSO) is unexpected.
+            add(&c.bad_offload, 1);
+            0
+        }
+    }
+}
+
+/// Inner packets carried by one send item.
+fn packets_in(it: &SendItem) -> u64 {
+    if it.gso_size == 0 { 1 } else { it.len.div_ceil(it.gso_size as usize) as u64 }
+}
+
+/// sendmmsg every item; a failing item is counted and skipped, the rest still go out.
+fn send_all(sh: &Shared, sbuf: &[u8], items: &[SendItem], batch: &mut SendBatch) {
+    let c = &sh.counters.tx;
+    let mut i = 0;
+    while i < items.len() {
+        match batch.send(&sh.sock, sbuf, &items[i..]) {
+            Ok(k) => {
+                add(&c.udp_sends, 1);
+                let pre = sh.wire.prefix().len() as u64;
+                for it in &items[i..i + k] {
+                    let p = packets_in(it);
+                    add(&c.packets, p);
+                    add(&c.bytes, it.len as u64 - p * pre);
+                }
+                i += k.max(1);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // ECONNREFUSED (peer not up yet), EMSGSIZE, ENETUNREACH...: count, go on.
+                add(&c.udp_sends, 1);
+                add(&c.send_error, packets_in(&items[i]));
+                tracing::debug!(error = %e, peer = %items[i].dst, "send failed");
+                i += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! cnet's own tunnel: it drops and counts what it must not forward, keeps forwarding, never
+//! fragments, moves bulk TCP intact, and dies with `down`.
+
+mod common;
+use common::*;
+
+/// Datagrams a hostile or broken sender on node 2 throws at node 1's tunnel (port 9000).
+const INJECT: &str = r#"
+import socket, struct
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b)); s = (s >> 16) + (s & 0xffff); s += s >> 16
+    return ~s & 0xffff
+def icmp():
+    p = struct.pack("!BBHHH", 8, 0, 0, 7, 1) + b"cnet-test"
+    return p[:2] + struct.pack("!H", csum(p)) + p[4:]
+def ip4(src, dst, payload, bad=False):
+    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0x4000, 64, 1, 0, socket.inet_aton(src), socket.inet_aton(dst))
+    c = csum(h) ^ (0xffff if bad else 0)
+    return h[:10] + struct.pack("!H", c) + h[12:] + payload
+node1 = ("10.0.0.10", 9000)
+# From the peer's own address and port: raw UDP, since node 2's tunnel holds port 9000.
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+def from_peer(data):
+    raw.sendto(struct.pack("!HHHH", 9000, 9000, 8 + len(data), 0) + data, node1)
+from_peer(b"\xff" + b"garbage" * 8)                                      # not IPv4
+from_peer(bytes([0x45, 0, 0, 40, 0, 0]))                                 # truncated
+from_peer(bytes([0x60, 0, 0, 0, 0, 8, 17, 64]) + bytes(32) + bytes(8))   # IPv6, not IPv4
+from_peer(ip4("172.16.1.2", "172.16.0.2", icmp(), bad=True))             # bad header checksum
+from_peer(ip4("172.16.9.9", "172.16.0.2", icmp()))                       # spoofed source
+from_peer(ip4("10.0.0.30", "172.16.0.2", icmp()))                        # spoofed: another node's IP
+# From an address:port that is no peer.
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("10.0.0.20", 9999))
+u.sendto(ip4("172.16.1.2", "172.16.0.2", icmp()), node1)
+print("injected")
+"#;
+
+fn drops(status_json: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(status_json).expect("status json");
+    v[0]["tunnel"]["drops"].clone()
+}
+
+#[test]
+fn tunnel_drops_counts_and_keeps_forwarding() {
+    if !privileged() {
+        return;
+    }
+    let r = sandbox(&format!(r#"
+cnet up overlay -q
+cnet exec node1/con1 -- ping -c1 -W2 172.16.1.2 > /dev/null
+cat > $T/inject.py <<'PY'
+{INJECT}
+PY
+mark inject
+cnet exec node2 -- python3 $T/inject.py
+sleep 0.6
+mark after
+cnet exec node1 -- cnet status --host --json
+mark ping
+cnet exec node1/con1 -- ping -c2 -i 0.2 -W2 172.16.1.2
+mark mtu-ok
+cnet exec node1 -- ping -c1 -W2 -M do -s 1444 172.16.1.2
+mark mtu-big
+cnet exec node1 -- ping -c1 -W2 -M do -s 1445 172.16.1.2 2>&1 || echo "exit=$?"
+mark down
+cnet down
+{LEFTOVERS}"#));
+    r.ok();
+    assert!(r.section("inject").contains("injected"), "{}", r.stderr);
+    let d = drops(&r.section("after"));
+    for (reason, at_least) in [("not_ipv4", 2), ("truncated", 1), ("malformed", 1), ("spoofed_source", 2), ("unknown_peer", 1)] {
+        assert!(d[reason].as_u64().unwrap_or(0) >= at_least, "{reason}: {d}");
+    }
+    assert_eq!(ping_ttls(&r.section("ping")), vec![62, 62], "still forwarding after the garbage");
+    assert_eq!(ping_ttls(&r.section("mtu-ok")), vec![63], "a packet of exactly tun0's MTU (1472) crosses");
+    assert!(r.section("mtu-big").to_lowercase().contains("message too long"), "{}", r.section("mtu-big"));
+    assert_nothing_left(&r);
+}
+
+#[test]
+fn bulk_tcp_arrives_intact() {
+    if !privileged() {
+        return;
+    }
+    // 300 MB from con1 on node 1 to con1 on node 2 through the tunnel; SHA-256 on both sides.
+    let r = sandbox(&format!(r#"
+cnet up overlay -q
+cat > $T/sink.py <<'PY'
+import hashlib, socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", 7000)); s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept(); h = hashlib.sha256(); n = 0
+while True:
+    b = c.recv(1 << 20)
+    if not b: break
+    h.update(b); n += len(b)
+print(n, h.hexdigest())
+PY
+cat > $T/source.py <<'PY'
+import hashlib, random, socket
+random.seed(42); block = random.randbytes(1 << 20); h = hashlib.sha256(); n = 0
+c = socket.create_connection(("172.16.1.2", 7000))
+for i in range(300):
+    chunk = block[i % 7:] + block[:i % 7]
+    c.sendall(chunk); h.update(chunk); n += len(chunk)
+c.close()
+print(n, h.hexdigest())
+PY
+cnet exec node2/con1 -- python3 $T/sink.py > $T/sink.out &
+until grep -q listening $T/sink.out 2>/dev/null; do sleep 0.05; done
+mark sent
+cnet exec node1/con1 -- python3 $T/source.py
+wait
+mark received
+tail -1 $T/sink.out
+mark stats
+cnet exec node1 -- cnet status --host --json
+cnet down -q
+{LEFTOVERS}"#));
+    r.ok();
+    let sent = r.section("sent");
+    let received = r.section("received");
+    assert!(sent.starts_with("314572800 "), "{sent}");
+    assert_eq!(sent.trim(), received.trim(), "the bytes must arrive intact");
+    let v: serde_json::Value = serde_json::from_str(&r.section("stats")).unwrap();
+    assert!(v[0]["tunnel"]["tun_to_udp"]["bytes"].as_u64().unwrap() > 300_000_000, "it went through the tunnel: {v}");
+    assert_nothing_left(&r);
+}
