@@ -452,10 +452,12 @@ pub struct RouteView {
     pub dev: Option<u32>,
 }
 
-/// Main-table unicast IPv4 routes, as `ip route` lists them.
+/// Main-table unicast IPv4 routes, as `ip route` lists them (not the cached path-MTU
+/// exceptions a dump also returns).
 pub fn route_views(msgs: &[RouteMessage]) -> Vec<RouteView> {
     msgs.iter()
         .filter(|m| m.header.table == RouteHeader::RT_TABLE_MAIN && m.header.kind == RouteType::Unicast)
+        .filter(|m| !m.header.flags.contains(netlink_packet_route::route::RouteFlags::Cloned))
         .map(|m| {
             let mut r = RouteView { dst: None, via: None, dev: None };
             for a in &m.attributes {

@@ -113,6 +113,7 @@ cnet exec node1/con1 -- python3 $T/source.py
 wait
 mark received
 tail -1 $T/sink.out
+sleep 0.5   # the tunnel rewrites its counters every 250 ms
 mark stats
 cnet exec node1 -- cnet status --host --json
 cnet down -q
