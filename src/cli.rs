@@ -199,6 +199,9 @@ pub struct CaptureArgs {
     /// Stop after this many seconds.
     #[arg(long)]
     pub timeout: Option<f64>,
+    /// Only packets carrying this protocol, outer or inner: icmp, udp, tcp, arp, vxlan, ...
+    #[arg(long)]
+    pub only: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]

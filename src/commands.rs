@@ -232,6 +232,7 @@ pub fn capture(a: &CaptureArgs) -> Result<()> {
             pcap: a.pcap.clone(),
             tunnel_ports: vec![crate::topology::TUNNEL_PORT],
             timeout: a.timeout.map(Duration::from_secs_f64),
+            only: a.only.clone(),
         };
         let mut out = std::io::stdout().lock();
         crate::capture::run(&opts, &mut out).with_context(|| format!("capture on {}", a.iface))?;
@@ -244,6 +245,9 @@ pub fn capture(a: &CaptureArgs) -> Result<()> {
     }
     if let Some(t) = a.timeout {
         args.extend(["--timeout".into(), t.to_string()]);
+    }
+    if let Some(o) = &a.only {
+        args.extend(["--only".into(), o.clone()]);
     }
     if let Some(p) = &a.pcap {
         // The node shares the machine's filesystems but starts in /: make the path absolute.

@@ -26,6 +26,7 @@ use cli::{Cli, Command};
 /// Exit codes: 0 done, 1 failed (or a check failed), 2 the machine cannot do it (no root,
 /// no kernel support).
 fn run() -> ExitCode {
+    sys::signal::default_sigpipe();
     let cli = Cli::parse();
     let level = match cli.verbose { 0 => "warn", 1 => "info", _ => "debug" };
     tracing_subscriber::fmt()

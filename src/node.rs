@@ -303,7 +303,7 @@ pub fn print_next_steps(topo: &Topology, node: u32, in_lab: bool) {
             println!("  {enter}ip netns exec con1 ping -c1 {}    # TTL 62: both nodes route it", other.containers[0].addr.addr);
             println!("  ping -c1 {}    # TTL 63", other.containers[0].addr.addr);
             if topo.stage() == Stage::Overlay {
-                println!("  cnet capture {} enp0s8 -c 4   # on the other node: UDP carrying ICMP", other.short_name());
+                println!("  cnet capture {} enp0s8 --only icmp -c 2   # from the host: UDP carrying the ICMP", other.short_name());
             }
             println!("  cnet test");
         }

@@ -288,9 +288,11 @@ fn ip_forward(b: &mut Builder) {
 }
 
 fn rp_filter(b: &mut Builder, underlay: &str, overlay: &str) {
-    for dev in ["all", underlay, "br0", overlay] {
+    b.push(Step::Sysctl { key: "net.ipv4.conf.all.rp_filter".into(), value: "0".into() },
+        format!("Turn off reverse-path filtering: a container's packet to another node's IP leaves on {underlay}, but the reply's route back points into {overlay}; a strict check would drop the reply as arriving on the wrong interface."));
+    for dev in [underlay, "br0", overlay] {
         b.push(Step::Sysctl { key: format!("net.ipv4.conf.{dev}.rp_filter"), value: "0".into() },
-            format!("Turn off reverse-path filtering on {dev}: a container's packet to another node's IP leaves on {underlay}, but the reply's route back points into {overlay}; a strict check would drop it."));
+            format!("... and on {dev} (the kernel applies the stricter of 'all' and the interface's own value)."));
     }
 }
 

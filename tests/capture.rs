@@ -9,7 +9,7 @@ fn capture_demo(backend: &str, overlay_dev: &str) -> Run {
 cnet up overlay --backend {backend} -q
 cnet exec node1/con1 -- ping -c1 -W2 172.16.1.2 > /dev/null   # warm up ARP
 for dev in enp0s8 {overlay_dev} br0; do
-  cnet capture node2 $dev --timeout 2 --pcap $T/$dev.pcap > $T/$dev.txt &
+  cnet capture node2 $dev --only icmp --timeout 2 --pcap $T/$dev.pcap > $T/$dev.txt &
 done
 sleep 0.5
 cnet exec node1/con1 -- ping -c3 -i 0.2 -W2 172.16.1.2 > /dev/null

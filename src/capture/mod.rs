@@ -78,6 +78,8 @@ pub struct CaptureOptions {
     pub tunnel_ports: Vec<u16>,
     /// Stop after this long.
     pub timeout: Option<Duration>,
+    /// Keep only packets carrying this protocol at any depth (`icmp`, `udp`, `arp`, ...).
+    pub only: Option<String>,
 }
 
 impl CaptureOptions {
@@ -97,6 +99,7 @@ impl Default for CaptureOptions {
             pcap: None,
             tunnel_ports: vec![DEFAULT_TUNNEL_PORT],
             timeout: None,
+            only: None,
         }
     }
 }
@@ -152,6 +155,10 @@ const BUF_LEN: usize = 256 * 1024;
 /// For the duration of the call SIGINT and SIGTERM are caught process-wide (previous
 /// handlers restored afterwards). A caller with its own signal handling (e.g. tokio's
 /// `ctrl_c`) should use [`run_until`] with its own flag instead.
+fn summary_has(s: &PacketSummary, proto: &str) -> bool {
+    s.protocols.iter().any(|p| *p == proto) || s.inner.as_deref().is_some_and(|i| summary_has(i, proto))
+}
+
 pub fn run(opts: &CaptureOptions, out: &mut dyn Write) -> Result<u64> {
     let _signals = signal::catch_stop_signals().context("installing the SIGINT handler")?;
     run_until(opts, out, signal::stop_flag())
@@ -199,15 +206,22 @@ pub fn run_until(opts: &CaptureOptions, out: &mut dyn Write, stop: &AtomicBool) 
             }
         };
         let now = SystemTime::now();
-        seen += 1;
         let frame = &buf[..r.captured];
+        let summary = describe(frame, link, &opts.tunnel_ports);
+        // `--only icmp`: keep packets with that protocol at any depth (the inner packet too),
+        // so the talk's ping stands out from IPv6 and IGMP chatter.
+        if let Some(want) = &opts.only {
+            if !summary_has(&summary, want) {
+                continue;
+            }
+        }
+        seen += 1;
         if let Some(w) = pcap.as_mut()
             && let Err(e) = w.write_packet(now, frame, r.original)
         {
             result = Err(anyhow::Error::new(e).context("writing the pcap file"));
             break;
         }
-        let summary = describe(frame, link, &opts.tunnel_ports);
         let line = format_line(
             start.elapsed(),
             Direction::from_pkttype(r.pkttype),

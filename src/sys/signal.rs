@@ -83,3 +83,13 @@ impl Drop for StopSignals {
         }
     }
 }
+
+/// Let a write to a closed pipe end the process quietly (`cnet test | head`), as command-line
+/// tools do, instead of the Rust runtime's default of ignoring SIGPIPE and panicking in
+/// `println!`.
+pub fn default_sigpipe() {
+    // SAFETY: resetting one signal's disposition to its default.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
