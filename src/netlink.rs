@@ -36,6 +36,11 @@ pub fn kernel_error(e: rtnetlink::Error) -> anyhow::Error {
     }
 }
 
+/// A link operation's error; "no such device" names the link.
+fn link_error(e: rtnetlink::Error, dev: &str) -> anyhow::Error {
+    if errno(&e) == Some(libc::ENODEV) { anyhow!("there is no link named {dev}") } else { kernel_error(e) }
+}
+
 pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         rtnetlink::Error::NetlinkError(m) => m.code.map(|c| c.get().abs()),
@@ -206,31 +211,40 @@ impl Netlink {
         self.mark(name, alias).await
     }
 
+    /// A RTM_SETLINK for `dev`: by its index when known (lo is always 1), else by name, which
+    /// the kernel resolves itself, saving a lookup round trip per link.
+    fn set_link(&self, netns: Option<&str>, dev: &str) -> rtnetlink::LinkMessageBuilder<LinkUnspec> {
+        const LOOPBACK_IFINDEX: u32 = 1;
+        let key = (netns.map(str::to_string), dev.to_string());
+        match self.index.lock().unwrap().get(&key) {
+            Some(i) => LinkUnspec::new_with_index(*i),
+            None if dev == "lo" => LinkUnspec::new_with_index(LOOPBACK_IFINDEX),
+            None => LinkUnspec::new_with_name(dev),
+        }
+    }
+
     /// Put a link cnet made (a TUN device, say) in cnet's group and give it cnet's alias.
     pub async fn mark(&self, name: &str, alias: &str) -> Result<()> {
-        let index = self.link_index(None, name).await?;
-        let msg = LinkUnspec::new_with_index(index)
+        let msg = self.set_link(None, name)
             .link_group(CNET_GROUP)
             .append_extra_attribute(LinkAttribute::IfAlias(alias.to_string()))
             .build();
-        self.node.link().set(msg).execute().await.map_err(kernel_error)
+        self.node.link().set(msg).execute().await.map_err(|e| link_error(e, name))
     }
 
     pub async fn set_master(&self, dev: &str, master: &str) -> Result<()> {
-        let (i, m) = (self.link_index(None, dev).await?, self.link_index(None, master).await?);
-        let msg = LinkUnspec::new_with_index(i).controller(m).build();
-        self.node.link().set(msg).execute().await.map_err(kernel_error)
+        let m = self.link_index(None, master).await?;
+        let msg = self.set_link(None, dev).controller(m).build();
+        self.node.link().set(msg).execute().await.map_err(|e| link_error(e, dev))
     }
 
     pub async fn set_mtu(&self, dev: &str, mtu: u32) -> Result<()> {
-        let i = self.link_index(None, dev).await?;
-        self.node.link().set(LinkUnspec::new_with_index(i).mtu(mtu).build()).execute().await.map_err(kernel_error)
+        self.node.link().set(self.set_link(None, dev).mtu(mtu).build()).execute().await.map_err(|e| link_error(e, dev))
     }
 
     pub async fn link_up(&self, netns: Option<&str>, dev: &str) -> Result<()> {
-        let i = self.link_index(netns, dev).await?;
         let h = self.handle(netns)?;
-        h.link().set(LinkUnspec::new_with_index(i).up().build()).execute().await.map_err(kernel_error)
+        h.link().set(self.set_link(netns, dev).up().build()).execute().await.map_err(|e| link_error(e, dev))
     }
 
     pub async fn add_addr(&self, netns: Option<&str>, dev: &str, addr: Ipv4Net) -> Result<()> {
