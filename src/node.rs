@@ -40,9 +40,13 @@ pub enum Pace {
 /// Resolve a request against this machine: the underlay device, this node's IP, the
 /// peers' IPs and the underlay MTU. Reads only.
 pub async fn resolve(req: &NodeRequest, nl: &Netlink) -> Result<(Topology, NodeHeader)> {
+    let links: Vec<_> = dump_links(&nl.node_handle()).await?.iter().map(link_view).collect();
+    resolve_with(req, nl, &links).await
+}
+
+async fn resolve_with(req: &NodeRequest, nl: &Netlink, links: &[crate::netlink::LinkView]) -> Result<(Topology, NodeHeader)> {
     let mut topo = Topology::new(req.options.clone())?;
     let me = topo.node(req.node)?.clone();
-    let links: Vec<_> = dump_links(&nl.node_handle()).await?.iter().map(link_view).collect();
     let addrs = addr_views(&dump_addrs(&nl.node_handle()).await?);
     let underlay = match &req.underlay {
         Some(u) => {
@@ -120,11 +124,10 @@ pub fn plan_of(h: &NodeHeader) -> Result<(Topology, NodePlan)> {
 }
 
 /// Refuse, changing nothing, when anything the plan would create already exists.
-async fn check_conflicts(nl: &Netlink, plan: &NodePlan) -> Result<()> {
+async fn check_conflicts(nl: &Netlink, plan: &NodePlan, links: &[crate::netlink::LinkView]) -> Result<()> {
     if let Some((h, _)) = NodeJournal::read()? {
         bail!("stage {} is already up here: run `cnet down` first", h.options.stage);
     }
-    let links: Vec<_> = dump_links(&nl.node_handle()).await?.iter().map(link_view).collect();
     let routes = route_views(&dump_routes(&nl.node_handle()).await?);
     for s in &plan.steps {
         match &s.step {
@@ -174,9 +177,10 @@ fn wait_for_enter() -> Result<()> {
 /// `cnet up STAGE --host`: build this node, recording each step; on failure undo them all.
 pub async fn up(req: &NodeRequest, pace: Pace) -> Result<()> {
     let nl = Netlink::here(&PathBuf::from(NETNS_DIR))?;
-    let (topo, header) = resolve(req, &nl).await?;
+    let links: Vec<_> = dump_links(&nl.node_handle()).await?.iter().map(link_view).collect();
+    let (topo, header) = resolve_with(req, &nl, &links).await?;
     let plan = node_plan(&topo, topo.node(req.node)?, &header.underlay);
-    check_conflicts(&nl, &plan).await?;
+    check_conflicts(&nl, &plan, &links).await?;
     // As `ip netns add` does, so `ip netns` sees cnet's namespaces from any mount namespace.
     crate::sys::ns::ensure_mount_dir(&PathBuf::from(NETNS_DIR), true)?;
     let mut journal = NodeJournal::create(&header)?;

@@ -75,27 +75,25 @@ pub fn ns_id(path: &Path) -> Option<(u64, u64)> {
     fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-fn is_mountpoint(dir: &Path) -> bool {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let want = dir.to_string_lossy();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(&want))
-}
-
 /// Make `dir` a mount point of its own with the given propagation, as iproute2 does for
 /// /run/netns (shared, so namespaces added later are seen by other mount namespaces) and as
 /// `unshare --mount=FILE` needs for a mount namespace file's directory (private).
 /// Returns true if it had to make the mount (so that whoever made it can undo it).
 pub fn ensure_mount_dir(dir: &Path, shared: bool) -> Result<bool> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let made = !is_mountpoint(dir);
-    if made {
-        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .with_context(|| format!("cannot bind-mount {} onto itself", dir.display()))?;
-    }
     let prop = if shared { MsFlags::MS_SHARED } else { MsFlags::MS_PRIVATE };
-    mount(None::<&str>, dir, None::<&str>, prop | MsFlags::MS_REC, None::<&str>)
-        .with_context(|| format!("cannot set mount propagation of {}", dir.display()))?;
-    Ok(made)
+    let set_propagation = || mount(None::<&str>, dir, None::<&str>, prop | MsFlags::MS_REC, None::<&str>);
+    // As iproute2 does: setting the propagation fails with EINVAL unless `dir` is a mount
+    // point, and only then is the bind mount needed.
+    match set_propagation() {
+        Ok(()) => return Ok(false),
+        Err(Errno::EINVAL) => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot set mount propagation of {}", dir.display())),
+    }
+    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .with_context(|| format!("cannot bind-mount {} onto itself", dir.display()))?;
+    set_propagation().with_context(|| format!("cannot set mount propagation of {}", dir.display()))?;
+    Ok(true)
 }
 
 /// Undo [`ensure_mount_dir`]'s bind mount.
