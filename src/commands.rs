@@ -78,18 +78,20 @@ pub fn up(a: &UpArgs) -> Result<()> {
     }
 }
 
+/// The lock is taken on /run/cnet itself, so that no lock file is left behind.
 fn lock_path() -> Result<PathBuf> {
     let dir = crate::state::run_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir.join("lock"))
+    Ok(dir)
 }
 
 pub fn down(a: &DownArgs) -> Result<()> {
     require_admin()?;
     let rt = runtime()?;
     let _lock = crate::sys::ns::lock_file(&lock_path()?)?;
+    // Both, when both are up: the lab, and what `up --host` built on this machine.
     let lab_down = if a.host { false } else { rt.block_on(lab::down(a.quiet))? };
-    let host_down = if lab_down { false } else { rt.block_on(node::down(a.quiet))? };
+    let host_down = rt.block_on(node::down(a.quiet))?;
     if !lab_down && !host_down && !a.quiet {
         println!("nothing is up: nothing to remove");
     }
@@ -177,8 +179,8 @@ pub fn test(a: &TestArgs) -> Result<bool> {
 
 /// The topology this machine has up (from its record), or the stage given on the command line.
 async fn host_topology(a: &TestArgs) -> Result<(Topology, u32)> {
-    if let Some((h, _)) = NodeJournal::read()? {
-        return Ok((node::topology_of(&h)?, h.node));
+    if let Some(r) = NodeJournal::read()? {
+        return Ok((node::topology_of(&r.header)?, r.header.node));
     }
     let Some(stage) = a.stage else { bail!("nothing is up here: give the stage to check, e.g. `cnet test --host single-node`") };
     let req = NodeRequest { options: Options::new(stage), node: a.node, underlay: None, peers: Vec::new(), in_lab: false };

@@ -68,8 +68,10 @@ pub async fn up(opts: &Options, v: Verbosity) -> Result<()> {
     }
     let topo = Topology::new(opts.clone())?;
     let made_run_mount = ns::ensure_mount_dir(&run_dir(), false)?;
+    // Each node mounts its own /run/netns over this directory, which must exist for that.
+    let made_netns_dir = !Path::new("/run/netns").exists();
     std::fs::create_dir_all("/run/netns").context("cannot create /run/netns")?;
-    let mut state = LabState { options: opts.clone(), nodes: Vec::new(), complete: false, made_run_mount };
+    let mut state = LabState { options: opts.clone(), nodes: Vec::new(), complete: false, made_run_mount, made_netns_dir };
     state.write()?;
     let result = build(&topo, &mut state, v).await;
     if let Err(e) = result {
@@ -128,13 +130,19 @@ fn create_node(index: u32, hostname: &str, state: &mut LabState) -> Result<()> {
     state.nodes.push(index);
     state.write()?;
     // First unpinned, then once on each CPU (see `as_new_node` on why binding may fail).
-    let attempts = std::iter::once(None).chain((0..ns::cpu_count()).map(Some));
+    let attempts = std::iter::once(None).chain(ns::allowed_cpus().into_iter().map(Some));
     let mut last = None;
     for cpu in attempts {
         let mut cmd = Command::new("/proc/self/exe");
         cmd.arg("__hold").stdin(Stdio::piped()).stdout(Stdio::null());
         ns::as_new_node(&mut cmd, hostname, cpu)?;
-        let mut child = cmd.spawn().with_context(|| format!("cannot create the namespaces of {hostname}"))?;
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                last = Some(anyhow::Error::new(e).context(format!("cannot create the namespaces of {hostname}")));
+                continue;
+            }
+        };
         let bound = (|| {
             ns::persist_ns(child.id(), "mnt", &nsp.mnt)?;
             ns::persist_ns(child.id(), "net", &nsp.net)?;
@@ -213,8 +221,14 @@ async fn down_lab(state: &LabState) -> Result<()> {
             }
         }
         // Whatever still runs in the node (a demo server, a shell) goes with the VM.
-        for pid in crate::executor::processes_in(&nsp.mnt, "mnt").into_iter().chain(crate::executor::processes_in(&nsp.net, "net")) {
-            crate::executor::stop_process(pid);
+        let mut pids = crate::process::processes_in(&nsp.mnt, "mnt");
+        pids.extend(crate::process::processes_in(&nsp.net, "net"));
+        pids.sort_unstable();
+        pids.dedup();
+        for pid in pids {
+            if let Err(e) = crate::process::stop_process(pid) {
+                errors.push(e.context(format!("node{index}")));
+            }
         }
     }
     // The switch's ports take the nodes' enp0s8 ends with them: one request for all.
@@ -252,6 +266,9 @@ async fn down_lab(state: &LabState) -> Result<()> {
     LabState::remove()?;
     if state.made_run_mount {
         ns::unmount_dir(&run_dir())?;
+    }
+    if state.made_netns_dir {
+        let _ = std::fs::remove_dir("/run/netns"); // only if still empty
     }
     Ok(())
 }

@@ -11,9 +11,11 @@ mod lab;
 mod netlink;
 mod node;
 mod plan;
+mod process;
 mod state;
 mod status;
 mod sys;
+mod sysctl;
 mod topology;
 mod tunnel;
 
@@ -27,7 +29,14 @@ use cli::{Cli, Command};
 /// no kernel support).
 fn run() -> ExitCode {
     sys::signal::default_sigpipe();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are not errors; a bad request is exit 1, like any other.
+            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
     let level = match cli.verbose { 0 => "warn", 1 => "info", _ => "debug" };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CNET_LOG").unwrap_or_else(|_| level.into()))
@@ -56,11 +65,20 @@ fn run() -> ExitCode {
         Err(e) => {
             let line = node::chain(&e);
             eprintln!("cnet: error: {line}");
-            let env = e.chain().any(|c| c.is::<commands::EnvError>())
-                || line.contains("Operation not supported") || line.contains("/dev/net/tun");
-            ExitCode::from(if env { 2 } else { 1 })
+            ExitCode::from(if is_environment(&e) { 2 } else { 1 })
         }
     }
+}
+
+/// An error about the machine rather than the request: not root, no kernel support.
+fn is_environment(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<commands::EnvError>()
+            || c.downcast_ref::<std::io::Error>().and_then(|io| io.raw_os_error()).is_some_and(|code| {
+                [libc::EPERM, libc::EACCES, libc::EOPNOTSUPP, libc::EAFNOSUPPORT, libc::EPROTONOSUPPORT].contains(&code)
+            })
+            || c.to_string().contains("/dev/net/tun")
+    })
 }
 
 fn main() -> ExitCode {

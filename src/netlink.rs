@@ -31,7 +31,9 @@ pub const ALIAS_PREFIX: &str = "cnet:";
 /// Turn an rtnetlink error into one line with the kernel's reason.
 pub fn kernel_error(e: rtnetlink::Error) -> anyhow::Error {
     match errno(&e) {
-        Some(code) => anyhow!("{}", std::io::Error::from_raw_os_error(code)),
+        // Kept as an io::Error so that callers can tell EPERM or EOPNOTSUPP (the machine)
+        // from the rest (the request).
+        Some(code) => anyhow::Error::new(std::io::Error::from_raw_os_error(code)),
         None => anyhow!("{e}"),
     }
 }
@@ -53,7 +55,7 @@ pub fn is_gone(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         let s = c.to_string();
         s.contains("No such device") || s.contains("No such process") || s.contains("No such file")
-            || s.contains("Cannot assign requested address")
+            || s.contains("Cannot assign requested address") || s.starts_with("there is no link named")
     })
 }
 

@@ -64,8 +64,10 @@ async fn resolve_with(req: &NodeRequest, nl: &Netlink, links: &[crate::netlink::
     };
     let node_ip = match &underlay {
         Some(u) => {
+            // The talk's address if the underlay holds it (a VM may have several), else its first.
             let idx = links.iter().find(|l| &l.name == u).map(|l| l.index);
-            addrs.iter().find(|a| Some(a.dev) == idx).map(|a| a.addr.addr)
+            let on_dev: Vec<_> = addrs.iter().filter(|a| Some(a.dev) == idx).map(|a| a.addr.addr).collect();
+            on_dev.iter().find(|a| **a == me.ip.addr).or(on_dev.first()).copied()
         }
         None => None,
     };
@@ -101,6 +103,7 @@ async fn resolve_with(req: &NodeRequest, nl: &Netlink, links: &[crate::netlink::
         peers: topo.peers_of(req.node).map(|n| (n.index, n.ip.addr)).collect(),
         netns_dir: PathBuf::from(NETNS_DIR),
         in_lab: req.in_lab,
+        made_netns_mount: false,
     };
     Ok((topo, header))
 }
@@ -125,8 +128,8 @@ pub fn plan_of(h: &NodeHeader) -> Result<(Topology, NodePlan)> {
 
 /// Refuse, changing nothing, when anything the plan would create already exists.
 async fn check_conflicts(nl: &Netlink, plan: &NodePlan, links: &[crate::netlink::LinkView]) -> Result<()> {
-    if let Some((h, _)) = NodeJournal::read()? {
-        bail!("stage {} is already up here: run `cnet down` first", h.options.stage);
+    if let Some(r) = NodeJournal::read()? {
+        bail!("stage {} is already up here: run `cnet down` first", r.header.options.stage);
     }
     let routes = route_views(&dump_routes(&nl.node_handle()).await?);
     for s in &plan.steps {
@@ -182,7 +185,8 @@ pub async fn up(req: &NodeRequest, pace: Pace) -> Result<()> {
     let plan = node_plan(&topo, topo.node(req.node)?, &header.underlay);
     check_conflicts(&nl, &plan, &links).await?;
     // As `ip netns add` does, so `ip netns` sees cnet's namespaces from any mount namespace.
-    crate::sys::ns::ensure_mount_dir(&PathBuf::from(NETNS_DIR), true)?;
+    let mut header = header;
+    header.made_netns_mount = crate::sys::ns::ensure_mount_dir(&PathBuf::from(NETNS_DIR), true)?;
     let mut journal = NodeJournal::create(&header)?;
     let stage = topo.stage().name();
     let mut done: Vec<Done> = Vec::with_capacity(plan.steps.len());
@@ -207,6 +211,9 @@ pub async fn up(req: &NodeRequest, pace: Pace) -> Result<()> {
             if let Err(e) = wait_for_enter() {
                 return Err(fail(&nl, &plan, &done, stage, i, e).await);
             }
+        }
+        if let Err(e) = journal.started(i, end) {
+            return Err(fail(&nl, &plan, &done, stage, i, e).await);
         }
         let batch: Vec<(usize, &Step)> = (i..end).map(|j| (j, &plan.steps[j].step)).collect();
         let started = std::time::Instant::now();
@@ -244,7 +251,8 @@ pub async fn up(req: &NodeRequest, pace: Pace) -> Result<()> {
 
 /// Undo what is done and say which step failed and why, in one line.
 async fn fail(nl: &Netlink, plan: &NodePlan, done: &[Done], stage: &str, step: usize, e: anyhow::Error) -> anyhow::Error {
-    let errors = executor::teardown(nl, plan, done, stage).await;
+    let started_until = done.iter().map(|d| d.step + 1).max().unwrap_or(0).max(step + 1);
+    let errors = executor::teardown(nl, plan, done, started_until, stage).await;
     let undo = if errors.is_empty() {
         match NodeJournal::remove() {
             Ok(()) => "the steps already done were undone".to_string(),
@@ -258,14 +266,20 @@ async fn fail(nl: &Netlink, plan: &NodePlan, done: &[Done], stage: &str, step: u
 
 /// `cnet down --host`. Returns false if nothing was up.
 pub async fn down(quiet: bool) -> Result<bool> {
-    let Some((header, done)) = NodeJournal::read()? else { return Ok(false) };
+    let Some(crate::state::NodeRecord { header, done, started_until }) = NodeJournal::read()? else { return Ok(false) };
     let (topo, plan) = plan_of(&header)?;
     let nl = Netlink::here(&header.netns_dir)?;
-    let errors = executor::teardown(&nl, &plan, &done, topo.stage().name()).await;
+    let errors = executor::teardown(&nl, &plan, &done, started_until, topo.stage().name()).await;
     if !errors.is_empty() {
         bail!("could not remove everything: {}; fix that and run `cnet down` again", join_errors(&errors));
     }
     NodeJournal::remove()?;
+    if header.made_netns_mount {
+        let empty = std::fs::read_dir(&header.netns_dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if empty {
+            crate::sys::ns::unmount_dir(&header.netns_dir)?;
+        }
+    }
     if !quiet {
         println!("{}: stage {} removed ({} steps undone)", hostname(), topo.stage(), done.len());
     }

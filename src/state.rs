@@ -36,6 +36,10 @@ pub struct NodeHeader {
     pub netns_dir: PathBuf,
     /// True when run by the lab inside one of its nodes, false on a real host.
     pub in_lab: bool,
+    /// cnet made /run/netns a mount point (as `ip netns add` does); `down` undoes it when
+    /// no namespace is left there.
+    #[serde(default)]
+    pub made_netns_mount: bool,
 }
 
 /// One finished step and what is needed to undo it.
@@ -48,6 +52,28 @@ pub struct Done {
     /// A background process cnet started (the tunnel).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub pid: Option<u32>,
+    /// A namespace cnet created: its identity (device, inode), so that `down` never
+    /// touches another namespace that was later given the same name.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ns: Option<(u64, u64)>,
+}
+
+/// A journal line: a batch about to start, or a step done.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Line {
+    /// Steps `[from, to)` are about to run: if `up` dies before recording them, `down`
+    /// still knows they may exist.
+    Started { started: (usize, usize) },
+    Done(Done),
+}
+
+/// What a node's journal says.
+pub struct NodeRecord {
+    pub header: NodeHeader,
+    pub done: Vec<Done>,
+    /// Every step below this index may have run (started), recorded or not.
+    pub started_until: usize,
 }
 
 pub struct NodeJournal {
@@ -73,14 +99,22 @@ impl NodeJournal {
     }
 
     pub fn record(&mut self, done: &Done) -> Result<()> {
-        let mut line = serde_json::to_vec(done)?;
+        self.append(&serde_json::to_vec(done)?)
+    }
+
+    pub fn started(&mut self, from: usize, to: usize) -> Result<()> {
+        self.append(&serde_json::to_vec(&Line::Started { started: (from, to) })?)
+    }
+
+    fn append(&mut self, line: &[u8]) -> Result<()> {
+        let mut line = line.to_vec();
         line.push(b'\n');
         // One write of one line: a crash leaves at worst a torn last line.
         self.file.write_all(&line).with_context(|| format!("cannot record a step in {}", self.path.display()))
     }
 
     /// The header and the steps done so far, or None if nothing is up.
-    pub fn read() -> Result<Option<(NodeHeader, Vec<Done>)>> {
+    pub fn read() -> Result<Option<NodeRecord>> {
         let path = node_journal_path();
         let f = match File::open(&path) {
             Ok(f) => f,
@@ -92,13 +126,18 @@ impl NodeJournal {
         let header: NodeHeader = serde_json::from_str(&first?)
             .with_context(|| format!("{} is not a cnet state record; remove it if nothing is up", path.display()))?;
         let mut done = Vec::new();
+        let mut started_until = 0;
         for line in lines {
-            match serde_json::from_str::<Done>(&line?) {
-                Ok(d) => done.push(d),
+            match serde_json::from_str::<Line>(&line?) {
+                Ok(Line::Done(d)) => {
+                    started_until = started_until.max(d.step + 1);
+                    done.push(d);
+                }
+                Ok(Line::Started { started: (_, to) }) => started_until = started_until.max(to),
                 Err(_) => break, // a torn last line from a killed `up`
             }
         }
-        Ok(Some((header, done)))
+        Ok(Some(NodeRecord { header, done, started_until }))
     }
 
     pub fn remove() -> Result<()> {
@@ -126,6 +165,9 @@ pub struct LabState {
     /// parent mount); `down` undoes it.
     #[serde(default)]
     pub made_run_mount: bool,
+    /// cnet created the (empty) /run/netns directory that nodes mount their own over.
+    #[serde(default)]
+    pub made_netns_dir: bool,
 }
 
 pub fn lab_dir() -> PathBuf {
@@ -164,9 +206,11 @@ mod tests {
 
     #[test]
     fn done_lines_are_compact() {
-        let d = Done { step: 3, old: Some("0".into()), pid: None };
+        let d = Done { step: 3, old: Some("0".into()), ..Default::default() };
         assert_eq!(serde_json::to_string(&d).unwrap(), r#"{"step":3,"old":"0"}"#);
         let back: Done = serde_json::from_str(r#"{"step":7}"#).unwrap();
         assert_eq!(back, Done { step: 7, ..Default::default() });
+        assert!(matches!(serde_json::from_str::<Line>(r#"{"started":[3,9]}"#).unwrap(), Line::Started { started: (3, 9) }));
+        assert!(matches!(serde_json::from_str::<Line>(r#"{"step":4,"ns":[1,2]}"#).unwrap(), Line::Done(Done { step: 4, ns: Some((1, 2)), .. })));
     }
 }

@@ -7,7 +7,7 @@ use anyhow::Result;
 use rtnetlink::Handle;
 use serde::{Deserialize, Serialize};
 
-use crate::executor::{is_cnet_process, read_sysctl, tunnel_stats_path};
+use crate::process::is_cnet_process;
 use crate::netlink::{addr_views, dump_addrs, dump_links, dump_routes, link_view, route_views, Netlink};
 use crate::plan::Step;
 use crate::state::NodeJournal;
@@ -106,7 +106,7 @@ pub struct NodeStatus {
 
 /// Read this node back. None when nothing is up.
 pub async fn node_status() -> Result<Option<NodeStatus>> {
-    let Some((header, done)) = NodeJournal::read()? else { return Ok(None) };
+    let Some(crate::state::NodeRecord { header, done, .. }) = NodeJournal::read()? else { return Ok(None) };
     let (topo, plan) = crate::node::plan_of(&header)?;
     let nl = Netlink::here(&header.netns_dir)?;
     let node_snap = snapshot(&nl.node_handle()).await?;
@@ -146,10 +146,10 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
             }
             // The bridge FDB is not part of the snapshot; the checks prove it.
             Step::AddFdb { .. } => None,
-            Step::Sysctl { key, value } => Some(read_sysctl(key).ok().as_deref() == Some(value.as_str())),
+            Step::Sysctl { key, value } => Some(crate::sysctl::read(key).ok().as_deref() == Some(value.as_str())),
             Step::StartTunnel { .. } => {
                 let pid = done.iter().find_map(|d| d.pid);
-                tunnel = std::fs::read(tunnel_stats_path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+                tunnel = std::fs::read(crate::tunnel::launch::stats_path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
                 Some(pid.is_some_and(|p| is_cnet_process(p, "tunnel")))
             }
         };

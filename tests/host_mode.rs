@@ -130,3 +130,77 @@ exec 3>&-
     assert!(r.section("down").contains("removed"), "{}", r.stdout);
     assert_nothing_left(&r);
 }
+
+#[test]
+fn up_straight_after_down_on_a_host() {
+    if !privileged() {
+        return;
+    }
+    // On a host the names are reused at once: the kernel must be done with the old links.
+    let r = sandbox(&format!(r#"{VM}
+i=0
+while [ $i -lt 20 ]; do cnet up 2 --host -q; cnet down -q; i=$((i+1)); done
+echo cycles=$i
+{}"#, vm_leftovers()));
+    r.ok();
+    assert!(r.stdout.contains("cycles=20"));
+    assert_nothing_left(&r);
+}
+
+#[test]
+fn up_killed_at_any_moment_is_removed_by_down() {
+    if !privileged() {
+        return;
+    }
+    // Kill `up` of 300 containers at several moments (mid-batch included); `down` must
+    // remove whatever it had made, and the next `up` must work.
+    let r = sandbox(&format!(r#"{VM}
+for delay in 0.01 0.03 0.06 0.1 0.2; do
+  cnet up 2 --host -q --containers 300 --pod-cidr 172.16.0.0/22 &
+  pid=$!
+  sleep $delay
+  kill -9 $pid 2>/dev/null || true
+  wait $pid 2>/dev/null || true
+  cnet down -q
+  left=$(ip -o link show | grep -cE ': veth[0-9]+|: br0' || true)
+  echo "after kill at $delay: $left links, $(ls /run/netns | wc -l) namespaces"
+done
+mark again
+cnet up 2 --host -q && echo "up works" && cnet down -q
+{}"#, vm_leftovers()));
+    r.ok();
+    for l in r.stdout.lines().filter(|l| l.starts_with("after kill")) {
+        assert!(l.ends_with(": 0 links, 0 namespaces"), "{l}\n{}", r.stderr);
+    }
+    assert!(r.section("again").contains("up works"), "{}", r.stderr);
+    assert_nothing_left(&r);
+}
+
+#[test]
+fn replaced_namespace_and_changed_sysctl_are_left_alone() {
+    if !privileged() {
+        return;
+    }
+    // After `up`, the user replaces con2 by a namespace of their own (with a process in it)
+    // and changes ip_forward: `down` must not touch either.
+    let r = sandbox(&format!(r#"{VM}
+cnet up multi-node --host --node 1 -q
+ip netns del con2
+ip netns add con2
+ip netns exec con2 sleep 60 &
+sleeper=$!
+sysctl -qw net.ipv4.ip_forward=0
+sysctl -qw net.ipv4.ip_forward=1    # (cnet set 1: same value, so it is restored)
+echo 2 > /proc/sys/net/ipv4/conf/all/rp_filter 2>/dev/null || true
+cnet down -q
+mark after
+ip netns list
+kill -0 $sleeper && echo "their process lives"
+sysctl -n net.ipv4.ip_forward
+kill $sleeper; ip netns del con2
+"#));
+    r.ok();
+    let after = r.section("after");
+    assert!(after.contains("con2") && after.contains("their process lives"), "{after}");
+    assert!(after.trim_end().ends_with('0'), "ip_forward back to 0 (cnet's 1 was still there): {after}");
+}

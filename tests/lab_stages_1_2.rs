@@ -48,9 +48,12 @@ cnet up 1 -q
 cnet exec node1 -- sh -c 'ip netns exec con python3 -m http.server 8000 >/dev/null 2>&1 &'
 i=0; until cnet exec node1 -- python3 -c 'import urllib.request; print(urllib.request.urlopen("http://172.16.0.1:8000/").status)' 2>/dev/null; do i=$((i+1)); [ $i -lt 50 ] || exit 1; sleep 0.1; done
 cnet down -q
+mark server
+pgrep -f '^python3 -m http[.]server' || echo "server stopped"
 {LEFTOVERS}"#));
     r.ok();
     assert!(r.stdout.starts_with("200"), "{}", r.stdout);
+    assert_eq!(r.section("server").trim(), "server stopped", "down stops what runs in the lab's containers");
     assert_nothing_left(&r);
 }
 

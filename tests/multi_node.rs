@@ -81,7 +81,8 @@ vm() {  # vm INDEX OTHER: one VM's whole session
     touch $T/tested.'$1'
     while [ ! -e $T/tested.'$2' ]; do sleep 0.05; done
     cnet down > $T/down.'$1' 2>&1
-    { ip -o link show | awk -F": " "{print \$2}" | cut -d@ -f1 | grep -vxE "lo|enp0s8" || true; ls /run/netns; ls -A /run/cnet | grep -vx lock || true; } > $T/left.'$1'
+    { ip -o link show | awk -F": " "{print \$2}" | cut -d@ -f1 | grep -vxE "lo|enp0s8" || true; ls /run/netns; ls -A /run/cnet;
+      for p in /proc/[0-9]*; do tr "\0" " " < $p/cmdline 2>/dev/null | grep "^$CNET tunnel" || true; done; } > $T/left.'$1'
   '
 }
 ip netns add vm1; ip netns add vm2

@@ -179,6 +179,18 @@ pub fn cpu_count() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
+/// The CPUs this process may run on (a cpuset may allow only some).
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity fills a cpu_set_t we own.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|c| libc::CPU_ISSET(*c, &set)).collect()
+    }
+}
+
 /// The persisted namespaces of one lab node.
 pub struct NodeNs {
     pub net: PathBuf,
@@ -237,10 +249,10 @@ pub fn into_tokio_netlink(fd: OwnedFd) -> netlink_sys::TokioSocket {
     unsafe { netlink_sys::TokioSocket::from_raw_fd(fd.into_raw_fd()) }
 }
 
-/// An exclusive advisory lock held for the life of the returned file.
+/// An exclusive advisory lock on `path` (a file or a directory), held for the life of the
+/// returned handle; waits for another holder. The bool says whether it was free at once.
 pub fn lock_file(path: &Path) -> Result<(File, bool)> {
-    let f = OpenOptions::new().create(true).truncate(false).write(true).open(path)
-        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    let f = File::open(path).with_context(|| format!("cannot open {} to lock it", path.display()))?;
     // SAFETY: flock on a descriptor we own.
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if r == 0 {

@@ -19,6 +19,7 @@ mod stats;
 mod tx;
 mod vnet;
 mod wire;
+pub mod launch;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};

@@ -73,7 +73,7 @@ pub fn sandbox(script: &str) -> Run {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let scratch = std::env::temp_dir().join(format!("cnet-test-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();
-    let prelude = "mark() { echo \"@@ $1\"; }\n";
+    let prelude = "mark() { echo \"@@ $1\"; }\nawk '{print $5}' /proc/self/mountinfo | sort > $T/mounts.before\n";
     let bin_dir = cnet_bin().parent().unwrap().to_path_buf();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     let out: Output = Command::new(repo().join("scripts/sandbox"))
@@ -99,9 +99,8 @@ pub const LEFTOVERS: &str = r#"
 mark leftovers
 ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -vxE 'lo' || true
 ls /run/netns
-ls -A /run/cnet | grep -vx lock || true
-awk '$5 ~ "^/run/(cnet|netns)/" {print "mount " $5}' /proc/self/mountinfo
-awk '$5 == "/run/cnet" {n++} END {if (n > 1) print "extra mount on /run/cnet"}' /proc/self/mountinfo
+ls -A /run/cnet
+awk '{print $5}' /proc/self/mountinfo | sort | diff $T/mounts.before - | grep '^[<>]' | sed 's/^/mount /' || true
 for p in /proc/[0-9]*; do if [ "$(readlink $p/exe 2>/dev/null)" = "$CNET" ] && [ "${p#/proc/}" != "$$" ]; then echo "process ${p#/proc/}: $(tr '\0' ' ' < $p/cmdline)"; fi; done
 mark end
 "#;

@@ -1,0 +1,66 @@
+//! Processes cnet starts or must stop: identity checks, a bounded stop, and finding what
+//! runs inside a namespace. (Signals themselves go through `sys::ns::signal`.)
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+use crate::sys::ns;
+
+/// Whether `pid` is still a cnet process whose command line contains `word` (guards
+/// against a recorded pid that the kernel has since given to another program).
+pub fn is_cnet_process(pid: u32, word: &str) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let exe_is_cnet = fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("cnet")))
+        .unwrap_or(false);
+    exe_is_cnet && cmdline.split(|b| *b == 0).any(|a| a == word.as_bytes())
+}
+
+fn gone(pid: u32) -> bool {
+    // A zombie has exited; its parent (not us) reaps it.
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
+
+/// SIGTERM; after 2 s SIGKILL; an error if it is still there after 5 s (stuck in the
+/// kernel), so that `down` reports it instead of hanging.
+pub fn stop_process(pid: u32) -> Result<()> {
+    if !ns::signal(pid, libc::SIGTERM) {
+        return Ok(());
+    }
+    let start = Instant::now();
+    let mut killed = false;
+    while !gone(pid) {
+        let waited = start.elapsed();
+        if waited > Duration::from_secs(5) {
+            bail!("process {pid} did not stop within 5 s of SIGKILL");
+        }
+        if waited > Duration::from_secs(2) && !killed {
+            ns::signal(pid, libc::SIGKILL);
+            killed = true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+/// Processes whose namespace of `kind` ("net", "mnt") is the one persisted at `ns_file` —
+/// never the namespace cnet itself or the machine's init runs in, whatever the file says.
+pub fn processes_in(ns_file: &Path, kind: &str) -> Vec<u32> {
+    let Some(want) = ns::ns_id(ns_file) else { return Vec::new() };
+    let ours = [format!("/proc/self/ns/{kind}"), format!("/proc/1/ns/{kind}")];
+    if ours.iter().any(|p| ns::ns_id(Path::new(p)) == Some(want)) {
+        tracing::warn!("{} is this machine's own {kind} namespace: no process is stopped", ns_file.display());
+        return Vec::new();
+    }
+    let me = std::process::id();
+    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| ns::ns_id(Path::new(&format!("/proc/{pid}/ns/{kind}"))) == Some(want))
+        .collect()
+}

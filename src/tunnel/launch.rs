@@ -1,0 +1,77 @@
+//! Starting `cnet tunnel` in the background for stage 4 (in the node's namespaces, as the
+//! node runner runs there), with its log, counters and pid under /run/cnet.
+
+use std::fs;
+use std::net::SocketAddrV4;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+
+use crate::state::run_dir;
+use crate::topology::Ipv4Net;
+
+pub fn stats_path() -> PathBuf {
+    run_dir().join("tunnel.json")
+}
+pub fn log_path() -> PathBuf {
+    run_dir().join("tunnel.log")
+}
+/// Written the moment the process exists, so that a `down` after an interrupted `up` finds
+/// it even if the step was never recorded.
+pub fn pid_path() -> PathBuf {
+    run_dir().join("tunnel.pid")
+}
+
+/// Start the tunnel and wait until it is ready (its first counters written: device
+/// attached, socket bound). On failure the process is stopped again.
+pub fn start(dev: &str, local: SocketAddrV4, peers: &[(SocketAddrV4, Ipv4Net)]) -> Result<u32> {
+    let log = fs::File::create(log_path()).context("cannot create the tunnel's log")?;
+    let stats = stats_path();
+    let _ = fs::remove_file(&stats);
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg("tunnel").arg("--dev").arg(dev).arg("--local").arg(local.to_string());
+    for (addr, net) in peers {
+        cmd.arg("--peer").arg(format!("{addr}={net}"));
+    }
+    cmd.arg("--stats").arg(&stats);
+    cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    // Its own process group: a Ctrl-C at the terminal that ran `up` must not stop it.
+    cmd.process_group(0);
+    let mut child = cmd.spawn().context("cannot start the tunnel process")?;
+    let pid = child.id();
+    fs::write(pid_path(), pid.to_string()).context("cannot record the tunnel's pid")?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let failure = loop {
+        if let Some(status) = child.try_wait()? {
+            let log = fs::read_to_string(log_path()).unwrap_or_default();
+            let last = log.lines().last().unwrap_or("no output").to_string();
+            break anyhow!("the tunnel exited at start ({status}): {last}");
+        }
+        if stats.exists() {
+            return Ok(pid);
+        }
+        if Instant::now() > deadline {
+            break anyhow!("the tunnel did not start within 5 s (see {})", log_path().display());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(failure)
+}
+
+/// The tunnel's pid as recorded at start, if any.
+pub fn recorded_pid() -> Option<u32> {
+    fs::read_to_string(pid_path()).ok()?.trim().parse().ok()
+}
+
+/// Remove the tunnel's files once it has stopped.
+pub fn remove_files() -> Result<()> {
+    for f in [stats_path(), log_path(), pid_path()] {
+        crate::state::remove_if_exists(&f)?;
+    }
+    Ok(())
+}
