@@ -488,7 +488,3 @@ pub fn route_views(msgs: &[RouteMessage]) -> Vec<RouteView> {
         })
         .collect()
 }
-
-pub fn family_is_inet(m: &AddressMessage) -> bool {
-    m.header.family == AddressFamily::Inet
-}

@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use serde::Serialize;
 
-use crate::topology::{Backend, Ipv4Net, Node, Stage, Topology, TUNNEL_PORT, UNDERLAY_DEV, VXLAN_PORT, VXLAN_VNI};
+use crate::topology::{Backend, Ipv4Net, Node, Stage, Topology, TUNNEL_PORT, VXLAN_PORT, VXLAN_VNI};
 
 /// Where a step runs: the node itself, or inside one of its containers (a named netns).
 pub type Netns = Option<String>;
@@ -296,15 +296,10 @@ fn rp_filter(b: &mut Builder, underlay: &str, overlay: &str) {
     }
 }
 
-/// The underlay device a plan uses when none is given: the lab's (and the talk's VMs') enp0s8.
-pub fn default_underlay() -> &'static str {
-    UNDERLAY_DEV
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::Options;
+    use crate::topology::{Options, Stage, UNDERLAY_DEV};
 
     fn plan(stage: Stage, node: u32) -> NodePlan {
         let t = Topology::new(Options::new(stage)).unwrap();

@@ -23,8 +23,6 @@ pub struct LinkState {
     pub mtu: Option<u32>,
     pub alias: Option<String>,
     pub addrs: Vec<Ipv4Net>,
-    #[serde(skip)]
-    pub index: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -77,7 +75,6 @@ pub async fn snapshot(h: &Handle) -> Result<NsSnapshot> {
                 mtu: l.mtu,
                 alias: l.alias.clone(),
                 addrs: addrs.iter().filter(|a| a.dev == l.index).map(|a| a.addr).collect(),
-                index: l.index,
             })
             .collect(),
         routes: routes

@@ -33,9 +33,6 @@ impl Ipv4Net {
     pub fn trunc(&self) -> Ipv4Net {
         Ipv4Net::new(self.network(), self.prefix)
     }
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & self.mask() == u32::from(self.network())
-    }
     /// The n-th address of the prefix (0 is the network address).
     pub fn nth(&self, n: u32) -> Option<Ipv4Addr> {
         let size = 1u64 << (32 - self.prefix);
@@ -163,10 +160,6 @@ pub const UNDERLAY_PREFIX: u8 = 24;
 pub const TUNNEL_PORT: u16 = 9000;
 pub const VXLAN_PORT: u16 = 4789;
 pub const VXLAN_VNI: u32 = 1;
-/// Bytes an encapsulated packet gains: the outer IPv4 header (20) and the UDP header (8).
-pub const UDP_ENCAP_OVERHEAD: u32 = 28;
-/// VXLAN adds outer IPv4 (20), UDP (8), VXLAN (8) and the inner Ethernet header (14).
-pub const VXLAN_ENCAP_OVERHEAD: u32 = 50;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Container {
@@ -333,7 +326,8 @@ impl Topology {
     }
 
     pub fn tun_mtu(&self) -> u32 {
-        self.options.underlay_mtu - UDP_ENCAP_OVERHEAD
+        // 28 bytes: the outer IPv4 (20) and UDP (8) headers around each inner packet.
+        self.options.underlay_mtu - crate::tunnel::WireFormat::Raw.overhead()
     }
 }
 

@@ -76,6 +76,7 @@ impl PacketSummary {
     }
 
     /// The innermost packet (this one when there is no tunnel).
+    #[cfg(test)]
     pub fn innermost(&self) -> &PacketSummary {
         let mut s = self;
         while let Some(inner) = &s.inner {

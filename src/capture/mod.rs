@@ -57,7 +57,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow};
 
-pub use decode::{LinkKind, PacketSummary, VXLAN_PORTS};
+pub use decode::{LinkKind, PacketSummary};
 
 use crate::sys::packet::{self as pkt, PacketSocket};
 use crate::sys::signal;
@@ -80,15 +80,6 @@ pub struct CaptureOptions {
     pub timeout: Option<Duration>,
     /// Keep only packets carrying this protocol at any depth (`icmp`, `udp`, `arp`, ...).
     pub only: Option<String>,
-}
-
-impl CaptureOptions {
-    pub fn new(iface: impl Into<String>) -> Self {
-        CaptureOptions {
-            iface: iface.into(),
-            ..Default::default()
-        }
-    }
 }
 
 impl Default for CaptureOptions {

@@ -94,6 +94,7 @@ impl<W: Write> PcapWriter<W> {
         self.w.flush()
     }
 
+    #[cfg(test)]
     pub fn into_inner(self) -> W {
         self.w
     }

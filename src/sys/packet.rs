@@ -23,8 +23,6 @@ pub struct Received {
     pub original: usize,
     /// `sll_pkttype`: 0 host, 1 broadcast, 2 multicast, 3 other host, 4 outgoing.
     pub pkttype: u8,
-    /// `sll_protocol` in host order (the ethertype, also for TUN devices).
-    pub protocol: u16,
 }
 
 /// Index of interface `name` in the calling thread's network namespace.
@@ -165,7 +163,6 @@ impl PacketSocket {
             captured: original.min(buf.len()),
             original,
             pkttype: from.sll_pkttype,
-            protocol: u16::from_be(from.sll_protocol),
         }))
     }
 

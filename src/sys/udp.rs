@@ -127,11 +127,7 @@ impl SendBatch {
         }
     }
 
-    pub fn capacity(&self) -> usize {
-        self.hdrs.len()
-    }
-
-    /// sendmmsg the first `capacity()` of `items`. Returns how many were sent; an Err
+    /// sendmmsg the first (batch capacity) of `items`. Returns how many were sent; an Err
     /// refers to `items[0]` (the kernel reports the first failing message's errno
     /// only when nothing before it was sent).
     pub fn send(&mut self, sock: &UdpSock, buf: &[u8], items: &[SendItem]) -> io::Result<usize> {

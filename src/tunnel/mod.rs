@@ -35,7 +35,7 @@ use crate::sys::udp::UdpSock;
 use peers::PeerTable;
 use stats::{Counters, DATAPATH_OFFLOAD, DATAPATH_PLAIN};
 
-pub use stats::{Direction, Drops, Stats, Syscalls, read_stats};
+pub use stats::Stats;
 pub use wire::WireFormat;
 
 /// A remote node: where its tunnel listens and which inner subnets live behind it.
@@ -77,8 +77,8 @@ pub struct TunnelConfig {
     /// JSON counters, rewritten atomically about once a second and on exit.
     pub stats_path: Option<PathBuf>,
     pub offload: OffloadMode,
-    /// Datagram framing. Default `TunPi` interoperates with the talk's exact socat command
-    /// (socat without `iff-no-pi` prefixes the 4-byte TUN packet-info header).
+    /// Datagram framing: the bare inner packet by default (`Raw`); `TunPi` interoperates
+    /// with the talk's exact socat command (which prefixes the 4-byte TUN header).
     pub wire: WireFormat,
 }
 

@@ -145,6 +145,7 @@ pub fn write_stats(path: &Path, stats: &Stats) -> Result<()> {
     Ok(())
 }
 
+#[cfg(test)]
 pub fn read_stats(path: impl AsRef<Path>) -> Result<Stats> {
     let path = path.as_ref();
     let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
