@@ -20,6 +20,9 @@ pub struct LinkState {
     pub state: String,
     pub up: bool,
     pub master: Option<String>,
+    /// For a veth on the node: its other end, `container:name`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub peer: Option<String>,
     pub mtu: Option<u32>,
     pub alias: Option<String>,
     pub addrs: Vec<Ipv4Net>,
@@ -72,6 +75,7 @@ pub async fn snapshot(h: &Handle) -> Result<NsSnapshot> {
                 state: l.oper.clone(),
                 up: l.up,
                 master: l.master.and_then(name_of),
+                peer: None,
                 mtu: l.mtu,
                 alias: l.alias.clone(),
                 addrs: addrs.iter().filter(|a| a.dev == l.index).map(|a| a.addr).collect(),
@@ -116,6 +120,16 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
         if nl.netns_path(&c.name).exists() {
             if let Ok(s) = crate::node::container_snapshot(&nl, &c.name).await {
                 containers.insert(c.name.clone(), s);
+            }
+        }
+    }
+    // Name each cnet veth's other end (the kernel reports only its index, in another namespace).
+    let mut node_snap = node_snap;
+    for s in &plan.steps {
+        if let Step::AddVeth { name, peer, peer_netns } = &s.step {
+            let present = containers.get(peer_netns).is_some_and(|c| c.links.iter().any(|l| &l.name == peer));
+            if let Some(l) = node_snap.links.iter_mut().find(|l| &l.name == name) {
+                l.peer = Some(if present { format!("{peer_netns}:{peer}") } else { format!("{peer_netns}:{peer} (missing)") });
             }
         }
     }
@@ -174,6 +188,9 @@ fn link_line(l: &LinkState) -> String {
     let mut s = format!("{:<10} {:<7} {:<5}", l.name, l.kind.as_deref().unwrap_or("-"), if l.up { l.state.as_str() } else { "down" });
     if let Some(m) = &l.master {
         s.push_str(&format!(" master {m}"));
+    }
+    if let Some(p) = &l.peer {
+        s.push_str(&format!(" peer {p}"));
     }
     if let Some(mtu) = l.mtu {
         if mtu != 1500 && l.name != "lo" {

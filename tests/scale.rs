@@ -53,3 +53,29 @@ cnet down -q
     assert_eq!(ping_ttls(&r.section("ping")), vec![62]);
     assert_nothing_left(&r);
 }
+
+#[test]
+fn three_node_overlay() {
+    if !privileged() {
+        return;
+    }
+    // One tun0 and one socket per node; each packet goes to the node owning its subnet.
+    let r = sandbox(&format!(r#"
+cnet up overlay --nodes 3 -q
+mark test
+cnet test
+mark ping
+cnet exec node3/con1 -- ping -c1 -W2 172.16.0.3
+cnet exec node1/con2 -- ping -c1 -W2 172.16.1.2
+sleep 0.5   # the tunnel rewrites its counters every 250 ms
+mark tunnel
+cnet exec node3 -- cnet status --host --json
+cnet down -q
+{LEFTOVERS}"#));
+    r.ok();
+    assert!(r.section("test").contains("108/108 checks passed"), "{}", r.section("test"));
+    assert_eq!(ping_ttls(&r.section("ping")), vec![62, 62]);
+    let v: serde_json::Value = serde_json::from_str(&r.section("tunnel")).unwrap();
+    assert!(v[0]["tunnel"]["tun_to_udp"]["packets"].as_u64().unwrap() > 0);
+    assert_nothing_left(&r);
+}
