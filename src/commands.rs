@@ -182,7 +182,9 @@ async fn host_topology(a: &TestArgs) -> Result<(Topology, u32)> {
     if let Some(r) = NodeJournal::read()? {
         return Ok((node::topology_of(&r.header)?, r.header.node));
     }
-    let Some(stage) = a.stage else { bail!("nothing is up here: give the stage to check, e.g. `cnet test --host single-node`") };
+    let Some(stage) = a.stage else {
+        bail!("nothing is up: start a stage with `cnet up <stage>`, or check a machine built another way with `cnet test --host <stage>`")
+    };
     let req = NodeRequest { options: Options::new(stage), node: a.node, underlay: None, peers: Vec::new(), in_lab: false };
     let nl = Netlink::here(&PathBuf::from(NETNS_DIR))?;
     let (topo, _) = node::resolve(&req, &nl).await?;
