@@ -1,24 +1,29 @@
-//! Internet (RFC 1071) one's-complement checksums, fast enough for 10 Gbit/s:
-//! 32-bit big-endian words summed into a 64-bit accumulator, folded once at the end.
+//! Internet (RFC 1071) one's-complement checksums, fast enough for 10 Gbit/s.
+//!
+//! The sum is byte-order independent (RFC 1071 §2(B)): we add native-endian 32-bit words
+//! into a 64-bit accumulator (no byte swaps, so the compiler vectorizes the loop), fold
+//! to 16 bits, and swap the bytes once at the end to get the big-endian sum.
 
-/// Unfolded sum of `data` as big-endian 16-bit words (odd tail padded with zero).
-pub fn sum(data: &[u8], mut acc: u64) -> u64 {
-    let mut chunks = data.chunks_exact(32);
-    for c in &mut chunks {
-        // Eight independent u32 loads per round lets the compiler keep them in registers.
-        for w in c.chunks_exact(4) {
-            acc += u32::from_be_bytes([w[0], w[1], w[2], w[3]]) as u64;
+/// Unfolded sum of `data` as big-endian 16-bit words (odd tail padded with zero), added
+/// to `acc`.
+pub fn sum(data: &[u8], acc: u64) -> u64 {
+    // Four independent lanes per 16 bytes; 64 KB of u32 words cannot overflow a u64.
+    let mut lanes = [0u64; 4];
+    let mut blocks = data.chunks_exact(16);
+    for b in &mut blocks {
+        for (lane, w) in lanes.iter_mut().zip(b.chunks_exact(4)) {
+            *lane += u32::from_ne_bytes([w[0], w[1], w[2], w[3]]) as u64;
         }
     }
-    let rest = chunks.remainder();
-    let mut words = rest.chunks_exact(2);
-    for w in &mut words {
-        acc += u16::from_be_bytes([w[0], w[1]]) as u64;
+    let mut ne: u64 = lanes.iter().sum();
+    // Tail (< 16 bytes), zero-padded to whole words: zero bytes add nothing.
+    for w in blocks.remainder().chunks(4) {
+        let mut b = [0u8; 4];
+        b[..w.len()].copy_from_slice(w);
+        ne += u32::from_ne_bytes(b) as u64;
     }
-    if let [b] = words.remainder() {
-        acc += (*b as u64) << 8;
-    }
-    acc
+    let folded = fold(ne);
+    acc + if cfg!(target_endian = "little") { folded.swap_bytes() } else { folded } as u64
 }
 
 /// Fold a 64-bit accumulator into 16 bits (not complemented).

@@ -4,6 +4,7 @@
 //! sent as UDP GSO trains (one sendmmsg entry carries up to 64 datagrams).
 
 use std::io;
+use std::net::SocketAddrV4;
 use std::sync::atomic::Ordering::Relaxed;
 
 use anyhow::{Context, Result};
@@ -130,14 +131,7 @@ fn stage_offload(sh: &Shared, frame: &mut [u8], out: &mut [u8], at: usize, items
                 items.push(SendItem { dst, start: at, len: total, gso_size: 0 });
                 return total;
             }
-            // One GSO train per sendmmsg entry, bounded by the UDP length and segment caps.
-            let per_msg = (GSO_MAX_BYTES / seg_len).clamp(1, GSO_MAX_SEGS);
-            let mut off = 0;
-            while off < total {
-                let len = (per_msg * seg_len).min(total - off);
-                items.push(SendItem { dst, start: at + off, len, gso_size: seg_len as u16 });
-                off += len;
-            }
+            push_train(items, dst, at, total, seg_len);
             total
         }
         _ => {
@@ -145,6 +139,32 @@ fn stage_offload(sh: &Shared, frame: &mut [u8], out: &mut [u8], at: usize, items
             add(&c.bad_offload, 1);
             0
         }
+    }
+}
+
+/// Queue `total` bytes of back-to-back datagrams of `seg_len` (the last may be shorter) at
+/// `sbuf[at..]` as UDP GSO trains, one per sendmmsg entry, bounded by the UDP length and
+/// segment caps. A train may continue the previous item when that one is contiguous,
+/// goes to the same peer with the same datagram size and has no short tail: a 64 KB TSO
+/// packet is ~46 datagrams but a train holds at most ~44, so cutting trains per
+/// super-packet would send a 2-datagram train after every full one.
+fn push_train(items: &mut Vec<SendItem>, dst: SocketAddrV4, at: usize, total: usize, seg_len: usize) {
+    let max = (GSO_MAX_BYTES / seg_len).clamp(1, GSO_MAX_SEGS) * seg_len;
+    let mut off = 0;
+    if let Some(last) = items.last_mut()
+        && last.dst == dst
+        && last.gso_size as usize == seg_len
+        && last.start + last.len == at
+        && last.len % seg_len == 0
+        && last.len < max
+    {
+        off = (max - last.len).min(total);
+        last.len += off;
+    }
+    while off < total {
+        let len = max.min(total - off);
+        items.push(SendItem { dst, start: at + off, len, gso_size: seg_len as u16 });
+        off += len;
     }
 }
 
@@ -178,5 +198,38 @@ fn send_all(sh: &Shared, sbuf: &[u8], items: &[SendItem], batch: &mut SendBatch)
                 i += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn trains(items: &[SendItem]) -> Vec<(usize, usize)> {
+        items.iter().map(|i| (i.start, i.len)).collect()
+    }
+
+    #[test]
+    fn trains_continue_across_super_packets() {
+        let a = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 20), 9000);
+        let b = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 30), 9000);
+        let seg = 1472; // 44 per train
+        let mut items = Vec::new();
+        push_train(&mut items, a, 0, 46 * seg, seg);
+        assert_eq!(trains(&items), vec![(0, 44 * seg), (44 * seg, 2 * seg)]);
+        // The next super-packet to the same peer fills the 2-datagram train first.
+        push_train(&mut items, a, 46 * seg, 46 * seg, seg);
+        assert_eq!(trains(&items), vec![(0, 44 * seg), (44 * seg, 44 * seg), (88 * seg, 4 * seg)]);
+        // A short tail ends the train; so does another peer or another size.
+        push_train(&mut items, a, 92 * seg, 3 * seg - 100, seg);
+        assert_eq!(items.len(), 3);
+        let end = 95 * seg - 100;
+        push_train(&mut items, a, end, 2 * seg, seg);
+        assert_eq!(items.len(), 4);
+        push_train(&mut items, b, end + 2 * seg, 2 * seg, seg);
+        push_train(&mut items, b, end + 4 * seg, 2 * 1000, 1000);
+        assert_eq!(items.len(), 6);
+        assert!(items.iter().all(|i| i.len <= GSO_MAX_BYTES && i.len.div_ceil(i.gso_size as usize) <= GSO_MAX_SEGS));
     }
 }
