@@ -206,20 +206,31 @@ pub async fn down(quiet: bool) -> Result<bool> {
 
 async fn down_lab(state: &LabState) -> Result<()> {
     let mut errors = Vec::new();
+    // Undo each node's plan from inside, as on a real host (restores what it changed). The
+    // nodes are independent: all at once, so that their tunnels stop in parallel.
+    let mut running = Vec::new();
     for index in state.nodes.iter().rev() {
         let nsp = node_ns(*index);
         if ns::is_ns_file(&nsp.net) && ns::is_ns_file(&nsp.mnt) {
-            // Undo the node's plan from inside, as on a real host (restores what it changed).
             let mut cmd = Command::new("/proc/self/exe");
             cmd.args(["down", "--host", "--quiet"]).stdout(Stdio::null()).stderr(Stdio::piped());
             if ns::enter_node(&mut cmd, &nsp, None).is_ok() {
-                match cmd.output() {
-                    Ok(o) if !o.status.success() => errors.push(anyhow!("node{index}: {}", String::from_utf8_lossy(&o.stderr).trim())),
+                match cmd.spawn() {
+                    Ok(child) => running.push((*index, child)),
                     Err(e) => errors.push(anyhow!("node{index}: {e}")),
-                    _ => {}
                 }
             }
         }
+    }
+    for (index, child) in running {
+        match child.wait_with_output() {
+            Ok(o) if !o.status.success() => errors.push(anyhow!("node{index}: {}", String::from_utf8_lossy(&o.stderr).trim())),
+            Err(e) => errors.push(anyhow!("node{index}: {e}")),
+            _ => {}
+        }
+    }
+    for index in state.nodes.iter().rev() {
+        let nsp = node_ns(*index);
         // Whatever still runs in the node (a demo server, a shell) goes with the VM.
         let mut pids = crate::process::processes_in(&nsp.mnt, "mnt");
         pids.extend(crate::process::processes_in(&nsp.net, "net"));
