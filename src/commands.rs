@@ -65,11 +65,11 @@ pub fn up(a: &UpArgs) -> Result<()> {
         let req = NodeRequest { options: opts, node: a.node, underlay: a.underlay.clone(), peers: a.peers.clone(), in_lab: a.in_lab };
         let pace = if a.quiet { Pace::Quiet } else if a.step { Pace::Step } else { Pace::Run };
         let _lock = crate::sys::ns::lock_file(&lock_path()?)?;
-        rt.block_on(node::up(&req, pace))
+        rt.block_on(interruptible(node::up(&req, pace), || node::down(true)))
     } else {
         let v = if a.quiet { Verbosity::Quiet } else if a.step { Verbosity::Interactive } else { Verbosity::Steps };
         let _lock = crate::sys::ns::lock_file(&lock_path()?)?;
-        rt.block_on(lab::up(&opts, v))?;
+        rt.block_on(interruptible(lab::up(&opts, v), || lab::down(true)))?;
         if !a.quiet {
             println!("\nThe lab is up: stage {} on {} node(s). Enter a node with `cnet shell node1`; check it with `cnet test`; remove it with `cnet down`.",
                 topo.stage(), topo.nodes.len());
@@ -79,6 +79,26 @@ pub fn up(a: &UpArgs) -> Result<()> {
 }
 
 /// The lock is taken on /run/cnet itself, so that no lock file is left behind.
+/// Run `up`; on Ctrl-C stop it and remove what it had built, so that an interrupted `up`
+/// leaves nothing half-built behind either.
+async fn interruptible<U, D, F>(up: U, undo: D) -> Result<()>
+where
+    U: std::future::Future<Output = Result<()>>,
+    D: FnOnce() -> F,
+    F: std::future::Future<Output = Result<bool>>,
+{
+    tokio::select! {
+        r = up => r,
+        _ = tokio::signal::ctrl_c() => {
+            let undone = undo().await;
+            match undone {
+                Ok(_) => bail!("interrupted: what was built so far has been removed"),
+                Err(e) => bail!("interrupted, and removing what was built failed: {}; run `cnet down`", node::chain(&e)),
+            }
+        }
+    }
+}
+
 fn lock_path() -> Result<PathBuf> {
     let dir = crate::state::run_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;

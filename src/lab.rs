@@ -7,7 +7,6 @@
 //! built by the node runner (`cnet up --host`) run inside it: lab and real hosts share
 //! one code path. The host's own network namespace is never touched.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -96,13 +95,15 @@ async fn build(topo: &Topology, state: &mut LabState, v: Verbosity) -> Result<()
             println!("== {} ({}): {} ==", n.short_name(), n.hostname, n.ip);
         }
         let mut cmd = Command::new("/proc/self/exe");
-        cmd.args(node_runner_args(&topo.options, n.index, v)).stderr(Stdio::piped());
+        cmd.args(node_runner_args(&topo.options, n.index, v)).stdout(Stdio::inherit()).stderr(Stdio::piped());
         ns::enter_node(&mut cmd, &node_ns(n.index), None)?;
-        let mut child = cmd.spawn().with_context(|| format!("cannot enter {}", n.hostname))?;
-        let mut err = String::new();
-        child.stderr.take().expect("piped").read_to_string(&mut err)?;
-        let status = child.wait()?;
-        if !status.success() {
+        // Awaited, not waited for: a Ctrl-C must be able to stop the build (the runner is
+        // killed and the lab's `down` removes what it had made).
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.kill_on_drop(true);
+        let out = cmd.output().await.with_context(|| format!("cannot enter {}", n.hostname))?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
             let reason = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no reason given").trim_start_matches("cnet: error: ");
             bail!("{} ({}): {reason}", n.short_name(), n.hostname);
         }

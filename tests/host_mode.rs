@@ -204,3 +204,30 @@ kill $sleeper; ip netns del con2
     assert!(after.contains("con2") && after.contains("their process lives"), "{after}");
     assert!(after.trim_end().ends_with('0'), "ip_forward back to 0 (cnet's 1 was still there): {after}");
 }
+
+#[test]
+fn ctrl_c_during_up_removes_what_it_built() {
+    if !privileged() {
+        return;
+    }
+    // SIGINT (Ctrl-C) in the middle of a 300-container build, on a host and in the lab:
+    // `up` stops, removes what it had made and says so, with no `down` needed.
+    let r = sandbox(&format!(r#"{VM}
+for mode in --host ""; do
+  cnet up 2 $mode -q --containers 300 --pod-cidr 172.16.0.0/22 2> $T/err & pid=$!
+  sleep 0.15
+  kill -INT $pid
+  if wait $pid; then echo "up finished before the signal ($mode)"; fi
+  mark "interrupted$mode"
+  cat $T/err
+  cnet status
+done
+{}"#, vm_leftovers()));
+    r.ok();
+    for mode in ["interrupted--host", "interrupted"] {
+        let s = r.section(mode);
+        assert!(s.contains("interrupted: what was built so far has been removed"), "{mode}: {s}");
+        assert!(s.contains("nothing is up"), "{mode}: {s}");
+    }
+    assert_nothing_left(&r);
+}
