@@ -210,11 +210,11 @@ fn ctrl_c_during_up_removes_what_it_built() {
     if !privileged() {
         return;
     }
-    // SIGINT (Ctrl-C) in the middle of a 300-container build, on a host and in the lab:
+    // SIGINT (Ctrl-C) in the middle of a 600-container build (about 1 s), on a host and in the lab:
     // `up` stops, removes what it had made and says so, with no `down` needed.
     let r = sandbox(&format!(r#"{VM}
 for mode in --host ""; do
-  cnet up 2 $mode -q --containers 300 --pod-cidr 172.16.0.0/22 2> $T/err & pid=$!
+  cnet up 2 $mode -q --containers 600 --pod-cidr 172.16.0.0/22 2> $T/err & pid=$!
   sleep 0.15
   kill -INT $pid
   if wait $pid; then echo "up finished before the signal ($mode)"; fi
