@@ -123,6 +123,9 @@ pub struct TestArgs {
     /// With --host and a stage: which node this machine is.
     #[arg(long, default_value_t = 1)]
     pub node: u32,
+    /// With --host and a stage: its overlay (the checks are the same for both).
+    #[arg(long, value_enum, default_value_t = Backend::Udp)]
+    pub backend: Backend,
     /// Milliseconds to wait for each reply.
     #[arg(long, default_value_t = 1000)]
     pub timeout_ms: u64,

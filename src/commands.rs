@@ -205,7 +205,8 @@ async fn host_topology(a: &TestArgs) -> Result<(Topology, u32)> {
     let Some(stage) = a.stage else {
         bail!("nothing is up: start a stage with `cnet up <stage>`, or check a machine built another way with `cnet test --host <stage>`")
     };
-    let req = NodeRequest { options: Options::new(stage), node: a.node, underlay: None, peers: Vec::new(), in_lab: false };
+    let options = Options { backend: a.backend, ..Options::new(stage) };
+    let req = NodeRequest { options, node: a.node, underlay: None, peers: Vec::new(), in_lab: false };
     let nl = Netlink::here(&PathBuf::from(NETNS_DIR))?;
     let (topo, _) = node::resolve(&req, &nl).await?;
     Ok((topo, a.node))

@@ -69,18 +69,36 @@ fn stage4_udp_tunnel_lab() {
 /// Two sandboxes playing the talk's VMs, joined by a veth (their enp0s8), each running
 /// `cnet up ... --host --node i` in its own mount and UTS namespace.
 fn two_vms(args: &str) -> Run {
+    two_vms_with(args, false)
+}
+
+/// The same, built by the script `cnet explain ARGS --format sh` prints (and removed by its
+/// `sh-down`), then checked by `cnet test --host`: the script must be true.
+fn two_vms_by_script(args: &str) -> Run {
+    two_vms_with(args, true)
+}
+
+fn two_vms_with(args: &str, script: bool) -> Run {
     let vm = r#"
 vm() {  # vm INDEX OTHER: one VM's whole session
   ip netns exec vm$1 unshare --mount --uts --propagation private sh -euc '
     mount -t tmpfs vm /run/netns; mount -t tmpfs vm /run/cnet; hostname vm'$1'
-    cnet up '"$ARGS"' --host --node '$1' > $T/up.'$1' 2>&1 || { echo failed > $T/up.'$1'.err; }
+    if [ -n "$SCRIPT" ]; then
+      cnet explain $ARGS --format sh > $T/build.'$1'.sh; sh $T/build.'$1'.sh '$1' > $T/up.'$1' 2>&1
+    else
+      cnet up '"$ARGS"' --host --node '$1' > $T/up.'$1' 2>&1 || { echo failed > $T/up.'$1'.err; }
+    fi
     touch $T/ready.'$1'
     while [ ! -e $T/ready.'$2' ]; do sleep 0.05; done
-    cnet test --host > $T/test.'$1' 2>&1 || true
+    if [ -n "$SCRIPT" ]; then cnet test --host $ARGS --node '$1' > $T/test.'$1' 2>&1 || true; else cnet test --host > $T/test.'$1' 2>&1 || true; fi
     ip netns exec con1 ping -c1 -W2 172.16.$(( '$2' - 1 )).2 > $T/ping.'$1' 2>&1 || true
     touch $T/tested.'$1'
     while [ ! -e $T/tested.'$2' ]; do sleep 0.05; done
-    cnet down > $T/down.'$1' 2>&1
+    if [ -n "$SCRIPT" ]; then
+      cnet explain $ARGS --format sh-down | sh -s '$1' > $T/down.'$1' 2>&1 && echo "removed by the script" >> $T/down.'$1'
+    else
+      cnet down > $T/down.'$1' 2>&1
+    fi
     { ip -o link show | awk -F": " "{print \$2}" | cut -d@ -f1 | grep -vxE "lo|enp0s8" || true; ls /run/netns; ls -A /run/cnet;
       for p in /proc/[0-9]*; do tr "\0" " " < $p/cmdline 2>/dev/null | grep "^$CNET tunnel" || true; done; } > $T/left.'$1'
   '
@@ -94,7 +112,8 @@ vm 1 2 & vm 2 1 & wait
 for i in 1 2; do mark up.$i; cat $T/up.$i; mark test.$i; cat $T/test.$i; mark ping.$i; cat $T/ping.$i; mark down.$i; cat $T/down.$i; mark left.$i; cat $T/left.$i; done
 mark end
 "#;
-    sandbox(&format!("ARGS='{args}'\n{vm}"))
+    let script = if script { "1" } else { "" };
+    sandbox(&format!("export ARGS='{args}' SCRIPT='{script}'\n{vm}"))
 }
 
 fn assert_vms(r: &Run) {
@@ -126,5 +145,13 @@ fn stage4_vxlan_on_two_host_vms() {
 fn stage4_udp_on_two_host_vms() {
     if privileged() {
         assert_vms(&two_vms("overlay"));
+    }
+}
+
+#[test]
+fn explain_sh_builds_stages_3_and_4_vxlan_on_two_vms() {
+    if privileged() {
+        assert_vms(&two_vms_by_script("multi-node"));
+        assert_vms(&two_vms_by_script("overlay --backend vxlan"));
     }
 }
