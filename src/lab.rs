@@ -95,13 +95,16 @@ async fn build(topo: &Topology, state: &mut LabState, v: Verbosity) -> Result<()
             println!("== {} ({}): {} ==", n.short_name(), n.hostname, n.ip);
         }
         let mut cmd = Command::new("/proc/self/exe");
-        cmd.args(node_runner_args(&topo.options, n.index, v)).stdout(Stdio::inherit()).stderr(Stdio::piped());
+        // stdin too: `--step` reads Enter there (output() would otherwise give it none).
+        cmd.args(node_runner_args(&topo.options, n.index, v)).stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::piped());
         ns::enter_node(&mut cmd, &node_ns(n.index), None)?;
         // Awaited, not waited for: a Ctrl-C must be able to stop the build (the runner is
         // killed and the lab's `down` removes what it had made).
         let mut cmd = tokio::process::Command::from(cmd);
         cmd.kill_on_drop(true);
-        let out = cmd.output().await.with_context(|| format!("cannot enter {}", n.hostname))?;
+        // spawn + wait_with_output, not output(): that would capture stdout too.
+        let child = cmd.spawn().with_context(|| format!("cannot enter {}", n.hostname))?;
+        let out = child.wait_with_output().await.with_context(|| format!("cannot enter {}", n.hostname))?;
         let err = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
             let reason = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no reason given").trim_start_matches("cnet: error: ");

@@ -10,7 +10,8 @@ fn stage1_namespace_lab() {
         return;
     }
     let r = sandbox(&format!(r#"
-cnet up namespace > /dev/null
+mark up
+cnet up namespace
 mark test
 cnet test
 mark hostname
@@ -27,6 +28,12 @@ mark down
 cnet down
 {LEFTOVERS}"#));
     r.ok();
+    // `up` prints each step as the talk's script did: the explanation, then the command.
+    let up = r.section("up");
+    for want in ["== node1 (1-network-namespace): 10.0.0.10/24 ==", "[1/8] Create the network namespace 'con'", "$ ip netns add con",
+        "$ ip link add veth1 type veth peer name veth2 netns con", "$ ip -n con route add default via 172.16.0.1 dev veth2", "Try this next:"] {
+        assert!(up.contains(want), "missing {want:?} in:\n{up}");
+    }
     assert!(r.section("test").contains("4/4 checks passed"), "{}", r.stdout);
     assert_eq!(r.section("hostname").trim(), "1-network-namespace");
     assert!(r.section("netns").starts_with("con"), "{}", r.section("netns"));
@@ -114,5 +121,34 @@ echo cycles=$i
 {LEFTOVERS}"#));
     r.ok();
     assert!(r.stdout.contains("cycles=20"));
+    assert_nothing_left(&r);
+}
+
+#[test]
+fn step_mode_waits_for_enter_in_the_lab() {
+    if !privileged() {
+        return;
+    }
+    // `--step`: each step shown, then nothing happens until Enter.
+    let r = sandbox(&format!(r#"
+mkfifo $T/keys
+cnet up namespace --step < $T/keys > $T/out 2>&1 &
+exec 3> $T/keys
+printf '\n\n' >&3
+sleep 0.5
+mark after-two
+grep -o 'Enter to run it' $T/out | wc -l
+grep -c '"complete": false' /run/cnet/lab.json
+printf '\n\n\n\n\n\n' >&3
+exec 3>&-
+wait
+mark done
+cnet status | head -3
+cnet down -q
+{LEFTOVERS}"#));
+    r.ok();
+    let after_two = r.section("after-two");
+    assert_eq!(after_two.split_whitespace().collect::<Vec<_>>(), ["3", "1"], "two Enters run two steps and show the third: {after_two}");
+    assert!(r.section("done").contains("matches the plan (8/8 steps verified)"), "{}", r.section("done"));
     assert_nothing_left(&r);
 }
