@@ -52,7 +52,7 @@ pub fn up(a: &UpArgs) -> Result<()> {
     let opts = options(&a.topo);
     let topo = Topology::new(opts.clone())?;
     if a.dry_run {
-        println!("Dry run: nothing is changed.\n");
+        say!("Dry run: nothing is changed.\n");
         crate::explain::print_text(&topo);
         return Ok(());
     }
@@ -71,7 +71,7 @@ pub fn up(a: &UpArgs) -> Result<()> {
         let _lock = crate::sys::ns::lock_file(&lock_path()?)?;
         rt.block_on(interruptible(lab::up(&opts, v), || lab::down(true)))?;
         if !a.quiet {
-            println!("\nThe lab is up: stage {} on {} node(s). Enter a node with `cnet shell node1`; check it with `cnet test`; remove it with `cnet down`.",
+            say!("\nThe lab is up: stage {} on {} node(s). Enter a node with `cnet shell node1`; check it with `cnet test`; remove it with `cnet down`.",
                 topo.stage(), topo.nodes.len());
         }
         Ok(())
@@ -113,7 +113,7 @@ pub fn down(a: &DownArgs) -> Result<()> {
     let lab_down = if a.host { false } else { rt.block_on(lab::down(a.quiet))? };
     let host_down = rt.block_on(node::down(a.quiet))?;
     if !lab_down && !host_down && !a.quiet {
-        println!("nothing is up: nothing to remove");
+        say!("nothing is up: nothing to remove");
     }
     Ok(())
 }

@@ -92,7 +92,7 @@ async fn build(topo: &Topology, state: &mut LabState, v: Verbosity) -> Result<()
     }
     for n in &topo.nodes {
         if !matches!(v, Verbosity::Quiet) {
-            println!("== {} ({}): {} ==", n.short_name(), n.hostname, n.ip);
+            say!("== {} ({}): {} ==", n.short_name(), n.hostname, n.ip);
         }
         let mut cmd = Command::new("/proc/self/exe");
         // stdin too: `--step` reads Enter there (output() would otherwise give it none).
@@ -107,7 +107,12 @@ async fn build(topo: &Topology, state: &mut LabState, v: Verbosity) -> Result<()
         let out = child.wait_with_output().await.with_context(|| format!("cannot enter {}", n.hostname))?;
         let err = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
-            let reason = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no reason given").trim_start_matches("cnet: error: ");
+            use std::os::unix::process::ExitStatusExt;
+            let reason = match (err.lines().rev().find(|l| !l.trim().is_empty()), out.status.signal()) {
+                (Some(line), _) => line.trim_start_matches("cnet: error: ").to_string(),
+                (None, Some(sig)) => format!("its builder was stopped by signal {sig}"),
+                (None, None) => format!("its builder failed ({}) without saying why", out.status),
+            };
             bail!("{} ({}): {reason}", n.short_name(), n.hostname);
         }
         eprint!("{err}");
@@ -203,7 +208,7 @@ pub async fn down(quiet: bool) -> Result<bool> {
     let Some(state) = LabState::read()? else { return Ok(false) };
     down_lab(&state).await?;
     if !quiet {
-        println!("lab removed: stage {}, {} node(s); nothing of it is left", state.options.stage, state.nodes.len());
+        say!("lab removed: stage {}, {} node(s); nothing of it is left", state.options.stage, state.nodes.len());
     }
     Ok(true)
 }

@@ -1,5 +1,14 @@
 //! cnet: the topologies of "Container Networking From Scratch", built step by step.
 
+/// `println!` that ignores a closed stdout: `cnet up | head` must still finish (or undo)
+/// the build rather than die half-way.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 mod capture;
 mod check;
 mod cli;
@@ -28,7 +37,6 @@ use cli::{Cli, Command};
 /// Exit codes: 0 done, 1 failed (or a check failed), 2 the machine cannot do it (no root,
 /// no kernel support).
 fn run() -> ExitCode {
-    sys::signal::default_sigpipe();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -37,6 +45,11 @@ fn run() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
         }
     };
+    // Commands that only report end quietly when their reader goes away (`cnet test | head`);
+    // those that change the machine keep going (their output is written with `say!`).
+    if !matches!(cli.command, Command::Up(_) | Command::Down(_) | Command::Tunnel(_) | Command::Hold) {
+        sys::signal::default_sigpipe();
+    }
     let level = match cli.verbose { 0 => "warn", 1 => "info", _ => "debug" };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CNET_LOG").unwrap_or_else(|_| level.into()))

@@ -162,13 +162,14 @@ async fn check_conflicts(nl: &Netlink, plan: &NodePlan, links: &[crate::netlink:
 
 pub fn print_step(i: usize, total: usize, why: &str, command: &str) {
     let w = total.to_string().len();
-    println!("[{:>w$}/{total}] {why}", i + 1);
-    println!("{:w$}    $ {command}", "", w = 2 * w + 1);
+    say!("[{:>w$}/{total}] {why}", i + 1);
+    say!("{:w$}    $ {command}", "", w = 2 * w + 1);
 }
 
 fn wait_for_enter() -> Result<()> {
-    print!("        (Enter to run it, q then Enter to stop) ");
-    std::io::stdout().flush()?;
+    let mut out = std::io::stdout();
+    let _ = write!(out, "        (Enter to run it, q then Enter to stop) ");
+    let _ = out.flush();
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
     if line.trim() == "q" {
@@ -243,7 +244,7 @@ pub async fn up(req: &NodeRequest, pace: Pace) -> Result<()> {
         i = end;
     }
     if pace != Pace::Quiet {
-        println!();
+        say!();
         print_next_steps(&topo, req.node, req.in_lab);
     }
     Ok(())
@@ -281,7 +282,7 @@ pub async fn down(quiet: bool) -> Result<bool> {
         }
     }
     if !quiet {
-        println!("{}: stage {} removed ({} steps undone)", hostname(), topo.stage(), done.len());
+        say!("{}: stage {} removed ({} steps undone)", hostname(), topo.stage(), done.len());
     }
     Ok(true)
 }
@@ -302,28 +303,28 @@ fn join_errors(errors: &[anyhow::Error]) -> String {
 pub fn print_next_steps(topo: &Topology, node: u32, in_lab: bool) {
     let n = topo.node(node).expect("node exists");
     let enter = if in_lab { format!("cnet shell {}   # then, inside the node:\n  ", n.short_name()) } else { String::new() };
-    println!("Try this next:");
+    say!("Try this next:");
     match topo.stage() {
         Stage::Namespace => {
-            println!("  {enter}ip netns exec con ping -c1 10.0.0.10");
-            println!("  ip netns exec con python3 -m http.server 8000 &");
-            println!("  curl 172.16.0.1:8000");
+            say!("  {enter}ip netns exec con ping -c1 10.0.0.10");
+            say!("  ip netns exec con python3 -m http.server 8000 &");
+            say!("  curl 172.16.0.1:8000");
         }
         Stage::SingleNode => {
             let c = &n.containers;
             let second = c.get(1).unwrap_or(&c[0]);
-            println!("  {enter}ip netns exec {} ping -c1 {}    # TTL 64: same L2, nothing routed", c[0].name, second.addr.addr);
-            println!("  ping -c1 {}", c[0].addr.addr);
-            println!("  cnet test");
+            say!("  {enter}ip netns exec {} ping -c1 {}    # TTL 64: same L2, nothing routed", c[0].name, second.addr.addr);
+            say!("  ping -c1 {}", c[0].addr.addr);
+            say!("  cnet test");
         }
         Stage::MultiNode | Stage::Overlay => {
             let other = topo.peers_of(node).next().expect("a peer");
-            println!("  {enter}ip netns exec con1 ping -c1 {}    # TTL 62: both nodes route it", other.containers[0].addr.addr);
-            println!("  ping -c1 {}    # TTL 63", other.containers[0].addr.addr);
+            say!("  {enter}ip netns exec con1 ping -c1 {}    # TTL 62: both nodes route it", other.containers[0].addr.addr);
+            say!("  ping -c1 {}    # TTL 63", other.containers[0].addr.addr);
             if topo.stage() == Stage::Overlay {
-                println!("  cnet capture {} enp0s8 --only icmp -c 2   # from the host: UDP carrying the ICMP", other.short_name());
+                say!("  cnet capture {} enp0s8 --only icmp -c 2   # from the host: UDP carrying the ICMP", other.short_name());
             }
-            println!("  cnet test");
+            say!("  cnet test");
         }
     }
 }

@@ -152,3 +152,20 @@ cnet down -q
     assert!(r.section("done").contains("matches the plan (8/8 steps verified)"), "{}", r.section("done"));
     assert_nothing_left(&r);
 }
+
+#[test]
+fn up_piped_into_head_still_builds_everything() {
+    if !privileged() {
+        return;
+    }
+    // The reader goes away after one line; `up` must neither die half-way nor leave a mess.
+    let r = sandbox(&format!(r#"
+cnet up multi-node | head -1
+mark status
+cnet status
+cnet down -q
+{LEFTOVERS}"#));
+    r.ok();
+    assert_eq!(r.section("status").matches("matches the plan").count(), 2, "{}", r.section("status"));
+    assert_nothing_left(&r);
+}
