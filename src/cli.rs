@@ -168,10 +168,11 @@ pub struct TunnelArgs {
     /// The TUN device to attach to (created if absent).
     #[arg(long, default_value = "tun0")]
     pub dev: String,
-    /// Local UDP address to bind, e.g. 10.0.0.10:9000.
+    /// Local UDP address to bind, e.g. 10.0.0.10:9000 (the port defaults to 9000).
     #[arg(long)]
-    pub local: std::net::SocketAddrV4,
-    /// A peer and the pod subnet(s) it owns: 10.0.0.20:9000=172.16.1.0/24 (repeat).
+    pub local: String,
+    /// A peer and the pod subnet(s) it owns: 10.0.0.20:9000=172.16.1.0/24 (repeat; the
+    /// port defaults to 9000).
     #[arg(long = "peer", required = true)]
     pub peers: Vec<String>,
     /// Write counters (JSON) here about once a second.

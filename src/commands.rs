@@ -311,7 +311,7 @@ pub fn tunnel(a: &TunnelArgs) -> Result<()> {
     let peers = a.peers.iter().map(|p| parse_peer(p)).collect::<Result<Vec<_>>>()?;
     let cfg = crate::tunnel::TunnelConfig {
         dev: a.dev.clone(),
-        local: a.local,
+        local: parse_endpoint(&a.local).map_err(|_| anyhow!("--local {}: not an IPv4 address (with an optional :port)", a.local))?,
         peers,
         stats_path: a.stats.clone(),
         offload: if a.no_offload { crate::tunnel::OffloadMode::Off } else { crate::tunnel::OffloadMode::Auto },
@@ -320,10 +320,18 @@ pub fn tunnel(a: &TunnelArgs) -> Result<()> {
     crate::tunnel::run(&cfg)
 }
 
+/// `10.0.0.20:9000` or `10.0.0.20` (the talk's port 9000).
+fn parse_endpoint(s: &str) -> Result<std::net::SocketAddrV4> {
+    match s.parse() {
+        Ok(a) => Ok(a),
+        Err(_) => Ok(std::net::SocketAddrV4::new(s.parse()?, crate::topology::TUNNEL_PORT)),
+    }
+}
+
 /// `10.0.0.20:9000=172.16.1.0/24[,172.16.9.0/24]`
 fn parse_peer(s: &str) -> Result<crate::tunnel::Peer> {
     let (addr, nets) = s.split_once('=').ok_or_else(|| anyhow!("--peer {s}: give ADDR:PORT=SUBNET/LEN, e.g. 10.0.0.20:9000=172.16.1.0/24"))?;
-    let addr = addr.parse().map_err(|_| anyhow!("--peer {s}: '{addr}' is not an IPv4 address with a port"))?;
+    let addr = parse_endpoint(addr).map_err(|_| anyhow!("--peer {s}: '{addr}' is not an IPv4 address (with an optional :port)"))?;
     let subnets = nets
         .split(',')
         .map(|n| n.parse::<crate::topology::Ipv4Net>().map(|n| (n.trunc().addr, n.prefix)))
