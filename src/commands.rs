@@ -64,11 +64,11 @@ pub fn up(a: &UpArgs) -> Result<()> {
     if a.host {
         let req = NodeRequest { options: opts, node: a.node, underlay: a.underlay.clone(), peers: a.peers.clone(), in_lab: a.in_lab };
         let pace = if a.quiet { Pace::Quiet } else if a.step { Pace::Step } else { Pace::Run };
-        let _lock = crate::sys::ns::lock_file(&lock_path()?)?;
+        let _lock = lock()?;
         rt.block_on(interruptible(node::up(&req, pace), || node::down(true)))
     } else {
         let v = if a.quiet { Verbosity::Quiet } else if a.step { Verbosity::Interactive } else { Verbosity::Steps };
-        let _lock = crate::sys::ns::lock_file(&lock_path()?)?;
+        let _lock = lock()?;
         rt.block_on(interruptible(lab::up(&opts, v), || lab::down(true)))?;
         if !a.quiet {
             say!("\nThe lab is up: stage {} on {} node(s). Enter a node with `cnet shell node1`; check it with `cnet test`; remove it with `cnet down`.",
@@ -78,7 +78,6 @@ pub fn up(a: &UpArgs) -> Result<()> {
     }
 }
 
-/// The lock is taken on /run/cnet itself, so that no lock file is left behind.
 /// Run `up`; on Ctrl-C stop it and remove what it had built, so that an interrupted `up`
 /// leaves nothing half-built behind either.
 async fn interruptible<U, D, F>(up: U, undo: D) -> Result<()>
@@ -99,16 +98,18 @@ where
     }
 }
 
-fn lock_path() -> Result<PathBuf> {
+/// One cnet command at a time changes the machine: the lock is taken on /run/cnet itself,
+/// so that no lock file is left behind. A second command waits, and says so.
+fn lock() -> Result<std::fs::File> {
     let dir = crate::state::run_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
+    crate::sys::ns::lock_file(&dir, || eprintln!("cnet: waiting for another cnet command to finish..."))
 }
 
 pub fn down(a: &DownArgs) -> Result<()> {
     require_admin()?;
     let rt = runtime()?;
-    let _lock = crate::sys::ns::lock_file(&lock_path()?)?;
+    let _lock = lock()?;
     // Both, when both are up: the lab, and what `up --host` built on this machine.
     let lab_down = if a.host { false } else { rt.block_on(lab::down(a.quiet))? };
     let host_down = rt.block_on(node::down(a.quiet))?;

@@ -79,3 +79,24 @@ cnet down -q
     let x = r.section("exec-bad");
     assert!(x.contains("no node 'node7'") && x.contains("no container 'con9'"), "{x}");
 }
+
+#[test]
+fn a_second_command_waits_for_the_first() {
+    if !privileged() {
+        return;
+    }
+    let r = sandbox(r#"
+cnet up single-node -q --containers 300 --pod-cidr 172.16.0.0/22 &
+sleep 0.05
+mark second
+cnet up namespace -q 2>&1 || echo "exit=$?"
+wait
+mark status
+cnet status | head -3
+cnet down -q
+"#);
+    r.ok();
+    let second = r.section("second");
+    assert!(second.contains("waiting for another cnet command") && second.contains("already up with stage single-node") && second.contains("exit=1"), "{second}");
+    assert!(r.section("status").contains("matches the plan"), "{}", r.section("status"));
+}

@@ -250,24 +250,25 @@ pub fn into_tokio_netlink(fd: OwnedFd) -> netlink_sys::TokioSocket {
 }
 
 /// An exclusive advisory lock on `path` (a file or a directory), held for the life of the
-/// returned handle; waits for another holder. The bool says whether it was free at once.
-pub fn lock_file(path: &Path) -> Result<(File, bool)> {
+/// returned handle; if another holder has it, calls `on_wait` and waits.
+pub fn lock_file(path: &Path, on_wait: impl FnOnce()) -> Result<File> {
     let f = File::open(path).with_context(|| format!("cannot open {} to lock it", path.display()))?;
     // SAFETY: flock on a descriptor we own.
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if r == 0 {
-        return Ok((f, true));
+        return Ok(f);
     }
     let err = io::Error::last_os_error();
     if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
         return Err(err).with_context(|| format!("cannot lock {}", path.display()));
     }
+    on_wait();
     // SAFETY: as above, now blocking until the other command finishes.
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
     if r != 0 {
         return Err(io::Error::last_os_error()).with_context(|| format!("cannot lock {}", path.display()));
     }
-    Ok((f, false))
+    Ok(f)
 }
 
 /// Whether the caller may administer networks (CAP_NET_ADMIN and CAP_SYS_ADMIN in its
