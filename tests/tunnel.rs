@@ -127,3 +127,46 @@ cnet down -q
     assert!(v[0]["tunnel"]["tun_to_udp"]["bytes"].as_u64().unwrap() > 300_000_000, "it went through the tunnel: {v}");
     assert_nothing_left(&r);
 }
+
+#[test]
+fn plain_path_is_correct_too() {
+    if !privileged() {
+        return;
+    }
+    // The path the tunnel falls back to where the kernel lacks TUN offloads.
+    let r = sandbox(&format!(r#"
+CNET_TUNNEL_NO_OFFLOAD=1 cnet up overlay -q
+mark status
+cnet status
+mark test
+cnet test
+cat > $T/sink.py <<'PY'
+import hashlib, socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", 7000)); s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept(); h = hashlib.sha256()
+while True:
+    b = c.recv(1 << 20)
+    if not b: break
+    h.update(b)
+print(h.hexdigest())
+PY
+cnet exec node2/con2 -- python3 $T/sink.py > $T/sink.out &
+until grep -q listening $T/sink.out 2>/dev/null; do sleep 0.05; done
+mark sent
+cnet exec node1/con2 -- python3 -c '
+import hashlib, random, socket
+random.seed(7); data = random.randbytes(50 << 20)
+c = socket.create_connection(("172.16.1.3", 7000)); c.sendall(data); c.close()
+print(hashlib.sha256(data).hexdigest())'
+wait
+mark received
+tail -1 $T/sink.out
+cnet down -q
+{LEFTOVERS}"#));
+    r.ok();
+    assert_eq!(r.section("status").matches("data path plain").count(), 2, "{}", r.section("status"));
+    assert!(r.section("test").contains("48/48 checks passed"), "{}", r.section("test"));
+    assert_eq!(r.section("sent").trim(), r.section("received").trim(), "50 MB intact over the plain path");
+    assert_nothing_left(&r);
+}

@@ -37,6 +37,10 @@ pub fn start(dev: &str, local: SocketAddrV4, peers: &[(SocketAddrV4, Ipv4Net)]) 
         cmd.arg("--peer").arg(format!("{addr}={net}"));
     }
     cmd.arg("--stats").arg(&stats);
+    // Test and comparison hook: force the plain path, as on a kernel without TUN offloads.
+    if std::env::var_os("CNET_TUNNEL_NO_OFFLOAD").is_some() {
+        cmd.arg("--no-offload");
+    }
     cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     // Its own process group: a Ctrl-C at the terminal that ran `up` must not stop it.
     cmd.process_group(0);
