@@ -11,9 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
-use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec};
-
-use crate::netlink::{kernel_error, CNET_GROUP};
+use crate::netlink::Netlink;
 use crate::node::chain;
 use crate::state::{lab_dir, run_dir, LabState};
 use crate::sys::ns::{self, NodeNs};
@@ -120,15 +118,16 @@ async fn build(topo: &Topology, state: &mut LabState, v: Verbosity) -> Result<()
     Ok(())
 }
 
-async fn create_switch() -> Result<Handle> {
+/// The lab's L2 network: a bridge in a namespace of its own. Its veth peers (the nodes'
+/// enp0s8) go into the node namespaces under /run/cnet/lab.
+async fn create_switch() -> Result<Netlink> {
     let path = switch_ns();
     std::fs::create_dir_all(path.parent().unwrap())?;
     let fd = ns::create_netns(&path, ns::open_netlink).context("cannot create the lab's switch namespace")?;
-    let (conn, h, _) = rtnetlink::from_socket(ns::into_tokio_netlink(fd));
-    tokio::spawn(conn);
-    let msg = LinkBridge::new(SWITCH_BRIDGE).link_group(CNET_GROUP).up().build();
-    h.link().add(msg).execute().await.map_err(kernel_error).context("cannot create the lab's switch bridge")?;
-    Ok(h)
+    let switch = Netlink::from_socket(fd, &lab_dir());
+    switch.add_bridge(SWITCH_BRIDGE, LAB_ALIAS).await.context("cannot create the lab's switch bridge")?;
+    switch.link_up(None, SWITCH_BRIDGE).await?;
+    Ok(switch)
 }
 
 /// A VM-like node: a held child unshares its namespaces, they are bound under
@@ -172,35 +171,17 @@ fn create_node(index: u32, hostname: &str, state: &mut LabState) -> Result<()> {
     Err(last.expect("at least one attempt"))
 }
 
-/// The node's cable to the switch: `enp0s8` in the node, its other end on the switch's bridge.
-async fn cable(switch: &Handle, index: u32, ip: Ipv4Net) -> Result<()> {
-    let nsp = node_ns(index);
-    let node_file = std::fs::File::open(&nsp.net)?;
-    use std::os::fd::AsRawFd;
-    let peer = LinkMessageBuilder::<LinkUnspec>::default().name(UNDERLAY_DEV.to_string()).setns_by_fd(node_file.as_raw_fd()).build();
+/// The node's cable to the switch: `enp0s8` in the node, its other end on the switch's
+/// bridge; then, inside the node, the VM's own address, as Vagrant's private network gave it.
+async fn cable(switch: &Netlink, index: u32, ip: Ipv4Net) -> Result<()> {
     let port = format!("node{index}");
-    let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(netlink_packet_route::link::InfoKind::Veth)
-        .name(port.clone())
-        .link_group(CNET_GROUP)
-        .set_info_data(netlink_packet_route::link::InfoData::Veth(netlink_packet_route::link::InfoVeth::Peer(peer)))
-        .build();
-    switch.link().add(msg).execute().await.map_err(kernel_error)?;
-    let port_msg = crate::netlink::find_link(switch, &port).await?.ok_or_else(|| anyhow!("{port} vanished"))?;
-    let bridge = crate::netlink::find_link(switch, SWITCH_BRIDGE).await?.ok_or_else(|| anyhow!("the switch bridge vanished"))?;
-    let set = LinkUnspec::new_with_index(port_msg.header.index)
-        .controller(bridge.header.index)
-        .append_extra_attribute(netlink_packet_route::link::LinkAttribute::IfAlias(LAB_ALIAS.into()))
-        .up()
-        .build();
-    switch.link().set(set).execute().await.map_err(kernel_error)?;
-    // Inside the node: the VM's own address on enp0s8, as Vagrant's private network gave it.
-    let node = crate::netlink::Netlink::handle_at(&nsp.net)?;
-    let lo = crate::netlink::find_link(&node, "lo").await?.ok_or_else(|| anyhow!("no lo in the node"))?;
-    node.link().set(LinkUnspec::new_with_index(lo.header.index).up().build()).execute().await.map_err(kernel_error)?;
-    let dev = crate::netlink::find_link(&node, UNDERLAY_DEV).await?.ok_or_else(|| anyhow!("no {UNDERLAY_DEV} in the node"))?;
-    node.address().add(dev.header.index, std::net::IpAddr::V4(ip.addr), ip.prefix).execute().await.map_err(kernel_error)?;
-    node.link().set(LinkUnspec::new_with_index(dev.header.index).up().build()).execute().await.map_err(kernel_error)?;
-    Ok(())
+    switch.add_veth(&port, UNDERLAY_DEV, &format!("node{index}/net"), LAB_ALIAS).await?;
+    switch.set_master(&port, SWITCH_BRIDGE).await?;
+    switch.link_up(None, &port).await?;
+    let node = Netlink::at(&node_ns(index).net, &lab_dir())?;
+    node.link_up(None, "lo").await?;
+    node.add_addr(None, UNDERLAY_DEV, ip).await?;
+    node.link_up(None, UNDERLAY_DEV).await
 }
 
 /// `cnet down` for the lab. Returns false if no lab was up.
@@ -252,18 +233,13 @@ async fn down_lab(state: &LabState) -> Result<()> {
         }
     }
     // The switch's ports take the nodes' enp0s8 ends with them: one request for all.
-    if switch_ns().exists() {
-        match crate::netlink::Netlink::handle_at(&switch_ns()) {
-            Ok(h) => {
-                let mut msg = netlink_packet_route::link::LinkMessage::default();
-                msg.attributes.push(netlink_packet_route::link::LinkAttribute::Group(CNET_GROUP));
-                if let Err(e) = h.link().del_with_message(msg).execute().await {
-                    if crate::netlink::errno(&e) != Some(libc::ENODEV) {
-                        errors.push(kernel_error(e).context("cannot delete the switch's links"));
-                    }
-                }
-            }
-            Err(e) => errors.push(e),
+    if ns::is_ns_file(&switch_ns()) {
+        let deleted = match Netlink::at(&switch_ns(), &lab_dir()) {
+            Ok(switch) => switch.del_cnet_group().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = deleted {
+            errors.push(e.context("cannot delete the switch's links"));
         }
     }
     for index in &state.nodes {

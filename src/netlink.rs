@@ -84,6 +84,17 @@ impl Netlink {
         Ok(Netlink { node: connect(fd), netns_dir: netns_dir.to_path_buf(), containers: Mutex::default(), index: Mutex::default() })
     }
 
+    /// Handles for the namespace persisted at `ns_path` (a lab node or the lab's switch), with
+    /// the namespaces its veth peers go into found under `netns_dir`.
+    pub fn at(ns_path: &Path, netns_dir: &Path) -> Result<Netlink> {
+        Ok(Netlink { node: Self::handle_at(ns_path)?, netns_dir: netns_dir.to_path_buf(), containers: Mutex::default(), index: Mutex::default() })
+    }
+
+    /// Like [`Netlink::at`], for a namespace created here and now (its socket already open).
+    pub fn from_socket(fd: std::os::fd::OwnedFd, netns_dir: &Path) -> Netlink {
+        Netlink { node: connect(fd), netns_dir: netns_dir.to_path_buf(), containers: Mutex::default(), index: Mutex::default() }
+    }
+
     /// A handle for a namespace persisted at an arbitrary path (the lab's switch and nodes).
     pub fn handle_at(path: &Path) -> Result<Handle> {
         let fd = ns::in_netns(path, ns::open_netlink)?;
@@ -332,7 +343,11 @@ impl Netlink {
         self.index.lock().unwrap().clear();
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::Group(CNET_GROUP));
-        self.node.link().del_with_message(msg).execute().await.map_err(kernel_error)
+        match self.node.link().del_with_message(msg).execute().await {
+            // An empty group: nothing left to delete.
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+            r => r.map_err(kernel_error),
+        }
     }
 
     pub async fn del_link(&self, name: &str) -> Result<()> {
