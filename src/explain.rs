@@ -12,9 +12,9 @@ fn plans(topo: &Topology) -> Vec<NodePlan> {
 
 pub fn print_text(topo: &Topology) {
     let stage = topo.stage();
-    println!("Stage {} ({}): {} node(s)", stage.number(), stage.name(), topo.nodes.len());
+    say!("Stage {} ({}): {} node(s)", stage.number(), stage.name(), topo.nodes.len());
     for (n, p) in topo.nodes.iter().zip(plans(topo)) {
-        println!("\n== {} ({}): {} on {UNDERLAY_DEV}, pods {} ==", n.short_name(), n.hostname, n.ip, n.pod_net);
+        say!("\n== {} ({}): {} on {UNDERLAY_DEV}, pods {} ==", n.short_name(), n.hostname, n.ip, n.pod_net);
         for (i, s) in p.steps.iter().enumerate() {
             crate::node::print_step(i, p.steps.len(), &s.why, &s.command);
         }

@@ -216,6 +216,9 @@ impl Topology {
         if stage == Stage::Namespace && options.containers != 1 && options.containers != 2 {
             bail!("stage 1 has exactly one container, 'con'; --containers applies to stages 2-4");
         }
+        if options.backend != Backend::Udp && stage != Stage::Overlay {
+            bail!("--backend applies to stage 4 (overlay) only");
+        }
         if options.pod_cidr.is_some() && stage != Stage::SingleNode {
             bail!("--pod-cidr applies to stage 2 (single-node) only; stages 3 and 4 give node i 172.16.(i-1).0/24");
         }
