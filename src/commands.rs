@@ -26,6 +26,16 @@ impl std::fmt::Display for EnvError {
 }
 impl std::error::Error for EnvError {}
 
+/// `up` was stopped by Ctrl-C (exit code 130).
+#[derive(Debug)]
+pub struct Interrupted(pub String);
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Interrupted {}
+
 pub fn require_admin() -> Result<()> {
     if !crate::sys::ns::has_admin_caps() {
         return Err(EnvError("cnet needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to build namespaces and links: run it with sudo".into()).into());
@@ -65,7 +75,11 @@ pub fn up(a: &UpArgs) -> Result<()> {
         let req = NodeRequest { options: opts, node: a.node, underlay: a.underlay.clone(), peers: a.peers.clone(), in_lab: a.in_lab };
         let pace = if a.quiet { Pace::Quiet } else if a.step { Pace::Step } else { Pace::Run };
         let _lock = lock()?;
-        rt.block_on(interruptible(node::up(&req, pace), || node::down(true)))
+        let result = rt.block_on(interruptible(node::up(&req, pace), || node::down(true)));
+        // Not a plain drop: that would wait for a `--step` prompt's read of stdin, which
+        // nobody answers after a Ctrl-C.
+        rt.shutdown_background();
+        result
     } else {
         let v = if a.quiet { Verbosity::Quiet } else if a.step { Verbosity::Interactive } else { Verbosity::Steps };
         let _lock = lock()?;
@@ -86,14 +100,17 @@ where
     D: FnOnce() -> F,
     F: std::future::Future<Output = Result<bool>>,
 {
+    // Registered before `up` takes its first step, so that no Ctrl-C is missed.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot catch Ctrl-C")?;
     tokio::select! {
         r = up => r,
-        _ = tokio::signal::ctrl_c() => {
-            let undone = undo().await;
-            match undone {
-                Ok(_) => bail!("interrupted: what was built so far has been removed"),
-                Err(e) => bail!("interrupted, and removing what was built failed: {}; run `cnet down`", node::chain(&e)),
-            }
+        _ = interrupt.recv() => {
+            let message = match undo().await {
+                Ok(_) => "interrupted: what was built so far has been removed".to_string(),
+                Err(e) => format!("interrupted, and removing what was built failed: {}; run `cnet down`", node::chain(&e)),
+            };
+            Err(Interrupted(message).into())
         }
     }
 }
@@ -103,7 +120,7 @@ where
 fn lock() -> Result<std::fs::File> {
     let dir = crate::state::run_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    crate::sys::ns::lock_file(&dir, || eprintln!("cnet: waiting for another cnet command to finish..."))
+    crate::sys::ns::lock_file(&dir, || tell!("cnet: waiting for another cnet command to finish..."))
 }
 
 pub fn down(a: &DownArgs) -> Result<()> {

@@ -113,7 +113,9 @@ async fn build(topo: &Topology, state: &mut LabState, v: Verbosity) -> Result<()
             };
             bail!("{} ({}): {reason}", n.short_name(), n.hostname);
         }
-        eprint!("{err}");
+        if !err.is_empty() {
+            tell!("{}", err.trim_end());
+        }
     }
     Ok(())
 }
@@ -204,6 +206,9 @@ async fn down_lab(state: &LabState) -> Result<()> {
         if ns::is_ns_file(&nsp.net) && ns::is_ns_file(&nsp.mnt) {
             let mut cmd = Command::new("/proc/self/exe");
             cmd.args(["down", "--host", "--quiet"]).stdout(Stdio::null()).stderr(Stdio::piped());
+            // Their own process group: a second Ctrl-C at the terminal must not cut the
+            // removal short half-way.
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             if ns::enter_node(&mut cmd, &nsp, None).is_ok() {
                 match cmd.spawn() {
                     Ok(child) => running.push((*index, child)),
@@ -214,7 +219,11 @@ async fn down_lab(state: &LabState) -> Result<()> {
     }
     for (index, child) in running {
         match child.wait_with_output() {
-            Ok(o) if !o.status.success() => errors.push(anyhow!("node{index}: {}", String::from_utf8_lossy(&o.stderr).trim())),
+            Ok(o) if !o.status.success() => {
+                let said = String::from_utf8_lossy(&o.stderr).trim().to_string();
+                let why = if said.is_empty() { format!("its removal ended with {}", o.status) } else { said };
+                errors.push(anyhow!("node{index}: {why}"));
+            }
             Err(e) => errors.push(anyhow!("node{index}: {e}")),
             _ => {}
         }
@@ -305,6 +314,9 @@ pub fn in_every_node(args: &[&str]) -> Result<Vec<(u32, std::process::Output)>> 
     let Some(state) = LabState::read()? else { bail!("no lab is up") };
     let mut out = Vec::new();
     for index in &state.nodes {
+        if !ns::is_ns_file(&node_ns(*index).net) {
+            bail!("the lab is incomplete (node{index} is gone): run `cnet down` to remove the rest");
+        }
         let mut cmd = Command::new("/proc/self/exe");
         cmd.args(args);
         ns::enter_node(&mut cmd, &node_ns(*index), None)?;

@@ -9,6 +9,14 @@ macro_rules! say {
     }};
 }
 
+/// The same for stderr (`eprintln!` panics when stderr is a closed pipe).
+macro_rules! tell {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 mod capture;
 mod check;
 mod cli;
@@ -77,8 +85,10 @@ fn run() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let line = node::chain(&e);
-            eprintln!("cnet: error: {line}");
-            ExitCode::from(if is_environment(&e) { 2 } else { 1 })
+            tell!("cnet: error: {line}");
+            // 130: ended by Ctrl-C, as shells report it.
+            let code = if e.is::<commands::Interrupted>() { 130 } else if is_environment(&e) { 2 } else { 1 };
+            ExitCode::from(code)
         }
     }
 }

@@ -166,12 +166,19 @@ pub fn print_step(i: usize, total: usize, why: &str, command: &str) {
     say!("{:w$}    $ {command}", "", w = 2 * w + 1);
 }
 
-fn wait_for_enter() -> Result<()> {
-    let mut out = std::io::stdout();
-    let _ = write!(out, "        (Enter to run it, q then Enter to stop) ");
-    let _ = out.flush();
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
+/// Wait for Enter (or `q`). The read runs on a blocking thread so that the runtime stays
+/// free to notice a Ctrl-C meanwhile.
+async fn wait_for_enter() -> Result<()> {
+    {
+        let mut out = std::io::stdout();
+        let _ = write!(out, "        (Enter to run it, q then Enter to stop) ");
+        let _ = out.flush();
+    }
+    let line = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map(|_| line)
+    })
+    .await??;
     if line.trim() == "q" {
         bail!("stopped at your request");
     }
@@ -209,7 +216,7 @@ pub async fn up(req: &NodeRequest, pace: Pace) -> Result<()> {
             }
         }
         if pace == Pace::Step {
-            if let Err(e) = wait_for_enter() {
+            if let Err(e) = wait_for_enter().await {
                 return Err(fail(&nl, &plan, &done, stage, i, e).await);
             }
         }

@@ -210,24 +210,57 @@ fn ctrl_c_during_up_removes_what_it_built() {
     if !privileged() {
         return;
     }
-    // SIGINT (Ctrl-C) in the middle of a 600-container build (about 1 s), on a host and in the lab:
-    // `up` stops, removes what it had made and says so, with no `down` needed.
+    // Ctrl-C as a terminal sends it — SIGINT to the whole process group, node builders
+    // included — in the middle of a 600-container build, on a host and in the lab: `up`
+    // stops, removes what it had made, says so and exits 130, with no `down` needed.
     let r = sandbox(&format!(r#"{VM}
 for mode in --host ""; do
-  cnet up 2 $mode -q --containers 600 --pod-cidr 172.16.0.0/22 2> $T/err & pid=$!
-  sleep 0.15
-  kill -INT $pid
-  if wait $pid; then echo "up finished before the signal ($mode)"; fi
+  setsid cnet up 2 $mode -q --containers 600 --pod-cidr 172.16.0.0/22 2> $T/err & pid=$!
+  i=0
+  until [ -e /run/cnet/node.jsonl ] || [ -e /run/cnet/lab/node1/net ]; do
+    i=$((i+1)); [ $i -lt 2000 ] || {{ echo "up never started"; break; }}; sleep 0.005
+  done
+  sleep 0.1
+  kill -INT -$pid
+  code=0; wait $pid || code=$?
   mark "interrupted$mode"
   cat $T/err
+  echo "exit=$code"
   cnet status
 done
 {}"#, vm_leftovers()));
     r.ok();
     for mode in ["interrupted--host", "interrupted"] {
         let s = r.section(mode);
-        assert!(s.contains("interrupted: what was built so far has been removed"), "{mode}: {s}");
+        assert!(s.contains("interrupted: what was built so far has been removed") && s.contains("exit=130"), "{mode}: {s}");
         assert!(s.contains("nothing is up"), "{mode}: {s}");
     }
+    assert_nothing_left(&r);
+}
+
+#[test]
+fn ctrl_c_at_a_step_prompt() {
+    if !privileged() {
+        return;
+    }
+    // `up --step` waiting for Enter: Ctrl-C must end it at once and undo the steps run.
+    let r = sandbox(&format!(r#"{VM}
+mkfifo $T/keys
+setsid cnet up 2 --host --step < $T/keys > /dev/null 2> $T/err & pid=$!
+exec 3> $T/keys
+printf '\n\n\n' >&3
+i=0; until [ "$(ls /run/netns | wc -l)" -ge 2 ] || [ $i -ge 400 ]; do i=$((i+1)); sleep 0.01; done
+kill -INT -$pid
+i=0; while kill -0 $pid 2>/dev/null && [ $i -lt 500 ]; do i=$((i+1)); sleep 0.01; done
+kill -0 $pid 2>/dev/null && {{ echo "still running after Ctrl-C"; kill -9 $pid; }}
+code=0; wait $pid || code=$?
+mark result
+cat $T/err
+echo "exit=$code"
+exec 3>&-
+{}"#, vm_leftovers()));
+    r.ok();
+    let res = r.section("result");
+    assert!(res.contains("interrupted: what was built so far has been removed") && res.contains("exit=130"), "{res}");
     assert_nothing_left(&r);
 }

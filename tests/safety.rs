@@ -87,7 +87,7 @@ fn a_second_command_waits_for_the_first() {
     }
     let r = sandbox(r#"
 cnet up single-node -q --containers 300 --pod-cidr 172.16.0.0/22 &
-until [ -e /run/cnet/lab.json ]; do sleep 0.005; done   # the first holds the lock now
+i=0; until [ -e /run/cnet/lab.json ] || [ $i -ge 1000 ]; do i=$((i+1)); sleep 0.005; done   # the first holds the lock now
 mark second
 cnet up namespace -q 2>&1 || echo "exit=$?"
 wait
