@@ -113,6 +113,36 @@ fn bounded_targets(topo: &Topology, me: u32, _from: &str) -> Vec<Target> {
         .collect()
 }
 
+/// Sources checked together before the ARP entries they caused are dropped again.
+pub const SOURCES_PER_ROUND: usize = 200;
+
+/// Run the checks, at most [`SOURCES_PER_ROUND`] sources at a time; after each round,
+/// `forget(sources)` drops the ARP entries the round created. Why: the kernel's ARP table
+/// is one for the whole machine (gc_thresh3, often 1024 entries, in the root namespace),
+/// and a thousand containers each resolving their gateway, answered by a node resolving
+/// each of them, would overflow it.
+pub fn run_in_rounds(checks: &[Check], netns_dir: &Path, timeout: Duration, forget: &mut dyn FnMut(&[String])) -> Vec<CheckResult> {
+    let mut sources: Vec<String> = Vec::new();
+    for c in checks {
+        if !sources.contains(&c.from) {
+            sources.push(c.from.clone());
+        }
+    }
+    if sources.len() <= SOURCES_PER_ROUND {
+        return run(checks, netns_dir, timeout);
+    }
+    let mut results: Vec<Option<CheckResult>> = vec![None; checks.len()];
+    for round in sources.chunks(SOURCES_PER_ROUND) {
+        let idx: Vec<usize> = (0..checks.len()).filter(|i| round.contains(&checks[*i].from)).collect();
+        let part: Vec<Check> = idx.iter().map(|i| checks[*i].clone()).collect();
+        for (k, r) in run(&part, netns_dir, timeout).into_iter().enumerate() {
+            results[idx[k]] = Some(r);
+        }
+        forget(round);
+    }
+    results.into_iter().map(|r| r.expect("every check ran in a round")).collect()
+}
+
 /// Run the checks; an echo left unanswered is sent once more (the first packets of a large
 /// lab race many ARP resolutions at once), so a check fails only if both go unanswered.
 pub fn run(checks: &[Check], netns_dir: &Path, timeout: Duration) -> Vec<CheckResult> {
@@ -211,10 +241,10 @@ pub fn print_table(n: &NodeChecks, multi: bool) {
     let title = if multi { format!("{} ({})", n.hostname, format_args!("node{}", n.node)) } else { n.hostname.clone() };
     println!("{title}: {passed}/{} checks passed ({} plan)", n.results.len(), n.plan);
     if passed < n.results.len() && n.results.len() > 800 {
-        // Each container and the node need an ARP entry for one another, and the kernel's ARP
-        // table is shared by every namespace: 1024 entries (gc_thresh3 of the root namespace).
-        println!("  note: this many containers need more ARP entries than the kernel's table holds \
-            (net.ipv4.neigh.default.gc_thresh3, machine-wide, often 1024): unanswered checks may be that");
+        // Checks run in rounds that drop their ARP entries, but the kernel's table is shared
+        // by every namespace on the machine (gc_thresh3 of the root namespace, often 1024).
+        println!("  note: the kernel's ARP table is machine-wide (net.ipv4.neigh.default.gc_thresh3, \
+            often 1024 entries): if other labs or containers fill it, unanswered checks may be that");
     }
     println!("  {:<8} {:<16} {:<18} {:>4} {:>5} {:>9}  result", "from", "to", "target", "ttl", "want", "rtt");
     for r in &n.results {

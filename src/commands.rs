@@ -193,7 +193,18 @@ pub fn test(a: &TestArgs) -> Result<bool> {
         let rt = runtime()?;
         let (topo, node) = rt.block_on(host_topology(a))?;
         let (checks, plan) = check::node_checks(&topo, node);
-        let results = check::run(&checks, &PathBuf::from(NETNS_DIR), timeout);
+        let nl = rt.block_on(async { Netlink::here(&PathBuf::from(NETNS_DIR)) })?;
+        let mut forget = |sources: &[String]| {
+            // The round's containers and the node: the entries they made for one another.
+            let mut names: Vec<Option<&str>> = sources.iter().filter(|s| *s != "node").map(|s| Some(s.as_str())).collect();
+            names.push(None);
+            for n in names {
+                if let Err(e) = rt.block_on(nl.forget_neighbours(n)) {
+                    tracing::warn!("cannot drop ARP entries in {}: {}", n.unwrap_or("the node"), node::chain(&e));
+                }
+            }
+        };
+        let results = check::run_in_rounds(&checks, &PathBuf::from(NETNS_DIR), timeout, &mut forget);
         let hostname = node::hostname();
         (vec![NodeChecks { node, hostname, plan: plan.into(), results }], topo.stage().is_multi_node())
     };

@@ -356,6 +356,25 @@ impl Netlink {
         self.node.link().del(i).execute().await.map_err(kernel_error)
     }
 
+    /// Drop the dynamic ARP entries of a namespace (what `ip neigh flush all` does), so
+    /// that the machine-wide ARP table has room again; permanent entries stay.
+    pub async fn forget_neighbours(&self, netns: Option<&str>) -> Result<()> {
+        use netlink_packet_route::neighbour::NeighbourState;
+        let h = self.handle(netns)?;
+        let entries: Vec<_> = h.neighbours().get().execute().try_collect().await.map_err(kernel_error)?;
+        for n in entries {
+            if n.header.state == NeighbourState::Permanent || n.header.state == NeighbourState::Noarp {
+                continue;
+            }
+            if let Err(e) = h.neighbours().del(n).execute().await {
+                if errno(&e) != Some(libc::ENOENT) {
+                    return Err(kernel_error(e));
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn node_handle(&self) -> Handle {
         self.node.clone()
     }
