@@ -122,23 +122,19 @@ pub const SOURCES_PER_ROUND: usize = 200;
 /// and a thousand containers each resolving their gateway, answered by a node resolving
 /// each of them, would overflow it.
 pub fn run_in_rounds(checks: &[Check], netns_dir: &Path, timeout: Duration, forget: &mut dyn FnMut(&[String])) -> Vec<CheckResult> {
-    let mut sources: Vec<String> = Vec::new();
-    for c in checks {
-        if !sources.contains(&c.from) {
-            sources.push(c.from.clone());
-        }
-    }
-    if sources.len() <= SOURCES_PER_ROUND {
+    let by_source = group_by_source(checks);
+    if by_source.len() <= SOURCES_PER_ROUND {
         return run(checks, netns_dir, timeout);
     }
     let mut results: Vec<Option<CheckResult>> = vec![None; checks.len()];
-    for round in sources.chunks(SOURCES_PER_ROUND) {
-        let idx: Vec<usize> = (0..checks.len()).filter(|i| round.contains(&checks[*i].from)).collect();
+    for round in by_source.chunks(SOURCES_PER_ROUND) {
+        let idx: Vec<usize> = round.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+        let names: Vec<String> = round.iter().map(|(s, _)| s.clone()).collect();
         let part: Vec<Check> = idx.iter().map(|i| checks[*i].clone()).collect();
         for (k, r) in run(&part, netns_dir, timeout).into_iter().enumerate() {
             results[idx[k]] = Some(r);
         }
-        forget(round);
+        forget(&names);
     }
     results.into_iter().map(|r| r.expect("every check ran in a round")).collect()
 }
@@ -159,16 +155,24 @@ pub fn run(checks: &[Check], netns_dir: &Path, timeout: Duration) -> Vec<CheckRe
     results
 }
 
+/// The checks' indexes per source, sources in first-seen order.
+fn group_by_source(checks: &[Check]) -> Vec<(String, Vec<usize>)> {
+    let mut position: HashMap<&str, usize> = HashMap::new();
+    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, c) in checks.iter().enumerate() {
+        let k = *position.entry(&c.from).or_insert_with(|| {
+            groups.push((c.from.clone(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[k].1.push(i);
+    }
+    groups
+}
+
 /// Run checks grouped by source; each source sends all its echoes at once and gathers the
 /// replies, so a passing node finishes in milliseconds.
 fn run_once(checks: &[Check], netns_dir: &Path, timeout: Duration, round: u16) -> Vec<CheckResult> {
-    let mut by_source: Vec<(String, Vec<usize>)> = Vec::new();
-    for (i, c) in checks.iter().enumerate() {
-        match by_source.iter_mut().find(|(s, _)| *s == c.from) {
-            Some((_, v)) => v.push(i),
-            None => by_source.push((c.from.clone(), vec![i])),
-        }
-    }
+    let by_source = group_by_source(checks);
     let mut results: Vec<Option<CheckResult>> = vec![None; checks.len()];
     // A distinct echo id per source keeps one source's replies from being taken for another's.
     let base_id = (std::process::id() as u16).wrapping_mul(31).wrapping_add(round.wrapping_mul(40503));

@@ -21,7 +21,9 @@ pub fn alias(stage: &str) -> String {
 /// Test hook: `CNET_FAIL_AT_STEP=N` makes step N (1-based) fail, to prove that a failed
 /// `up` leaves nothing behind.
 fn injected_failure(index: usize) -> Result<()> {
-    if std::env::var("CNET_FAIL_AT_STEP").ok().and_then(|v| v.parse::<usize>().ok()) == Some(index + 1) {
+    static FAIL_AT: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let at = FAIL_AT.get_or_init(|| std::env::var("CNET_FAIL_AT_STEP").ok().and_then(|v| v.parse().ok()));
+    if *at == Some(index + 1) {
         anyhow::bail!("failure injected by CNET_FAIL_AT_STEP");
     }
     Ok(())

@@ -117,20 +117,11 @@ impl Netlink {
 
     /// `ip netns add NAME`, keeping a netlink handle opened inside it on the way.
     pub fn add_netns(&self, name: &str) -> Result<()> {
-        let path = self.netns_path(name);
-        let fd = ns::create_netns(&path, ns::open_netlink).map_err(|e| {
-            if e.chain().any(|c| c.to_string().contains("File exists")) {
-                anyhow!("a network namespace named '{name}' already exists ({})", path.display())
-            } else {
-                e
-            }
-        })?;
-        self.containers.lock().unwrap().insert(name.to_string(), connect(fd));
-        Ok(())
+        self.add_netns_many(&[name]).pop().expect("one result per name")
     }
 
-    /// Many `ip netns add` at once, on one thread per CPU (creating a namespace is mostly
-    /// kernel work that runs in parallel). One result per name, in order.
+    /// Many `ip netns add` at once, on one thread per CPU (the kernel serializes much of the
+    /// work; two threads still overlap the rest). One result per name, in order.
     pub fn add_netns_many(&self, names: &[&str]) -> Vec<Result<()>> {
         let workers = ns::cpu_count().min(names.len()).max(1);
         let chunk = names.len().div_ceil(workers);
@@ -145,13 +136,10 @@ impl Netlink {
             .iter()
             .zip(made)
             .map(|(name, r)| {
-                let fd = r.map_err(|e| {
-                    if e.chain().any(|c| c.to_string().contains("File exists")) {
-                        anyhow!("a network namespace named '{name}' already exists")
-                    } else {
-                        e
-                    }
-                })?;
+                let taken = |e: &anyhow::Error| {
+                    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::AlreadyExists))
+                };
+                let fd = r.map_err(|e| if taken(&e) { anyhow!("a network namespace named '{name}' already exists") } else { e })?;
                 self.containers.lock().unwrap().insert(name.to_string(), connect(fd));
                 Ok(())
             })
