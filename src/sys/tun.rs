@@ -120,24 +120,23 @@ impl TunFd {
         // SAFETY: both iovecs point to live slices; the kernel only reads them.
         cvt_size(unsafe { libc::writev(self.raw(), iov.as_ptr(), 2) })
     }
-
-    /// Wait up to `timeout_ms` for a packet; Ok(false) on timeout.
-    pub fn wait_readable(&self, timeout_ms: i32) -> io::Result<bool> {
-        poll_in(self.raw(), timeout_ms)
-    }
 }
 
-/// poll(2) for POLLIN on one fd. EINTR counts as a timeout so callers just loop.
-pub(crate) fn poll_in(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
-    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    // SAFETY: pfd is a live pollfd array of length 1.
-    let ret = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+/// Wait up to `timeout_ms` until the TUN or the socket has something to read (EINTR
+/// counts as a timeout: callers just loop).
+pub fn wait_either(tun: &TunFd, sock: &super::udp::UdpSock, timeout_ms: i32) -> io::Result<()> {
+    let mut pfds = [
+        libc::pollfd { fd: tun.raw(), events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: sock.raw(), events: libc::POLLIN, revents: 0 },
+    ];
+    // SAFETY: pfds is a live pollfd array of length 2.
+    let ret = unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout_ms) };
     if ret < 0 {
         let err = io::Error::last_os_error();
-        if err.kind() == io::ErrorKind::Interrupted {
-            return Ok(false);
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
         }
-        return Err(err);
     }
-    Ok(ret > 0)
+    Ok(())
 }
+

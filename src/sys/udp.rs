@@ -3,7 +3,7 @@
 //! and an ICMP port-unreachable is never turned into ECONNREFUSED on later calls.
 //!
 //! The socket itself is blocking (senders wait for buffer space instead of dropping);
-//! receives pass MSG_DONTWAIT so the receiver thread can poll with a timeout.
+//! receives pass MSG_DONTWAIT so the forwarding thread can poll with a timeout.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -56,7 +56,7 @@ impl UdpSock {
         Ok(UdpSock { sock: UdpSocket::bind(addr)? })
     }
 
-    fn raw(&self) -> RawFd {
+    pub(crate) fn raw(&self) -> RawFd {
         self.sock.as_raw_fd()
     }
 
@@ -87,10 +87,6 @@ impl UdpSock {
         setsockopt_int(self.raw(), libc::SOL_UDP, UDP_GRO, 1)
     }
 
-    /// Wait up to `timeout_ms` for a datagram; Ok(false) on timeout.
-    pub fn wait_readable(&self, timeout_ms: i32) -> io::Result<bool> {
-        super::tun::poll_in(self.raw(), timeout_ms)
-    }
 }
 
 /// One datagram (or one GSO train of equal-size datagrams) to send: `buf[start..start+len]`.

@@ -3,7 +3,8 @@
 //! same wire format as the talk's `socat TUN:... UDP:peer:9000,bind=local:9000`, and
 //! every datagram from a peer is checked and written back into the TUN.
 //!
-//! Two threads with blocking-style I/O move packets, one per direction. When the kernel
+//! One thread moves packets in both directions (see forward.rs for why not one per
+//! direction); a supervisor thread takes signals and writes counters. When the kernel
 //! allows it, the "offload" path (TUN TSO + UDP GSO/GRO) moves 64 KB per syscall instead
 //! of one packet; the wire format stays identical.
 
@@ -11,6 +12,7 @@
 
 mod checksum;
 mod coalesce;
+mod forward;
 mod packet;
 mod peers;
 mod rx;
@@ -88,7 +90,7 @@ const SOCKET_BUFFER: usize = 8 << 20;
 /// counters at most this old.
 const STATS_INTERVAL: Duration = Duration::from_millis(250);
 
-/// State shared by the two forwarding threads (borrowed, via scoped threads).
+/// State the forwarding thread borrows (via a scoped thread) and the supervisor watches.
 struct Shared {
     tun: TunFd,
     sock: UdpSock,
@@ -136,8 +138,8 @@ pub fn run(cfg: &TunnelConfig) -> Result<()> {
     result
 }
 
-/// Start both workers, write stats every second, and stop everything on a signal or when
-/// a worker fails.
+/// Start the forwarding thread, write stats every STATS_INTERVAL, and stop it on a signal
+/// or when it fails.
 fn supervise<'s>(
     s: &'s thread::Scope<'s, '_>,
     sh: &'s Shared,
@@ -145,14 +147,7 @@ fn supervise<'s>(
     stats_path: Option<&Path>,
     datapath: &str,
 ) -> Result<()> {
-    let tx = thread::Builder::new().name("tun-to-udp".into()).spawn_scoped(s, || tx::run(sh))?;
-    let rx = match thread::Builder::new().name("udp-to-tun".into()).spawn_scoped(s, || rx::run(sh)) {
-        Ok(h) => h,
-        Err(e) => {
-            sh.stop.store(true, Relaxed);
-            return Err(e.into());
-        }
-    };
+    let worker = thread::Builder::new().name("forward".into()).spawn_scoped(s, || forward::run(sh))?;
     let mut outcome = Ok(());
     loop {
         if let Some(p) = stats_path
@@ -160,7 +155,7 @@ fn supervise<'s>(
         {
             tracing::warn!("stats: {e:#}");
         }
-        if tx.is_finished() || rx.is_finished() {
+        if worker.is_finished() {
             break;
         }
         match signals.wait(STATS_INTERVAL) {
@@ -176,13 +171,8 @@ fn supervise<'s>(
         }
     }
     sh.stop.store(true, Relaxed);
-    for (name, h) in [("tun-to-udp", tx), ("udp-to-tun", rx)] {
-        let r = h.join().map_err(|_| anyhow!("{name} thread panicked")).and_then(|r| r.with_context(|| format!("{name} thread")));
-        if outcome.is_ok() {
-            outcome = r;
-        }
-    }
-    outcome
+    let r = worker.join().map_err(|_| anyhow!("the forwarding thread panicked")).and_then(|r| r.context("forwarding"));
+    outcome.and(r)
 }
 
 /// Open the TUN for the fast path if allowed and supported, else for the plain path.

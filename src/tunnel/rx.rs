@@ -4,7 +4,6 @@
 //! sees it. On the offload path consecutive TCP segments are merged into super-packets.
 
 use std::io;
-use std::sync::atomic::Ordering::Relaxed;
 
 use anyhow::{Context, Result};
 
@@ -20,27 +19,33 @@ use crate::sys::udp::RecvBatch;
 /// big enough for a jumbo-frame underlay.
 const OFFLOAD_BATCH: (usize, usize) = (16, 65536);
 const PLAIN_BATCH: (usize, usize) = (64, 16384);
-/// How long an idle reader sleeps before re-checking the stop flag: bounds how long
-/// `down` waits for the tunnel to stop (a few idle wake-ups a second cost nothing).
-const IDLE_POLL_MS: i32 = 50;
 
-pub fn run(sh: &Shared) -> Result<()> {
-    let (cap, size) = if sh.offload { OFFLOAD_BATCH } else { PLAIN_BATCH };
-    let mut batch = RecvBatch::new(cap, size);
-    let mut coalescer = if sh.offload { Some(Coalescer::new()) } else { None };
-    let c = &sh.counters.rx;
-    let mut emit = |e: Emit<'_>| write_tun(&sh.tun, c, e);
+/// The UDP → TUN direction's buffers; `pump` moves one batch.
+pub struct Rx<'a> {
+    sh: &'a Shared,
+    batch: RecvBatch,
+    coalescer: Option<Coalescer>,
+}
 
-    while !sh.stop.load(Relaxed) {
+impl<'a> Rx<'a> {
+    pub fn new(sh: &'a Shared) -> Self {
+        let (cap, size) = if sh.offload { OFFLOAD_BATCH } else { PLAIN_BATCH };
+        Rx { sh, batch: RecvBatch::new(cap, size), coalescer: if sh.offload { Some(Coalescer::new()) } else { None } }
+    }
+
+    /// Receive one batch of datagrams and write their packets into the TUN.
+    /// Ok(false) when no datagram was waiting.
+    pub fn pump(&mut self) -> Result<bool> {
+        let Rx { sh, batch, coalescer } = self;
+        let sh: &Shared = sh;
+        let c = &sh.counters.rx;
+        let mut emit = |e: Emit<'_>| write_tun(&sh.tun, c, e);
         let n = match batch.recv(&sh.sock) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                sh.sock.wait_readable(IDLE_POLL_MS).context("polling the UDP socket")?;
-                continue;
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             // Errors queued by ICMP (e.g. ECONNREFUSED) surface here on some kernels
             // even for unconnected sockets; they are about sends, not receives.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNREFUSED | libc::EINTR | libc::EHOSTUNREACH | libc::ENETUNREACH)) => continue,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNREFUSED | libc::EINTR | libc::EHOSTUNREACH | libc::ENETUNREACH)) => return Ok(true),
             Err(e) => return Err(e).context("receiving from the UDP socket"),
         };
         add(&c.udp_recvs, 1);
@@ -77,8 +82,8 @@ pub fn run(sh: &Shared) -> Result<()> {
         if let Some(co) = coalescer.as_mut() {
             co.flush(&mut emit);
         }
+        Ok(true)
     }
-    Ok(())
 }
 
 /// One TUN write (with the vnet header only if the TUN expects it).

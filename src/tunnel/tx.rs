@@ -5,7 +5,6 @@
 
 use std::io;
 use std::net::SocketAddrV4;
-use std::sync::atomic::Ordering::Relaxed;
 
 use anyhow::{Context, Result};
 
@@ -26,24 +25,39 @@ const MAX_ITEMS: usize = 128;
 /// Largest UDP payload in one GSO send (IP length limit) and the kernel's segment cap.
 const GSO_MAX_BYTES: usize = 65507;
 const GSO_MAX_SEGS: usize = 64;
-/// How long an idle reader sleeps before re-checking the stop flag: bounds how long
-/// `down` waits for the tunnel to stop (a few idle wake-ups a second cost nothing).
-const IDLE_POLL_MS: i32 = 50;
 
-pub fn run(sh: &Shared) -> Result<()> {
-    let mut rbuf = vec![0u8; if sh.offload { RBUF } else { 0 }];
-    let mut sbuf = vec![0u8; SBUF];
-    let mut items: Vec<SendItem> = Vec::with_capacity(MAX_ITEMS);
-    let mut batch = SendBatch::new(MAX_ITEMS);
-    let c = &sh.counters.tx;
-    let pre = sh.wire.prefix();
+/// The TUN → UDP direction's buffers; `pump` moves one batch.
+pub struct Tx<'a> {
+    sh: &'a Shared,
+    rbuf: Vec<u8>,
+    sbuf: Vec<u8>,
+    items: Vec<SendItem>,
+    batch: SendBatch,
+}
 
-    while !sh.stop.load(Relaxed) {
+impl<'a> Tx<'a> {
+    pub fn new(sh: &'a Shared) -> Self {
+        Tx {
+            sh,
+            rbuf: vec![0u8; if sh.offload { RBUF } else { 0 }],
+            sbuf: vec![0u8; SBUF],
+            items: Vec::with_capacity(MAX_ITEMS),
+            batch: SendBatch::new(MAX_ITEMS),
+        }
+    }
+
+    /// Read the TUN until it runs dry or the send buffer fills, then send the batch.
+    /// Ok(false) when there was nothing to read.
+    pub fn pump(&mut self) -> Result<bool> {
+        let Tx { sh, rbuf, sbuf, items, batch } = self;
+        let sh: &Shared = sh;
+        let c = &sh.counters.tx;
+        let pre = sh.wire.prefix();
         items.clear();
         let mut used = 0;
         let mut idle = true;
         while items.len() + 2 <= MAX_ITEMS && SBUF - used >= SBUF_RESERVE {
-            let res = if sh.offload { sh.tun.read(&mut rbuf) } else { sh.tun.read(&mut sbuf[used + pre.len()..]) };
+            let res = if sh.offload { sh.tun.read(rbuf) } else { sh.tun.read(&mut sbuf[used + pre.len()..]) };
             let n = match res {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -53,18 +67,16 @@ pub fn run(sh: &Shared) -> Result<()> {
             idle = false;
             add(&c.tun_reads, 1);
             if sh.offload {
-                used += stage_offload(sh, &mut rbuf[..n], &mut sbuf[used..], used, &mut items);
+                used += stage_offload(sh, &mut rbuf[..n], &mut sbuf[used..], used, items);
             } else {
-                used += stage_plain(sh, &mut sbuf[used..used + pre.len() + n], used, &mut items);
+                used += stage_plain(sh, &mut sbuf[used..used + pre.len() + n], used, items);
             }
         }
-        if idle {
-            sh.tun.wait_readable(IDLE_POLL_MS).context("polling the TUN device")?;
-            continue;
+        if !idle {
+            send_all(sh, sbuf, items, batch);
         }
-        send_all(sh, &sbuf, &items, &mut batch);
+        Ok(!idle)
     }
-    Ok(())
 }
 
 /// Queue one plain packet read into `dgram` after room for the wire prefix (`dgram`
