@@ -77,7 +77,7 @@ pub async fn apply(nl: &Netlink, index: usize, step: &Step, stage: &str) -> Resu
         Step::SetMaster { dev, master } => nl.set_master(dev, master).await?,
         Step::SetMtu { dev, mtu } => nl.set_mtu(dev, *mtu).await?,
         Step::AddAddr { netns, dev, addr } => nl.add_addr(netns.as_deref(), dev, *addr).await?,
-        Step::LinkUp { netns, dev } => nl.link_up(netns.as_deref(), dev).await?,
+        Step::LinkUp { netns, dev, addrgen_none } => nl.link_up(netns.as_deref(), dev, *addrgen_none).await?,
         Step::AddRoute { netns, dst, via, dev, onlink } => {
             nl.add_route(netns.as_deref(), &RouteSpec { dst: *dst, via: *via, dev: dev.clone(), onlink: *onlink }).await?
         }

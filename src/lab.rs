@@ -128,7 +128,7 @@ async fn create_switch() -> Result<Netlink> {
     let fd = ns::create_netns(&path, ns::open_netlink).context("cannot create the lab's switch namespace")?;
     let switch = Netlink::from_socket(fd, &lab_dir());
     switch.add_bridge(SWITCH_BRIDGE, LAB_ALIAS).await.context("cannot create the lab's switch bridge")?;
-    switch.link_up(None, SWITCH_BRIDGE).await?;
+    switch.link_up(None, SWITCH_BRIDGE, false).await?;
     Ok(switch)
 }
 
@@ -179,11 +179,11 @@ async fn cable(switch: &Netlink, index: u32, ip: Ipv4Net) -> Result<()> {
     let port = format!("node{index}");
     switch.add_veth(&port, UNDERLAY_DEV, &format!("node{index}/net"), LAB_ALIAS).await?;
     switch.set_master(&port, SWITCH_BRIDGE).await?;
-    switch.link_up(None, &port).await?;
+    switch.link_up(None, &port, false).await?;
     let node = Netlink::at(&node_ns(index).net, &lab_dir())?;
-    node.link_up(None, "lo").await?;
+    node.link_up(None, "lo", false).await?;
     node.add_addr(None, UNDERLAY_DEV, ip).await?;
-    node.link_up(None, UNDERLAY_DEV).await
+    node.link_up(None, UNDERLAY_DEV, false).await
 }
 
 /// `cnet down` for the lab. Returns false if no lab was up.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context, Result};
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{
+use netlink_packet_route::link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode, 
     InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
 };
 use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
@@ -233,9 +233,11 @@ impl Netlink {
         self.node.link().set(msg).execute().await.map_err(|e| link_error(e, name))
     }
 
+    /// `ip link set DEV master MASTER addrgenmode none` (DEV is still down: see
+    /// plan::NO_LINK_LOCAL for why ports get no IPv6 link-local address).
     pub async fn set_master(&self, dev: &str, master: &str) -> Result<()> {
         let m = self.link_index(None, master).await?;
-        let msg = self.set_link(None, dev).controller(m).build();
+        let msg = self.set_link(None, dev).controller(m).append_extra_attribute(no_link_local()).build();
         self.node.link().set(msg).execute().await.map_err(|e| link_error(e, dev))
     }
 
@@ -243,9 +245,15 @@ impl Netlink {
         self.node.link().set(self.set_link(None, dev).mtu(mtu).build()).execute().await.map_err(|e| link_error(e, dev))
     }
 
-    pub async fn link_up(&self, netns: Option<&str>, dev: &str) -> Result<()> {
+    /// `ip link set DEV up [addrgenmode none]`: one request; the kernel applies the address
+    /// generation mode before bringing the link up, so no link-local address ever exists.
+    pub async fn link_up(&self, netns: Option<&str>, dev: &str, addrgen_none: bool) -> Result<()> {
         let h = self.handle(netns)?;
-        h.link().set(self.set_link(netns, dev).up().build()).execute().await.map_err(|e| link_error(e, dev))
+        let mut msg = self.set_link(netns, dev).up();
+        if addrgen_none {
+            msg = msg.append_extra_attribute(no_link_local());
+        }
+        h.link().set(msg.build()).execute().await.map_err(|e| link_error(e, dev))
     }
 
     pub async fn add_addr(&self, netns: Option<&str>, dev: &str, addr: Ipv4Net) -> Result<()> {
@@ -509,4 +517,9 @@ pub fn route_views(msgs: &[RouteMessage]) -> Vec<RouteView> {
             r
         })
         .collect()
+}
+
+/// IFLA_AF_SPEC { AF_INET6 { IFLA_INET6_ADDR_GEN_MODE: NONE } }, what `addrgenmode none` sends.
+fn no_link_local() -> LinkAttribute {
+    LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)])])
 }

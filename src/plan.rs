@@ -24,10 +24,13 @@ pub enum Step {
     /// A persistent TUN device, attached to later by the tunnel process.
     AddTun { name: String },
     AddVxlan { name: String, vni: u32, local: Ipv4Addr, underlay: String, port: u16 },
+    /// Also sets `addrgenmode none` on the port (it is still down): see `no_link_local`.
     SetMaster { dev: String, master: String },
     SetMtu { dev: String, mtu: u32 },
     AddAddr { netns: Netns, dev: String, addr: Ipv4Net },
-    LinkUp { netns: Netns, dev: String },
+    /// `addrgen_none`: in the same request, no IPv6 link-local address for this link (see
+    /// `no_link_local`).
+    LinkUp { netns: Netns, dev: String, addrgen_none: bool },
     /// `dst: None` is the default route.
     AddRoute { netns: Netns, dst: Option<Ipv4Net>, via: Option<Ipv4Addr>, dev: String, onlink: bool },
     /// A VXLAN forwarding entry: flood unknown and broadcast frames to this peer too.
@@ -52,6 +55,12 @@ pub struct NodePlan {
     pub steps: Vec<PlannedStep>,
 }
 
+/// Why cnet's veth ends get `addrgenmode none` (no IPv6 link-local address): the talk is
+/// IPv4-only, and at link-up each link-local address makes its owner multicast DAD and MLD
+/// packets that br0 floods to every port, work quadratic in the number of containers (at
+/// 1000 containers it was a third of the build's CPU and doubled `up`'s bridge phase).
+const NO_LINK_LOCAL: &str = " (addrgenmode none: no IPv6 link-local address, whose DAD and MLD multicasts the bridge would flood to every port; the talk is IPv4-only)";
+
 fn ns_prefix(netns: &Netns) -> String {
     match netns {
         Some(n) => format!("-n {n} "),
@@ -72,10 +81,12 @@ impl Step {
             Step::AddVxlan { name, vni, local, underlay, port } => format!(
                 "ip link add {name} type vxlan id {vni} local {local} dev {underlay} dstport {port} nolearning"
             ),
-            Step::SetMaster { dev, master } => format!("ip link set {dev} master {master}"),
+            Step::SetMaster { dev, master } => format!("ip link set {dev} master {master} addrgenmode none"),
             Step::SetMtu { dev, mtu } => format!("ip link set {dev} mtu {mtu}"),
             Step::AddAddr { netns, dev, addr } => format!("ip {}addr add {addr} dev {dev}", ns_prefix(netns)),
-            Step::LinkUp { netns, dev } => format!("ip {}link set {dev} up", ns_prefix(netns)),
+            Step::LinkUp { netns, dev, addrgen_none } => {
+                format!("ip {}link set {dev} up{}", ns_prefix(netns), if *addrgen_none { " addrgenmode none" } else { "" })
+            }
             Step::AddRoute { netns, dst, via, dev, onlink } => {
                 let mut s = format!("ip {}route add ", ns_prefix(netns));
                 match dst {
@@ -183,9 +194,9 @@ fn namespace_steps(b: &mut Builder, node: &Node) {
             c.host_veth, c.veth, c.veth, c.name));
     b.push(Step::AddAddr { netns: con.clone(), dev: c.veth.clone(), addr: c.addr },
         format!("Give {} the address {} (a /32: the talk gives no prefix).", c.veth, c.addr.addr));
-    b.push(Step::LinkUp { netns: con.clone(), dev: c.veth.clone() }, format!("Bring {} up inside '{}'.", c.veth, c.name));
-    b.push(Step::LinkUp { netns: None, dev: c.host_veth.clone() }, format!("Bring {} up on the node.", c.host_veth));
-    b.push(Step::LinkUp { netns: con.clone(), dev: "lo".into() }, format!("Bring lo up inside '{}'.", c.name));
+    b.push(Step::LinkUp { netns: con.clone(), dev: c.veth.clone(), addrgen_none: true }, format!("Bring {} up inside '{}'{}.", c.veth, c.name, NO_LINK_LOCAL));
+    b.push(Step::LinkUp { netns: None, dev: c.host_veth.clone(), addrgen_none: true }, format!("Bring {} up on the node{}.", c.host_veth, NO_LINK_LOCAL));
+    b.push(Step::LinkUp { netns: con.clone(), dev: "lo".into(), addrgen_none: false }, format!("Bring lo up inside '{}'.", c.name));
     b.push(Step::AddRoute { netns: None, dst: Some(c.addr), via: None, dev: c.host_veth.clone(), onlink: false },
         format!("On the node: a directly connected route to the container, {} dev {}.", c.addr, c.host_veth));
     b.push(Step::AddRoute { netns: con, dst: None, via: Some(c.addr.addr), dev: c.veth.clone(), onlink: false },
@@ -208,21 +219,21 @@ fn bridge_steps(b: &mut Builder, node: &Node) {
             format!("Give '{}' the address {} on {}.", c.name, c.addr, c.veth));
     }
     for c in &node.containers {
-        b.push(Step::LinkUp { netns: Some(c.name.clone()), dev: c.veth.clone() }, format!("Bring {} up inside '{}'.", c.veth, c.name));
+        b.push(Step::LinkUp { netns: Some(c.name.clone()), dev: c.veth.clone(), addrgen_none: true }, format!("Bring {} up inside '{}'{}.", c.veth, c.name, NO_LINK_LOCAL));
     }
     b.push(Step::AddBridge { name: "br0".into() },
         "Create the bridge br0: a virtual Ethernet switch in the kernel (Docker's docker0).");
     for c in &node.containers {
-        b.push(Step::SetMaster { dev: c.host_veth.clone(), master: "br0".into() }, format!("Plug {} into br0.", c.host_veth));
+        b.push(Step::SetMaster { dev: c.host_veth.clone(), master: "br0".into() }, format!("Plug {} into br0{}.", c.host_veth, NO_LINK_LOCAL));
     }
     b.push(Step::AddAddr { netns: None, dev: "br0".into(), addr: bridge },
         format!("Give br0 the address {bridge}: the node can now reach its containers (this installs the connected route {} dev br0).", bridge.trunc()));
-    b.push(Step::LinkUp { netns: None, dev: "br0".into() }, "Bring br0 up.");
+    b.push(Step::LinkUp { netns: None, dev: "br0".into(), addrgen_none: false }, "Bring br0 up.");
     for c in &node.containers {
-        b.push(Step::LinkUp { netns: None, dev: c.host_veth.clone() }, format!("Bring {} up.", c.host_veth));
+        b.push(Step::LinkUp { netns: None, dev: c.host_veth.clone(), addrgen_none: false }, format!("Bring {} up.", c.host_veth));
     }
     for c in &node.containers {
-        b.push(Step::LinkUp { netns: Some(c.name.clone()), dev: "lo".into() }, format!("Bring lo up inside '{}'.", c.name));
+        b.push(Step::LinkUp { netns: Some(c.name.clone()), dev: "lo".into(), addrgen_none: false }, format!("Bring lo up inside '{}'.", c.name));
     }
     for c in &node.containers {
         b.push(Step::AddRoute { netns: Some(c.name.clone()), dst: None, via: Some(bridge.addr), dev: c.veth.clone(), onlink: false },
@@ -254,7 +265,7 @@ fn multi_node_steps(b: &mut Builder, topo: &Topology, node: &Node, underlay: &st
             b.push(Step::SetMtu { dev: "tun0".into(), mtu },
                 format!("Lower tun0's MTU to {mtu} = underlay {} - 28 (20 outer IPv4 + 8 UDP), so an encapsulated packet fits without fragmenting (the talk's 1492 forgot the IPv4 header).",
                     topo.options.underlay_mtu));
-            b.push(Step::LinkUp { netns: None, dev: "tun0".into() }, "Bring tun0 up.");
+            b.push(Step::LinkUp { netns: None, dev: "tun0".into(), addrgen_none: false }, "Bring tun0 up.");
             let local = SocketAddrV4::new(node.ip.addr, TUNNEL_PORT);
             let tunnel_peers = peers.iter().map(|(p, ip)| (SocketAddrV4::new(*ip, TUNNEL_PORT), p.pod_net)).collect();
             b.push(Step::StartTunnel { dev: "tun0".into(), local, peers: tunnel_peers },
@@ -270,7 +281,7 @@ fn multi_node_steps(b: &mut Builder, topo: &Topology, node: &Node, underlay: &st
                 b.push(Step::AddFdb { dev: "vxlan0".into(), dst: *ip }, format!("Send vxlan0's broadcast and unknown frames (ARP) to {ip} too."));
             }
             b.push(Step::AddAddr { netns: None, dev: "vxlan0".into(), addr: tun }, format!("Give vxlan0 {tun}, this node's end of the overlay."));
-            b.push(Step::LinkUp { netns: None, dev: "vxlan0".into() }, "Bring vxlan0 up.");
+            b.push(Step::LinkUp { netns: None, dev: "vxlan0".into(), addrgen_none: false }, "Bring vxlan0 up.");
             for (p, _) in &peers {
                 let gw = p.tun_addr().addr;
                 b.push(Step::AddRoute { netns: None, dst: Some(p.pod_net), via: Some(gw), dev: "vxlan0".into(), onlink: true },
@@ -316,8 +327,8 @@ mod tests {
             "ip netns add con",
             "ip link add veth1 type veth peer name veth2 netns con",
             "ip -n con addr add 172.16.0.1/32 dev veth2",
-            "ip -n con link set veth2 up",
-            "ip link set veth1 up",
+            "ip -n con link set veth2 up addrgenmode none",
+            "ip link set veth1 up addrgenmode none",
             "ip -n con link set lo up",
             "ip route add 172.16.0.1/32 dev veth1",
             "ip -n con route add default via 172.16.0.1 dev veth2",
@@ -336,11 +347,11 @@ mod tests {
             "ip link add veth20 type veth peer name veth21 netns con2",
             "ip -n con1 addr add 172.16.0.2/24 dev veth11",
             "ip -n con2 addr add 172.16.0.3/24 dev veth21",
-            "ip -n con1 link set veth11 up",
-            "ip -n con2 link set veth21 up",
+            "ip -n con1 link set veth11 up addrgenmode none",
+            "ip -n con2 link set veth21 up addrgenmode none",
             "ip link add br0 type bridge",
-            "ip link set veth10 master br0",
-            "ip link set veth20 master br0",
+            "ip link set veth10 master br0 addrgenmode none",
+            "ip link set veth20 master br0 addrgenmode none",
             "ip addr add 172.16.0.1/24 dev br0",
             "ip link set br0 up",
             "ip link set veth10 up",

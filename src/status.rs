@@ -150,7 +150,7 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
             Step::SetMaster { dev, master } => Some(node_snap.link(dev).and_then(|l| l.master.as_deref()) == Some(master)),
             Step::SetMtu { dev, mtu } => Some(node_snap.link(dev).and_then(|l| l.mtu) == Some(*mtu)),
             Step::AddAddr { netns, dev, addr } => Some(snap(netns).and_then(|s| s.link(dev)).is_some_and(|l| l.addrs.contains(addr))),
-            Step::LinkUp { netns, dev } => Some(snap(netns).and_then(|s| s.link(dev)).is_some_and(|l| l.up)),
+            Step::LinkUp { netns, dev, .. } => Some(snap(netns).and_then(|s| s.link(dev)).is_some_and(|l| l.up)),
             Step::AddRoute { netns, dst, via, dev, .. } => {
                 let want = dst.map_or("default".to_string(), |d| d.trunc().to_string());
                 Some(snap(netns).is_some_and(|s| s.routes.iter().any(|r| r.dst == want && r.via == *via && r.dev.as_deref() == Some(dev))))

@@ -85,6 +85,12 @@ mark con2-node
 cnet exec 2-single-node -- ip netns exec con2 ping -c1 -W2 10.0.0.10
 mark node-con1
 cnet exec node1 -- ping -c1 -W2 172.16.0.2
+mark v6-con
+cnet exec node1/con1 -- sh -c 'ip -d link show veth11; ip addr show veth11'
+mark v6-port
+cnet exec node1 -- sh -c 'ip -d link show veth10; ip addr show veth10'
+mark v6-bridge
+cnet exec node1 -- ip addr show br0
 mark status
 cnet status
 mark down
@@ -104,6 +110,13 @@ cnet down
     assert_eq!(ping_ttls(&r.section("con1-con2")), vec![64], "same L2: nothing routed");
     assert_eq!(ping_ttls(&r.section("con2-node")), vec![64]);
     assert_eq!(ping_ttls(&r.section("node-con1")), vec![64]);
+    // The veth ends carry no IPv6 link-local address (no DAD/MLD multicast for br0 to flood
+    // to every port); the bridge itself keeps the kernel's default.
+    for port in ["v6-con", "v6-port"] {
+        let out = r.section(port);
+        assert!(out.contains("addrgenmode none") && !out.contains("inet6"), "{port}: {out}");
+    }
+    assert!(r.section("v6-bridge").contains("inet6 fe80::"), "{}", r.section("v6-bridge"));
     assert!(r.section("status").contains("matches the plan (19/19 steps verified)"), "{}", r.section("status"));
     assert!(r.section("down-again").contains("nothing is up"));
     assert_nothing_left(&r);
