@@ -122,9 +122,9 @@ impl TunFd {
     }
 }
 
-/// Wait up to `timeout_ms` until the TUN or the socket has something to read (EINTR
-/// counts as a timeout: callers just loop).
-pub fn wait_either(tun: &TunFd, sock: &super::udp::UdpSock, timeout_ms: i32) -> io::Result<()> {
+/// Wait up to `timeout_ms` until the TUN or the socket has something to read; says which
+/// (tun, socket). EINTR counts as a timeout (nothing ready): callers just loop.
+pub fn wait_either(tun: &TunFd, sock: &super::udp::UdpSock, timeout_ms: i32) -> io::Result<(bool, bool)> {
     let mut pfds = [
         libc::pollfd { fd: tun.raw(), events: libc::POLLIN, revents: 0 },
         libc::pollfd { fd: sock.raw(), events: libc::POLLIN, revents: 0 },
@@ -136,7 +136,9 @@ pub fn wait_either(tun: &TunFd, sock: &super::udp::UdpSock, timeout_ms: i32) -> 
         if err.kind() != io::ErrorKind::Interrupted {
             return Err(err);
         }
+        return Ok((false, false));
     }
-    Ok(())
+    // Errors and hang-ups count as ready: the next read reports them.
+    Ok((pfds[0].revents != 0, pfds[1].revents != 0))
 }
 

@@ -26,13 +26,18 @@ const IDLE_POLL_MS: i32 = 50;
 pub fn run(sh: &Shared) -> Result<()> {
     let mut tx = Tx::new(sh);
     let mut rx = Rx::new(sh);
+    let (mut tun_ready, mut sock_ready) = (true, true);
     while !sh.stop.load(Relaxed) {
-        // Both pumps every pass, so neither direction can starve the other.
-        let sent = tx.pump()?;
-        let received = rx.pump()?;
-        if !sent && !received {
-            wait_either(&sh.tun, &sh.sock, IDLE_POLL_MS).context("polling the TUN device and the UDP socket")?;
+        // One batch per ready side, then ask again: neither direction can starve the other,
+        // and no syscall is spent reading a side poll has just said is empty (a ping's
+        // round trip crosses this loop four times).
+        if tun_ready {
+            tx.pump()?;
         }
+        if sock_ready {
+            rx.pump()?;
+        }
+        (tun_ready, sock_ready) = wait_either(&sh.tun, &sh.sock, IDLE_POLL_MS).context("polling the TUN device and the UDP socket")?;
     }
     Ok(())
 }
