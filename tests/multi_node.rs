@@ -149,9 +149,11 @@ fn stage4_udp_on_two_host_vms() {
 }
 
 #[test]
-fn explain_sh_builds_stages_3_and_4_vxlan_on_two_vms() {
+fn explain_sh_builds_stages_3_and_4_on_two_vms() {
     if privileged() {
         assert_vms(&two_vms_by_script("multi-node"));
         assert_vms(&two_vms_by_script("overlay --backend vxlan"));
+        // `ip tuntap add ... multi_queue`, then `cnet tunnel` attaching one queue per thread.
+        assert_vms(&two_vms_by_script("overlay"));
     }
 }

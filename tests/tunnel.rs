@@ -129,6 +129,73 @@ cnet down -q
 }
 
 #[test]
+fn parallel_flows_spread_over_threads_and_arrive_intact() {
+    if !privileged() {
+        return;
+    }
+    // Three forwarding threads per node; six TCP flows of 40 MB at once, each checked.
+    let r = sandbox(&format!(r#"
+CNET_TUNNEL_QUEUES=3 cnet up overlay -q
+cat > $T/sink.py <<'PY'
+import hashlib, socket, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", 7000)); s.listen(8)
+print("listening", flush=True)
+out = []
+def take(c):
+    h = hashlib.sha256()
+    while True:
+        b = c.recv(1 << 20)
+        if not b: break
+        h.update(b)
+    out.append(h.hexdigest())
+ts = [threading.Thread(target=take, args=(s.accept()[0],)) for _ in range(6)]
+for t in ts: t.start()
+for t in ts: t.join()
+print(" ".join(sorted(out)))
+PY
+cat > $T/source.py <<'PY'
+import hashlib, random, socket, threading
+out = []
+def give(i):
+    data = random.Random(i).randbytes(40 << 20)
+    c = socket.create_connection(("172.16.1.2", 7000)); c.sendall(data); c.close()
+    out.append(hashlib.sha256(data).hexdigest())
+ts = [threading.Thread(target=give, args=(i,)) for i in range(6)]
+for t in ts: t.start()
+for t in ts: t.join()
+print(" ".join(sorted(out)))
+PY
+cnet exec node2/con1 -- python3 $T/sink.py > $T/sink.out &
+until grep -q listening $T/sink.out 2>/dev/null; do sleep 0.05; done
+mark sent
+cnet exec node1/con1 -- python3 $T/source.py
+wait
+mark received
+tail -1 $T/sink.out
+mark status
+cnet status
+mark busy-threads
+for p in $(pgrep -f ' tunnel --dev '); do
+  for t in /proc/$p/task/*; do
+    case $(cat $t/comm) in forward*) awk '$14 + $15 > 0 {{n++}} END {{print n + 0}}' $t/stat ;; esac
+  done | paste -sd+ | bc
+done
+cnet down -q
+{LEFTOVERS}"#));
+    r.ok();
+    let sent = r.section("sent");
+    assert_eq!(sent.split_whitespace().count(), 6, "{sent}");
+    assert_eq!(sent.trim(), r.section("received").trim(), "every flow's bytes must arrive intact");
+    assert_eq!(r.section("status").matches(", 3 threads;").count(), 2, "{}", r.section("status"));
+    // Six flows over three threads: on each node more than one thread did the work.
+    assert_eq!(r.section("busy-threads").lines().count(), 2, "two tunnels: {}", r.section("busy-threads"));
+    for busy in r.section("busy-threads").lines() {
+        assert!(busy.trim().parse::<u32>().unwrap() >= 2, "{}", r.section("busy-threads"));
+    }
+    assert_nothing_left(&r);
+}
+
+#[test]
 fn plain_path_is_correct_too() {
     if !privileged() {
         return;
