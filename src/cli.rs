@@ -186,10 +186,6 @@ pub struct TunnelArgs {
     /// accepted on receive.
     #[arg(long, default_value = "raw")]
     pub wire: String,
-    /// Forwarding threads, each with its own TUN queue and UDP socket (default: one per
-    /// CPU, at most 4; 1 if the TUN device was created without multi_queue).
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub queues: Option<u16>,
 }
 
 #[derive(Args, Debug)]

@@ -345,7 +345,6 @@ pub fn tunnel(a: &TunnelArgs) -> Result<()> {
         stats_path: a.stats.clone(),
         offload: if a.no_offload { crate::tunnel::OffloadMode::Off } else { crate::tunnel::OffloadMode::Auto },
         wire: a.wire.parse()?,
-        queues: a.queues.map(usize::from),
     };
     crate::tunnel::run(&cfg)
 }

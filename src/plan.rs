@@ -77,7 +77,7 @@ impl Step {
                 format!("ip link add {name} type veth peer name {peer} netns {peer_netns}")
             }
             Step::AddBridge { name } => format!("ip link add {name} type bridge"),
-            Step::AddTun { name } => format!("ip tuntap add dev {name} mode tun multi_queue"),
+            Step::AddTun { name } => format!("ip tuntap add dev {name} mode tun"),
             Step::AddVxlan { name, vni, local, underlay, port } => format!(
                 "ip link add {name} type vxlan id {vni} local {local} dev {underlay} dstport {port} nolearning"
             ),
@@ -121,7 +121,7 @@ impl Step {
         match self {
             Step::AddNetns { name } => Some(format!("ip netns del {name}")),
             Step::AddVeth { name, .. } | Step::AddBridge { name } | Step::AddVxlan { name, .. } => Some(format!("ip link del {name}")),
-            Step::AddTun { name } => Some(format!("ip tuntap del dev {name} mode tun multi_queue")),
+            Step::AddTun { name } => Some(format!("ip tuntap del dev {name} mode tun")),
             Step::AddRoute { netns: None, dev, .. } if !created_links.contains(&dev.as_str()) => {
                 Some(self.command().replacen("route add", "route del", 1))
             }

@@ -245,8 +245,8 @@ pub fn tunnel_line(t: &serde_json::Value) -> String {
         .map(|m| m.iter().filter(|(_, v)| v.as_u64() != Some(0)).map(|(k, v)| format!("{k} {v}")).collect())
         .unwrap_or_default();
     format!(
-        "data path {}, {} thread{}; tun0 -> udp {} packets ({} B), udp -> tun0 {} packets ({} B)\n    drops: {}",
-        st.datapath, st.queues, if st.queues == 1 { "" } else { "s" }, st.tun_to_udp.packets, st.tun_to_udp.bytes, st.udp_to_tun.packets, st.udp_to_tun.bytes,
+        "data path {}; tun0 -> udp {} packets ({} B), udp -> tun0 {} packets ({} B)\n    drops: {}",
+        st.datapath, st.tun_to_udp.packets, st.tun_to_udp.bytes, st.udp_to_tun.packets, st.udp_to_tun.bytes,
         if reasons.is_empty() { "none".into() } else { reasons.join(", ") }
     )
 }

@@ -153,7 +153,7 @@ fn explain_sh_builds_stages_3_and_4_on_two_vms() {
     if privileged() {
         assert_vms(&two_vms_by_script("multi-node"));
         assert_vms(&two_vms_by_script("overlay --backend vxlan"));
-        // `ip tuntap add ... multi_queue`, then `cnet tunnel` attaching one queue per thread.
+        // `ip tuntap add dev tun0 mode tun`, then `cnet tunnel ... &` attaching to it.
         assert_vms(&two_vms_by_script("overlay"));
     }
 }

@@ -1,7 +1,7 @@
 //! TUN device: open/attach (TUNSETIFF), persistence, offload flags, packet read/write.
 //!
 //! One `TunFd` is one open file of `/dev/net/tun` bound to a named interface. The fd is
-//! non-blocking: the forwarding thread polls with a timeout so it can notice shutdown, and
+//! non-blocking: the reader thread polls with a timeout so it can notice shutdown, and
 //! TUN writes never wait for anything anyway.
 
 use std::ffi::CString;
@@ -48,10 +48,8 @@ fn ifreq(name: &str, flags: libc::c_int) -> io::Result<libc::ifreq> {
 
 impl TunFd {
     /// Attach to the TUN interface `name` (IFF_TUN|IFF_NO_PI), creating it if absent.
-    /// With `vnet_hdr`, every packet read/written is prefixed by a virtio_net_hdr. With
-    /// `multi_queue`, each open is one more queue of a multi-queue device (IFF_MULTI_QUEUE);
-    /// the kernel refuses it (EINVAL) for a device created single-queue, and vice versa.
-    pub fn open(name: &str, vnet_hdr: bool, multi_queue: bool) -> io::Result<TunFd> {
+    /// With `vnet_hdr`, every packet read/written is prefixed by a virtio_net_hdr.
+    pub fn open(name: &str, vnet_hdr: bool) -> io::Result<TunFd> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -61,9 +59,6 @@ impl TunFd {
         let mut flags = libc::IFF_TUN | libc::IFF_NO_PI;
         if vnet_hdr {
             flags |= libc::IFF_VNET_HDR;
-        }
-        if multi_queue {
-            flags |= libc::IFF_MULTI_QUEUE;
         }
         let mut req = ifreq(name, flags)?;
         // SAFETY: fd is a valid /dev/net/tun fd; req is a valid ifreq that outlives the call.

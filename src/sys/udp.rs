@@ -7,7 +7,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 
 // linux/udp.h; libc only exports these for some targets.
 const UDP_SEGMENT: libc::c_int = 103;
@@ -38,27 +38,6 @@ fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, val: libc::c
     if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
-/// socket + SO_REUSEPORT + bind (std's UdpSocket::bind cannot set an option before bind).
-fn bind_reuseport(addr: SocketAddrV4) -> io::Result<UdpSock> {
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh socket we own from here on.
-    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
-    let sa = to_sockaddr(addr);
-    // SAFETY: sa is a live sockaddr_in of the given length.
-    let ret = unsafe {
-        libc::bind(fd, &sa as *const libc::sockaddr_in as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(UdpSock { sock: UdpSocket::from(owned) })
-}
-
 fn to_sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
@@ -75,34 +54,6 @@ fn from_sockaddr(s: &libc::sockaddr_in) -> SocketAddrV4 {
 impl UdpSock {
     pub fn bind(addr: SocketAddrV4) -> io::Result<UdpSock> {
         Ok(UdpSock { sock: UdpSocket::bind(addr)? })
-    }
-
-    /// `n` sockets bound to the same address as one SO_REUSEPORT group: the kernel hands
-    /// each arriving datagram to one of them (by `steer`, once attached). One socket is a
-    /// plain bind, so that a port already taken is refused as usual.
-    pub fn bind_group(addr: SocketAddrV4, n: usize) -> io::Result<Vec<UdpSock>> {
-        if n <= 1 {
-            return Ok(vec![UdpSock::bind(addr)?]);
-        }
-        (0..n).map(|_| bind_reuseport(addr)).collect()
-    }
-
-    /// SO_ATTACH_REUSEPORT_CBPF: a classic BPF program run on each datagram's payload
-    /// returns the index of the group's socket that gets it (in bind order); an index out
-    /// of range falls back to the kernel's own choice.
-    pub fn steer(&self, prog: &[libc::sock_filter]) -> io::Result<()> {
-        let fprog = libc::sock_fprog { len: prog.len() as libc::c_ushort, filter: prog.as_ptr() as *mut libc::sock_filter };
-        // SAFETY: fprog points to `prog`, live for the call; the kernel copies it.
-        let ret = unsafe {
-            libc::setsockopt(
-                self.raw(),
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_REUSEPORT_CBPF,
-                &fprog as *const libc::sock_fprog as *const libc::c_void,
-                std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-            )
-        };
-        if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 
     pub(crate) fn raw(&self) -> RawFd {
@@ -146,8 +97,6 @@ pub struct SendItem {
     pub len: usize,
     /// UDP_SEGMENT size; 0 sends `len` bytes as a single datagram.
     pub gso_size: u16,
-    /// Which inner flow the datagrams belong to (0: unknown); not sent, only compared.
-    pub flow: u64,
 }
 
 /// Preallocated sendmmsg state for up to `cap` messages.

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use anyhow::{Context, Result};
 
-use super::{Queue, Shared};
+use super::Shared;
 use super::rx::Rx;
 use super::tx::Tx;
 use crate::sys::tun::wait_either;
@@ -23,9 +23,9 @@ use crate::sys::tun::wait_either;
 /// waits for the tunnel to stop (a few idle wake-ups a second cost nothing).
 const IDLE_POLL_MS: i32 = 50;
 
-pub fn run(sh: &Shared, q: &Queue) -> Result<()> {
-    let mut tx = Tx::new(sh, q);
-    let mut rx = Rx::new(sh, q);
+pub fn run(sh: &Shared) -> Result<()> {
+    let mut tx = Tx::new(sh);
+    let mut rx = Rx::new(sh);
     let (mut tun_ready, mut sock_ready) = (true, true);
     while !sh.stop.load(Relaxed) {
         // One batch per ready side, then ask again: neither direction can starve the other,
@@ -37,7 +37,7 @@ pub fn run(sh: &Shared, q: &Queue) -> Result<()> {
         if sock_ready {
             rx.pump()?;
         }
-        (tun_ready, sock_ready) = wait_either(&q.tun, &q.sock, IDLE_POLL_MS).context("polling the TUN device and the UDP socket")?;
+        (tun_ready, sock_ready) = wait_either(&sh.tun, &sh.sock, IDLE_POLL_MS).context("polling the TUN device and the UDP socket")?;
     }
     Ok(())
 }

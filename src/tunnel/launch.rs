@@ -41,10 +41,6 @@ pub fn start(dev: &str, local: SocketAddrV4, peers: &[(SocketAddrV4, Ipv4Net)]) 
     if std::env::var_os("CNET_TUNNEL_NO_OFFLOAD").is_some() {
         cmd.arg("--no-offload");
     }
-    // Test hook: a fixed number of forwarding threads, whatever the CPU count.
-    if let Some(q) = std::env::var_os("CNET_TUNNEL_QUEUES") {
-        cmd.arg("--queues").arg(q);
-    }
     cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     // Its own process group: a Ctrl-C at the terminal that ran `up` must not stop it.
     cmd.process_group(0);

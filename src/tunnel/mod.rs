@@ -3,11 +3,10 @@
 //! same wire format as the talk's `socat TUN:... UDP:peer:9000,bind=local:9000`, and
 //! every datagram from a peer is checked and written back into the TUN.
 //!
-//! Each forwarding thread moves packets in both directions (see forward.rs for why not
-//! one per direction) for its share of the flows: one thread per CPU, each with its own
-//! TUN queue and UDP socket (steer.rs). A supervisor thread takes signals and writes
-//! counters. When the kernel allows it, the "offload" path (TUN TSO + UDP GSO/GRO) moves
-//! 64 KB per syscall instead of one packet; the wire format stays identical.
+//! One thread moves packets in both directions (see forward.rs for why not one per
+//! direction); a supervisor thread takes signals and writes counters. When the kernel
+//! allows it, the "offload" path (TUN TSO + UDP GSO/GRO) moves 64 KB per syscall instead
+//! of one packet; the wire format stays identical.
 
 #![forbid(unsafe_code)] // every syscall goes through crate::sys
 
@@ -19,7 +18,6 @@ mod peers;
 mod rx;
 mod segment;
 mod stats;
-mod steer;
 mod tx;
 mod vnet;
 mod wire;
@@ -84,8 +82,6 @@ pub struct TunnelConfig {
     /// Datagram framing: the bare inner packet by default (`Raw`); `TunPi` interoperates
     /// with the talk's exact socat command (which prefixes the 4-byte TUN header).
     pub wire: WireFormat,
-    /// Forwarding threads; None: one per CPU, at most MAX_QUEUES.
-    pub queues: Option<usize>,
 }
 
 /// Socket buffer size: room for a few dozen 64 KB trains in flight.
@@ -94,10 +90,10 @@ const SOCKET_BUFFER: usize = 8 << 20;
 /// counters at most this old.
 const STATS_INTERVAL: Duration = Duration::from_millis(250);
 
-/// State the forwarding threads borrow (via scoped threads) and the supervisor watches.
+/// State the forwarding thread borrows (via a scoped thread) and the supervisor watches.
 struct Shared {
-    /// One per forwarding thread.
-    queues: Vec<Queue>,
+    tun: TunFd,
+    sock: UdpSock,
     peers: PeerTable,
     offload: bool,
     wire: WireFormat,
@@ -105,19 +101,10 @@ struct Shared {
     stop: AtomicBool,
 }
 
-/// What one forwarding thread owns: a queue of the TUN device and a socket of the UDP
-/// group. The kernel spreads the TUN's outgoing flows over the queues, and the steering
-/// program (steer.rs) spreads arriving datagrams by inner flow over the sockets.
-struct Queue {
-    tun: TunFd,
-    sock: UdpSock,
-}
-
-/// TUNSETIFF + TUNSETPERSIST(1) with IFF_TUN|IFF_NO_PI|IFF_MULTI_QUEUE: create `name` so
-/// that it outlives this process and can be configured over netlink before the tunnel
-/// attaches to it (one queue per forwarding thread).
+/// TUNSETIFF + TUNSETPERSIST(1) with IFF_TUN|IFF_NO_PI: create `name` so that it outlives
+/// this process and can be configured over netlink before the tunnel attaches to it.
 pub fn create_persistent_tun(name: &str) -> Result<()> {
-    let tun = TunFd::open(name, false, true).with_context(|| format!("creating TUN device {name}"))?;
+    let tun = TunFd::open(name, false).with_context(|| format!("creating TUN device {name}"))?;
     tun.set_persist(true).with_context(|| format!("making {name} persistent"))?;
     Ok(())
 }
@@ -126,11 +113,15 @@ pub fn create_persistent_tun(name: &str) -> Result<()> {
 /// Must be called before any other thread exists that could take those signals.
 pub fn run(cfg: &TunnelConfig) -> Result<()> {
     let peers = PeerTable::new(&cfg.peers)?;
-    let (queues, offload) = open_queues(cfg)?;
+    let sock = UdpSock::bind(cfg.local).with_context(|| format!("binding UDP {}", cfg.local))?;
+    sock.set_buffers(SOCKET_BUFFER);
+    // Never emit fragmented outer datagrams: DF on, oversize sends fail locally.
+    sock.set_pmtudisc_do().context("setting IP_PMTUDISC_DO")?;
+    let (tun, offload) = open_datapath(&cfg.dev, cfg.offload, &sock)?;
     let datapath = if offload { DATAPATH_OFFLOAD } else { DATAPATH_PLAIN };
-    tracing::info!(dev = %cfg.dev, local = %cfg.local, peers = cfg.peers.len(), datapath, queues = queues.len(), wire = ?cfg.wire, "tunnel running");
+    tracing::info!(dev = %cfg.dev, local = %cfg.local, peers = cfg.peers.len(), datapath, wire = ?cfg.wire, "tunnel running");
 
-    let sh = Shared { queues, peers, offload, wire: cfg.wire, counters: Counters::default(), stop: AtomicBool::new(false) };
+    let sh = Shared { tun, sock, peers, offload, wire: cfg.wire, counters: Counters::default(), stop: AtomicBool::new(false) };
     // Block the signals before spawning so the workers inherit the mask and only
     // this thread ever sees SIGTERM/SIGINT.
     let signals = TermSignals::block().context("blocking SIGTERM/SIGINT")?;
@@ -139,16 +130,16 @@ pub fn run(cfg: &TunnelConfig) -> Result<()> {
     if offload {
         // Leave a persistent device as we found it: a later plain reader (socat) must not
         // be handed super-packets.
-        let _ = sh.queues[0].tun.set_offload(0);
+        let _ = sh.tun.set_offload(0);
     }
     if let Some(p) = &cfg.stats_path {
-        stats::write_stats(p, &sh.counters.snapshot(datapath, sh.queues.len()))?;
+        stats::write_stats(p, &sh.counters.snapshot(datapath))?;
     }
     result
 }
 
-/// Start one forwarding thread per queue, write stats every STATS_INTERVAL, and stop them
-/// all on a signal or when one fails.
+/// Start the forwarding thread, write stats every STATS_INTERVAL, and stop it on a signal
+/// or when it fails.
 fn supervise<'s>(
     s: &'s thread::Scope<'s, '_>,
     sh: &'s Shared,
@@ -156,24 +147,15 @@ fn supervise<'s>(
     stats_path: Option<&Path>,
     datapath: &str,
 ) -> Result<()> {
-    let mut workers = Vec::with_capacity(sh.queues.len());
-    for (i, q) in sh.queues.iter().enumerate() {
-        match thread::Builder::new().name(format!("forward{i}")).spawn_scoped(s, move || forward::run(sh, q)) {
-            Ok(h) => workers.push(h),
-            Err(e) => {
-                sh.stop.store(true, Relaxed);
-                return Err(e.into());
-            }
-        }
-    }
+    let worker = thread::Builder::new().name("forward".into()).spawn_scoped(s, || forward::run(sh))?;
     let mut outcome = Ok(());
     loop {
         if let Some(p) = stats_path
-            && let Err(e) = stats::write_stats(p, &sh.counters.snapshot(datapath, sh.queues.len()))
+            && let Err(e) = stats::write_stats(p, &sh.counters.snapshot(datapath))
         {
             tracing::warn!("stats: {e:#}");
         }
-        if workers.iter().any(|w| w.is_finished()) {
+        if worker.is_finished() {
             break;
         }
         match signals.wait(STATS_INTERVAL) {
@@ -189,77 +171,31 @@ fn supervise<'s>(
         }
     }
     sh.stop.store(true, Relaxed);
-    for w in workers {
-        let r = w.join().map_err(|_| anyhow!("a forwarding thread panicked")).and_then(|r| r.context("forwarding"));
-        if outcome.is_ok() {
-            outcome = r;
-        }
-    }
-    outcome
+    let r = worker.join().map_err(|_| anyhow!("the forwarding thread panicked")).and_then(|r| r.context("forwarding"));
+    outcome.and(r)
 }
 
-/// Forwarding threads to run: one per CPU this process may use, at most MAX_QUEUES. A
-/// single flow always stays on one thread; more threads serve parallel flows.
-const MAX_QUEUES: usize = 4;
-
-/// The sockets and TUN queues, for the fast path if allowed and supported, else for the
-/// plain path. A TUN device created single-queue (by `ip tuntap add` without
-/// `multi_queue`, say) gets one queue.
-fn open_queues(cfg: &TunnelConfig) -> Result<(Vec<Queue>, bool)> {
-    let want = cfg.queues.unwrap_or_else(|| crate::sys::ns::cpu_count().min(MAX_QUEUES)).max(1);
-    // The flag must match how the device was created, whatever the number of queues.
-    let multi = is_multi_queue(&cfg.dev);
-    let n = if multi { want } else { 1 };
-    if cfg.queues.is_some_and(|q| q > 1) && !multi {
-        tracing::warn!("{} was created without multi_queue: one forwarding thread", cfg.dev);
-    }
-    let socks = UdpSock::bind_group(cfg.local, n).with_context(|| format!("binding UDP {}", cfg.local))?;
-    for sock in &socks {
-        sock.set_buffers(SOCKET_BUFFER);
-        // Never emit fragmented outer datagrams: DF on, oversize sends fail locally.
-        sock.set_pmtudisc_do().context("setting IP_PMTUDISC_DO")?;
-    }
-    if n > 1 {
-        socks[0].steer(&steer::program(cfg.wire.prefix().len() as u32, n as u32)).context("attaching the flow-steering program")?;
-    }
-    let (tuns, offload) = open_datapath(&cfg.dev, cfg.offload, &socks, multi)?;
-    Ok((tuns.into_iter().zip(socks).map(|(tun, sock)| Queue { tun, sock }).collect(), offload))
-}
-
-/// Whether `dev` takes IFF_MULTI_QUEUE: it does if it does not exist yet (we create it),
-/// or was created multi-queue. A probe attach that is dropped at once.
-fn is_multi_queue(dev: &str) -> bool {
-    TunFd::open(dev, false, true).is_ok()
-}
-
-/// One TUN queue per socket, for the fast path if allowed and supported, else for the
-/// plain path.
-fn open_datapath(dev: &str, mode: OffloadMode, socks: &[UdpSock], multi: bool) -> Result<(Vec<TunFd>, bool)> {
+/// Open the TUN for the fast path if allowed and supported, else for the plain path.
+fn open_datapath(dev: &str, mode: OffloadMode, sock: &UdpSock) -> Result<(TunFd, bool)> {
     if mode == OffloadMode::Auto {
-        match open_offload(dev, socks, multi) {
-            Ok(tuns) => return Ok((tuns, true)),
+        match open_offload(dev, sock) {
+            Ok(tun) => return Ok((tun, true)),
             Err(e) => tracing::warn!("offload unavailable, using the plain path: {e:#}"),
         }
     }
-    let tuns = (0..socks.len())
-        .map(|_| TunFd::open(dev, false, multi).with_context(|| format!("attaching to TUN device {dev}")))
-        .collect::<Result<Vec<_>>>()?;
+    let tun = TunFd::open(dev, false).with_context(|| format!("attaching to TUN device {dev}"))?;
     // A persistent device may still carry offload flags from an earlier offload run.
-    tuns[0].set_offload(0).with_context(|| format!("clearing offloads on {dev}"))?;
-    Ok((tuns, false))
+    tun.set_offload(0).with_context(|| format!("clearing offloads on {dev}"))?;
+    Ok((tun, false))
 }
 
-fn open_offload(dev: &str, socks: &[UdpSock], multi: bool) -> Result<Vec<TunFd>> {
-    let tuns = (0..socks.len())
-        .map(|_| TunFd::open(dev, true, multi).with_context(|| format!("attaching to {dev} with IFF_VNET_HDR")))
-        .collect::<Result<Vec<_>>>()?;
-    tuns[0].set_offload(OFFLOAD_TSO4_CSUM).context("TUNSETOFFLOAD TSO4|CSUM")?;
-    for sock in socks {
-        sock.probe_gso().context("UDP_SEGMENT")?;
-        if let Err(e) = sock.enable_gro() {
-            let _ = tuns[0].set_offload(0);
-            return Err(anyhow::Error::from(e).context("UDP_GRO"));
-        }
+fn open_offload(dev: &str, sock: &UdpSock) -> Result<TunFd> {
+    let tun = TunFd::open(dev, true).with_context(|| format!("attaching to {dev} with IFF_VNET_HDR"))?;
+    tun.set_offload(OFFLOAD_TSO4_CSUM).context("TUNSETOFFLOAD TSO4|CSUM")?;
+    sock.probe_gso().context("UDP_SEGMENT")?;
+    if let Err(e) = sock.enable_gro() {
+        let _ = tun.set_offload(0);
+        return Err(anyhow::Error::from(e).context("UDP_GRO"));
     }
-    Ok(tuns)
+    Ok(tun)
 }

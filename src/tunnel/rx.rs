@@ -7,7 +7,7 @@ use std::io;
 
 use anyhow::{Context, Result};
 
-use super::{Queue, Shared};
+use super::Shared;
 use super::coalesce::{Coalescer, Emit};
 use super::packet::{Invalid, validate_ipv4};
 use super::stats::{RxCounters, add};
@@ -23,25 +23,24 @@ const PLAIN_BATCH: (usize, usize) = (64, 16384);
 /// The UDP → TUN direction's buffers; `pump` moves one batch.
 pub struct Rx<'a> {
     sh: &'a Shared,
-    q: &'a Queue,
     batch: RecvBatch,
     coalescer: Option<Coalescer>,
 }
 
 impl<'a> Rx<'a> {
-    pub fn new(sh: &'a Shared, q: &'a Queue) -> Self {
+    pub fn new(sh: &'a Shared) -> Self {
         let (cap, size) = if sh.offload { OFFLOAD_BATCH } else { PLAIN_BATCH };
-        Rx { sh, q, batch: RecvBatch::new(cap, size), coalescer: if sh.offload { Some(Coalescer::new()) } else { None } }
+        Rx { sh, batch: RecvBatch::new(cap, size), coalescer: if sh.offload { Some(Coalescer::new()) } else { None } }
     }
 
     /// Receive one batch of datagrams and write their packets into the TUN.
     /// Ok(false) when no datagram was waiting.
     pub fn pump(&mut self) -> Result<bool> {
-        let Rx { sh, q, batch, coalescer } = self;
-        let (sh, q): (&Shared, &Queue) = (sh, q);
+        let Rx { sh, batch, coalescer } = self;
+        let sh: &Shared = sh;
         let c = &sh.counters.rx;
-        let mut emit = |e: Emit<'_>| write_tun(&q.tun, c, e);
-        let n = match batch.recv(&q.sock) {
+        let mut emit = |e: Emit<'_>| write_tun(&sh.tun, c, e);
+        let n = match batch.recv(&sh.sock) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             // Errors queued by ICMP (e.g. ECONNREFUSED) surface here on some kernels

@@ -95,17 +95,10 @@ pub struct Syscalls {
     pub tun_writes: u64,
 }
 
-fn one() -> usize {
-    1
-}
-
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     /// Which data path runs: "offload: TSO+UDP GSO/GRO" or "plain".
     pub datapath: String,
-    /// Forwarding threads, each with its own TUN queue and socket.
-    #[serde(default = "one")]
-    pub queues: usize,
     pub tun_to_udp: Direction,
     pub udp_to_tun: Direction,
     pub drops: Drops,
@@ -113,11 +106,10 @@ pub struct Stats {
 }
 
 impl Counters {
-    pub fn snapshot(&self, datapath: &str, queues: usize) -> Stats {
+    pub fn snapshot(&self, datapath: &str) -> Stats {
         let (t, r) = (&self.tx, &self.rx);
         Stats {
             datapath: datapath.to_string(),
-            queues,
             tun_to_udp: Direction { packets: t.packets.load(Relaxed), bytes: t.bytes.load(Relaxed) },
             udp_to_tun: Direction { packets: r.packets.load(Relaxed), bytes: r.bytes.load(Relaxed) },
             drops: Drops {
@@ -169,7 +161,7 @@ mod tests {
         let c = Counters::default();
         add(&c.tx.packets, 3);
         add(&c.rx.spoofed_source, 2);
-        let s = c.snapshot(DATAPATH_PLAIN, 1);
+        let s = c.snapshot(DATAPATH_PLAIN);
         let dir = std::env::temp_dir().join(format!("tunnel-stats-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let p = dir.join("stats.json");

@@ -8,7 +8,7 @@ use std::net::SocketAddrV4;
 
 use anyhow::{Context, Result};
 
-use super::{Queue, Shared};
+use super::Shared;
 use super::segment::{self, Segments};
 use super::stats::add;
 use super::vnet::{self, VnetHdr};
@@ -29,7 +29,6 @@ const GSO_MAX_SEGS: usize = 64;
 /// The TUN → UDP direction's buffers; `pump` moves one batch.
 pub struct Tx<'a> {
     sh: &'a Shared,
-    q: &'a Queue,
     rbuf: Vec<u8>,
     sbuf: Vec<u8>,
     items: Vec<SendItem>,
@@ -37,10 +36,9 @@ pub struct Tx<'a> {
 }
 
 impl<'a> Tx<'a> {
-    pub fn new(sh: &'a Shared, q: &'a Queue) -> Self {
+    pub fn new(sh: &'a Shared) -> Self {
         Tx {
             sh,
-            q,
             rbuf: vec![0u8; if sh.offload { RBUF } else { 0 }],
             sbuf: vec![0u8; SBUF],
             items: Vec::with_capacity(MAX_ITEMS),
@@ -51,15 +49,15 @@ impl<'a> Tx<'a> {
     /// Read the TUN until it runs dry or the send buffer fills, then send the batch.
     /// Ok(false) when there was nothing to read.
     pub fn pump(&mut self) -> Result<bool> {
-        let Tx { sh, q, rbuf, sbuf, items, batch } = self;
-        let (sh, q): (&Shared, &Queue) = (sh, q);
+        let Tx { sh, rbuf, sbuf, items, batch } = self;
+        let sh: &Shared = sh;
         let c = &sh.counters.tx;
         let pre = sh.wire.prefix();
         items.clear();
         let mut used = 0;
         let mut idle = true;
         while items.len() + 2 <= MAX_ITEMS && SBUF - used >= SBUF_RESERVE {
-            let res = if sh.offload { q.tun.read(rbuf) } else { q.tun.read(&mut sbuf[used + pre.len()..]) };
+            let res = if sh.offload { sh.tun.read(rbuf) } else { sh.tun.read(&mut sbuf[used + pre.len()..]) };
             let n = match res {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -75,7 +73,7 @@ impl<'a> Tx<'a> {
             }
         }
         if !idle {
-            send_all(sh, q, sbuf, items, batch);
+            send_all(sh, sbuf, items, batch);
         }
         Ok(!idle)
     }
@@ -87,7 +85,7 @@ fn stage_plain(sh: &Shared, dgram: &mut [u8], at: usize, items: &mut Vec<SendIte
     let pre = sh.wire.prefix();
     let Some(peer) = route(sh, &dgram[pre.len()..], 1) else { return 0 };
     dgram[..pre.len()].copy_from_slice(pre);
-    items.push(SendItem { dst: sh.peers.addr(peer), start: at, len: dgram.len(), gso_size: 0, flow: 0 });
+    items.push(SendItem { dst: sh.peers.addr(peer), start: at, len: dgram.len(), gso_size: 0 });
     dgram.len()
 }
 
@@ -127,7 +125,7 @@ fn stage_offload(sh: &Shared, frame: &mut [u8], out: &mut [u8], at: usize, items
             let len = pre.len() + pkt.len();
             out[..pre.len()].copy_from_slice(pre);
             out[pre.len()..len].copy_from_slice(pkt);
-            items.push(SendItem { dst: sh.peers.addr(peer), start: at, len, gso_size: 0, flow: 0 });
+            items.push(SendItem { dst: sh.peers.addr(peer), start: at, len, gso_size: 0 });
             len
         }
         vnet::GSO_TCPV4 => {
@@ -143,13 +141,10 @@ fn stage_offload(sh: &Shared, frame: &mut [u8], out: &mut [u8], at: usize, items
             };
             let dst = sh.peers.addr(peer);
             if count == 1 {
-                items.push(SendItem { dst, start: at, len: total, gso_size: 0, flow: 0 });
+                items.push(SendItem { dst, start: at, len: total, gso_size: 0 });
                 return total;
             }
-            // With several receiving threads, a train must not mix flows: the receiver's
-            // steering looks at the first datagram only (steer.rs).
-            let flow = if sh.queues.len() > 1 { flow_key(pkt) } else { 0 };
-            push_train(items, dst, at, total, seg_len, flow);
+            push_train(items, dst, at, total, seg_len);
             total
         }
         _ => {
@@ -166,11 +161,10 @@ fn stage_offload(sh: &Shared, frame: &mut [u8], out: &mut [u8], at: usize, items
 /// goes to the same peer with the same datagram size and has no short tail: a 64 KB TSO
 /// packet is ~46 datagrams but a train holds at most ~44, so cutting trains per
 /// super-packet would send a 2-datagram train after every full one.
-fn push_train(items: &mut Vec<SendItem>, dst: SocketAddrV4, at: usize, total: usize, seg_len: usize, flow: u64) {
+fn push_train(items: &mut Vec<SendItem>, dst: SocketAddrV4, at: usize, total: usize, seg_len: usize) {
     let max = (GSO_MAX_BYTES / seg_len).clamp(1, GSO_MAX_SEGS) * seg_len;
     let mut off = 0;
     if let Some(last) = items.last_mut()
-        && last.flow == flow
         && last.dst == dst
         && last.gso_size as usize == seg_len
         && last.start + last.len == at
@@ -182,17 +176,9 @@ fn push_train(items: &mut Vec<SendItem>, dst: SocketAddrV4, at: usize, total: us
     }
     while off < total {
         let len = max.min(total - off);
-        items.push(SendItem { dst, start: at + off, len, gso_size: seg_len as u16, flow });
+        items.push(SendItem { dst, start: at + off, len, gso_size: seg_len as u16 });
         off += len;
     }
-}
-
-/// An IPv4 TCP packet's addresses and ports, packed: which flow it belongs to.
-fn flow_key(pkt: &[u8]) -> u64 {
-    let ihl = ((pkt[0] & 0x0f) as usize) * 4;
-    let word = |b: &[u8]| b.iter().fold(0u64, |v, &c| v << 8 | c as u64);
-    let ports = pkt.get(ihl..ihl + 4).map_or(0, word);
-    (word(&pkt[12..16]) ^ word(&pkt[16..20]).rotate_left(32)) ^ ports << 16
 }
 
 /// Inner packets carried by one send item.
@@ -201,11 +187,11 @@ fn packets_in(it: &SendItem) -> u64 {
 }
 
 /// sendmmsg every item; a failing item is counted and skipped, the rest still go out.
-fn send_all(sh: &Shared, q: &Queue, sbuf: &[u8], items: &[SendItem], batch: &mut SendBatch) {
+fn send_all(sh: &Shared, sbuf: &[u8], items: &[SendItem], batch: &mut SendBatch) {
     let c = &sh.counters.tx;
     let mut i = 0;
     while i < items.len() {
-        match batch.send(&q.sock, sbuf, &items[i..]) {
+        match batch.send(&sh.sock, sbuf, &items[i..]) {
             Ok(k) => {
                 add(&c.udp_sends, 1);
                 let pre = sh.wire.prefix().len() as u64;
@@ -243,47 +229,20 @@ mod tests {
         let b = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 30), 9000);
         let seg = 1472; // 44 per train
         let mut items = Vec::new();
-        push_train(&mut items, a, 0, 46 * seg, seg, 0);
+        push_train(&mut items, a, 0, 46 * seg, seg);
         assert_eq!(trains(&items), vec![(0, 44 * seg), (44 * seg, 2 * seg)]);
         // The next super-packet to the same peer fills the 2-datagram train first.
-        push_train(&mut items, a, 46 * seg, 46 * seg, seg, 0);
+        push_train(&mut items, a, 46 * seg, 46 * seg, seg);
         assert_eq!(trains(&items), vec![(0, 44 * seg), (44 * seg, 44 * seg), (88 * seg, 4 * seg)]);
         // A short tail ends the train; so does another peer or another size.
-        push_train(&mut items, a, 92 * seg, 3 * seg - 100, seg, 0);
+        push_train(&mut items, a, 92 * seg, 3 * seg - 100, seg);
         assert_eq!(items.len(), 3);
         let end = 95 * seg - 100;
-        push_train(&mut items, a, end, 2 * seg, seg, 0);
+        push_train(&mut items, a, end, 2 * seg, seg);
         assert_eq!(items.len(), 4);
-        push_train(&mut items, b, end + 2 * seg, 2 * seg, seg, 0);
-        push_train(&mut items, b, end + 4 * seg, 2 * 1000, 1000, 0);
+        push_train(&mut items, b, end + 2 * seg, 2 * seg, seg);
+        push_train(&mut items, b, end + 4 * seg, 2 * 1000, 1000);
         assert_eq!(items.len(), 6);
         assert!(items.iter().all(|i| i.len <= GSO_MAX_BYTES && i.len.div_ceil(i.gso_size as usize) <= GSO_MAX_SEGS));
-    }
-
-    #[test]
-    fn trains_do_not_mix_flows() {
-        let a = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 20), 9000);
-        let seg = 1472;
-        let mut items = Vec::new();
-        push_train(&mut items, a, 0, 2 * seg, seg, 7);
-        push_train(&mut items, a, 2 * seg, 2 * seg, seg, 8);
-        assert_eq!(trains(&items), vec![(0, 2 * seg), (2 * seg, 2 * seg)]);
-        push_train(&mut items, a, 4 * seg, 2 * seg, seg, 8);
-        assert_eq!(trains(&items), vec![(0, 2 * seg), (2 * seg, 4 * seg)]);
-    }
-
-    #[test]
-    fn flow_key_tells_flows_apart() {
-        let mut p = [0u8; 40];
-        p[0] = 0x45;
-        p[12..16].copy_from_slice(&[172, 16, 0, 2]);
-        p[16..20].copy_from_slice(&[172, 16, 1, 2]);
-        p[20..24].copy_from_slice(&[0x9c, 0x40, 0x14, 0x51]);
-        let k = flow_key(&p);
-        p[21] = 0x41;
-        assert_ne!(flow_key(&p), k);
-        p[21] = 0x40;
-        p[30] = 0xff; // payload and sequence numbers do not matter
-        assert_eq!(flow_key(&p), k);
     }
 }
