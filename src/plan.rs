@@ -121,11 +121,16 @@ impl Step {
         match self {
             Step::AddNetns { name } => Some(format!("ip netns del {name}")),
             Step::AddVeth { name, .. } | Step::AddBridge { name } | Step::AddVxlan { name, .. } => Some(format!("ip link del {name}")),
-            Step::AddTun { name } => Some(format!("ip tuntap del dev {name} mode tun")),
+            // `ip link del`, not `ip tuntap del`: the latter attaches to the device and fails
+            // while the tunnel that was just signalled still holds it.
+            Step::AddTun { name } => Some(format!("ip link del {name}")),
             Step::AddRoute { netns: None, dev, .. } if !created_links.contains(&dev.as_str()) => {
                 Some(self.command().replacen("route add", "route del", 1))
             }
-            Step::StartTunnel { dev, .. } => Some(format!("pkill -f 'cnet tunnel --dev {dev} '")),
+            // Wait for it to go: it restores tun0's offload flags on the way out.
+            Step::StartTunnel { dev, .. } => Some(format!(
+                "pkill -f 'cnet tunnel --dev {dev} ' && while pgrep -f 'cnet tunnel --dev {dev} ' > /dev/null; do sleep 0.05; done"
+            )),
             Step::Sysctl { key, .. } => Some(format!("# set {key} back to its old value if it matters")),
             Step::SetMaster { .. } | Step::SetMtu { .. } | Step::AddAddr { .. } | Step::LinkUp { .. }
             | Step::AddRoute { .. } | Step::AddFdb { .. } => None,
