@@ -74,7 +74,7 @@ pub async fn apply(nl: &Netlink, index: usize, step: &Step, stage: &str) -> Resu
             nl.mark(name, &tag).await?;
         }
         Step::AddVxlan { name, vni, local, underlay, port } => nl.add_vxlan(name, *vni, *local, underlay, *port, &tag).await?,
-        Step::SetMaster { dev, master } => nl.set_master(dev, master).await?,
+        Step::SetMaster { dev, master, addrgen_none } => nl.set_master(dev, master, *addrgen_none).await?,
         Step::SetMtu { dev, mtu } => nl.set_mtu(dev, *mtu).await?,
         Step::AddAddr { netns, dev, addr } => nl.add_addr(netns.as_deref(), dev, *addr).await?,
         Step::LinkUp { netns, dev, addrgen_none } => nl.link_up(netns.as_deref(), dev, *addrgen_none).await?,

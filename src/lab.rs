@@ -178,7 +178,7 @@ fn create_node(index: u32, hostname: &str, state: &mut LabState) -> Result<()> {
 async fn cable(switch: &Netlink, index: u32, ip: Ipv4Net) -> Result<()> {
     let port = format!("node{index}");
     switch.add_veth(&port, UNDERLAY_DEV, &format!("node{index}/net"), LAB_ALIAS).await?;
-    switch.set_master(&port, SWITCH_BRIDGE).await?;
+    switch.set_master(&port, SWITCH_BRIDGE, false).await?;
     switch.link_up(None, &port, false).await?;
     let node = Netlink::at(&node_ns(index).net, &lab_dir())?;
     node.link_up(None, "lo", false).await?;

@@ -233,11 +233,15 @@ impl Netlink {
         self.node.link().set(msg).execute().await.map_err(|e| link_error(e, name))
     }
 
-    /// `ip link set DEV master MASTER addrgenmode none` (DEV is still down: see
-    /// plan::NO_LINK_LOCAL for why ports get no IPv6 link-local address).
-    pub async fn set_master(&self, dev: &str, master: &str) -> Result<()> {
+    /// `ip link set DEV master MASTER [addrgenmode none]` (see plan::NO_LINK_LOCAL for why
+    /// ports get no IPv6 link-local address).
+    pub async fn set_master(&self, dev: &str, master: &str, addrgen_none: bool) -> Result<()> {
         let m = self.link_index(None, master).await?;
-        let msg = self.set_link(None, dev).controller(m).append_extra_attribute(no_link_local()).build();
+        let mut msg = self.set_link(None, dev).controller(m);
+        if addrgen_none {
+            msg = msg.append_extra_attribute(no_link_local());
+        }
+        let msg = msg.build();
         self.node.link().set(msg).execute().await.map_err(|e| link_error(e, dev))
     }
 
@@ -245,8 +249,10 @@ impl Netlink {
         self.node.link().set(self.set_link(None, dev).mtu(mtu).build()).execute().await.map_err(|e| link_error(e, dev))
     }
 
-    /// `ip link set DEV up [addrgenmode none]`: one request; the kernel applies the address
-    /// generation mode before bringing the link up, so no link-local address ever exists.
+    /// `ip link set DEV up [addrgenmode none]`, one request. The kernel raises the link
+    /// first and applies the mode after: that is early enough only while IPv6 has not
+    /// started on the link, i.e. while it has no carrier (a veth whose peer is still down).
+    /// Seen here: a veth raised after its peer got its fe80 address anyway.
     pub async fn link_up(&self, netns: Option<&str>, dev: &str, addrgen_none: bool) -> Result<()> {
         let h = self.handle(netns)?;
         let mut msg = self.set_link(netns, dev).up();

@@ -24,12 +24,13 @@ pub enum Step {
     /// A persistent TUN device, attached to later by the tunnel process.
     AddTun { name: String },
     AddVxlan { name: String, vni: u32, local: Ipv4Addr, underlay: String, port: u16 },
-    /// Also sets `addrgenmode none` on the port (it is still down): see `no_link_local`.
-    SetMaster { dev: String, master: String },
+    /// `addrgen_none`: in the same request, no IPv6 link-local address for the port (see
+    /// NO_LINK_LOCAL).
+    SetMaster { dev: String, master: String, addrgen_none: bool },
     SetMtu { dev: String, mtu: u32 },
     AddAddr { netns: Netns, dev: String, addr: Ipv4Net },
     /// `addrgen_none`: in the same request, no IPv6 link-local address for this link (see
-    /// `no_link_local`).
+    /// NO_LINK_LOCAL).
     LinkUp { netns: Netns, dev: String, addrgen_none: bool },
     /// `dst: None` is the default route.
     AddRoute { netns: Netns, dst: Option<Ipv4Net>, via: Option<Ipv4Addr>, dev: String, onlink: bool },
@@ -55,11 +56,19 @@ pub struct NodePlan {
     pub steps: Vec<PlannedStep>,
 }
 
-/// Why cnet's veth ends get `addrgenmode none` (no IPv6 link-local address): the talk is
-/// IPv4-only, and at link-up each link-local address makes its owner multicast DAD and MLD
-/// packets that br0 floods to every port, work quadratic in the number of containers (at
-/// 1000 containers it was a third of the build's CPU and doubled `up`'s bridge phase).
+/// Why the veth ends on a bridge (stages 2-4) get `addrgenmode none` (no IPv6 link-local
+/// address): the talk is IPv4-only, and at link-up each link-local address makes its owner
+/// multicast DAD and MLD packets that br0 floods to every port, work quadratic in the number
+/// of containers (at 1000 containers it was a third of the build's CPU and doubled `up`'s
+/// bridge phase).
 const NO_LINK_LOCAL: &str = " (addrgenmode none: no IPv6 link-local address, whose DAD and MLD multicasts the bridge would flood to every port; the talk is IPv4-only)";
+
+/// Whether this kernel has IPv6 (not booted with ipv6.disable=1, module present): the
+/// sysctl tree exists exactly then. Asked once per process.
+fn ipv6_available() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| std::path::Path::new("/proc/sys/net/ipv6").exists())
+}
 
 fn ns_prefix(netns: &Netns) -> String {
     match netns {
@@ -81,7 +90,9 @@ impl Step {
             Step::AddVxlan { name, vni, local, underlay, port } => format!(
                 "ip link add {name} type vxlan id {vni} local {local} dev {underlay} dstport {port} nolearning"
             ),
-            Step::SetMaster { dev, master } => format!("ip link set {dev} master {master} addrgenmode none"),
+            Step::SetMaster { dev, master, addrgen_none } => {
+                format!("ip link set {dev} master {master}{}", if *addrgen_none { " addrgenmode none" } else { "" })
+            }
             Step::SetMtu { dev, mtu } => format!("ip link set {dev} mtu {mtu}"),
             Step::AddAddr { netns, dev, addr } => format!("ip {}addr add {addr} dev {dev}", ns_prefix(netns)),
             Step::LinkUp { netns, dev, addrgen_none } => {
@@ -163,9 +174,17 @@ impl Step {
 
 struct Builder {
     steps: Vec<PlannedStep>,
+    /// Bring veth ends up with `addrgenmode none` (only where the kernel has IPv6: without
+    /// it the kernel refuses the attribute, and there is no link-local address to avoid).
+    no_link_local: bool,
 }
 
 impl Builder {
+    /// The suffix for a step's explanation when it sets `addrgenmode none`.
+    fn no_ll_why(&self) -> &'static str {
+        if self.no_link_local { NO_LINK_LOCAL } else { "" }
+    }
+
     fn push(&mut self, step: Step, why: impl Into<String>) {
         let command = step.command();
         self.steps.push(PlannedStep { step, why: why.into(), command });
@@ -175,7 +194,11 @@ impl Builder {
 /// The steps that build node `node` of `topo`. `underlay` is the node's underlay device
 /// (`enp0s8` in the lab); other nodes are reached at their `ip` in `topo`.
 pub fn node_plan(topo: &Topology, node: &Node, underlay: &str) -> NodePlan {
-    let mut b = Builder { steps: Vec::new() };
+    plan_with(topo, node, underlay, ipv6_available())
+}
+
+fn plan_with(topo: &Topology, node: &Node, underlay: &str, no_link_local: bool) -> NodePlan {
+    let mut b = Builder { steps: Vec::new(), no_link_local };
     match topo.stage() {
         Stage::Namespace => namespace_steps(&mut b, node),
         stage => {
@@ -199,8 +222,10 @@ fn namespace_steps(b: &mut Builder, node: &Node) {
             c.host_veth, c.veth, c.veth, c.name));
     b.push(Step::AddAddr { netns: con.clone(), dev: c.veth.clone(), addr: c.addr },
         format!("Give {} the address {} (a /32: the talk gives no prefix).", c.veth, c.addr.addr));
-    b.push(Step::LinkUp { netns: con.clone(), dev: c.veth.clone(), addrgen_none: true }, format!("Bring {} up inside '{}'{}.", c.veth, c.name, NO_LINK_LOCAL));
-    b.push(Step::LinkUp { netns: None, dev: c.host_veth.clone(), addrgen_none: true }, format!("Bring {} up on the node{}.", c.host_veth, NO_LINK_LOCAL));
+    // No `addrgenmode none` in stage 1: there is no bridge to flood anything, and on the
+    // node's end it would come too late (its peer is up, so IPv6 starts at once).
+    b.push(Step::LinkUp { netns: con.clone(), dev: c.veth.clone(), addrgen_none: false }, format!("Bring {} up inside '{}'.", c.veth, c.name));
+    b.push(Step::LinkUp { netns: None, dev: c.host_veth.clone(), addrgen_none: false }, format!("Bring {} up on the node.", c.host_veth));
     b.push(Step::LinkUp { netns: con.clone(), dev: "lo".into(), addrgen_none: false }, format!("Bring lo up inside '{}'.", c.name));
     b.push(Step::AddRoute { netns: None, dst: Some(c.addr), via: None, dev: c.host_veth.clone(), onlink: false },
         format!("On the node: a directly connected route to the container, {} dev {}.", c.addr, c.host_veth));
@@ -224,12 +249,16 @@ fn bridge_steps(b: &mut Builder, node: &Node) {
             format!("Give '{}' the address {} on {}.", c.name, c.addr, c.veth));
     }
     for c in &node.containers {
-        b.push(Step::LinkUp { netns: Some(c.name.clone()), dev: c.veth.clone(), addrgen_none: true }, format!("Bring {} up inside '{}'{}.", c.veth, c.name, NO_LINK_LOCAL));
+        // In the same request as "up", and that is early enough only because the peer is
+        // still down: IPv6 waits for the carrier, which comes when the node end is raised.
+        let (no_ll, why) = (b.no_link_local, b.no_ll_why());
+        b.push(Step::LinkUp { netns: Some(c.name.clone()), dev: c.veth.clone(), addrgen_none: no_ll }, format!("Bring {} up inside '{}'{why}.", c.veth, c.name));
     }
     b.push(Step::AddBridge { name: "br0".into() },
         "Create the bridge br0: a virtual Ethernet switch in the kernel (Docker's docker0).");
     for c in &node.containers {
-        b.push(Step::SetMaster { dev: c.host_veth.clone(), master: "br0".into() }, format!("Plug {} into br0{}.", c.host_veth, NO_LINK_LOCAL));
+        let (no_ll, why) = (b.no_link_local, b.no_ll_why());
+        b.push(Step::SetMaster { dev: c.host_veth.clone(), master: "br0".into(), addrgen_none: no_ll }, format!("Plug {} into br0{why}.", c.host_veth));
     }
     b.push(Step::AddAddr { netns: None, dev: "br0".into(), addr: bridge },
         format!("Give br0 the address {bridge}: the node can now reach its containers (this installs the connected route {} dev br0).", bridge.trunc()));
@@ -332,8 +361,8 @@ mod tests {
             "ip netns add con",
             "ip link add veth1 type veth peer name veth2 netns con",
             "ip -n con addr add 172.16.0.1/32 dev veth2",
-            "ip -n con link set veth2 up addrgenmode none",
-            "ip link set veth1 up addrgenmode none",
+            "ip -n con link set veth2 up",
+            "ip link set veth1 up",
             "ip -n con link set lo up",
             "ip route add 172.16.0.1/32 dev veth1",
             "ip -n con route add default via 172.16.0.1 dev veth2",
@@ -367,6 +396,15 @@ mod tests {
             "ip -n con2 route add default via 172.16.0.1 dev veth21",
         ]);
         assert!(p.steps[8].why.contains("switch"));
+    }
+
+    #[test]
+    fn without_ipv6_no_addrgenmode_is_sent_or_printed() {
+        let t = Topology::new(Options::new(Stage::SingleNode)).unwrap();
+        let p = plan_with(&t, t.node(1).unwrap(), UNDERLAY_DEV, false);
+        assert!(p.steps.iter().all(|s| !s.command.contains("addrgenmode") && !s.why.contains("addrgenmode")));
+        assert!(p.steps.iter().all(|s| !matches!(s.step, Step::LinkUp { addrgen_none: true, .. } | Step::SetMaster { addrgen_none: true, .. })));
+        assert!(commands(&p).contains(&"ip link set veth10 master br0".to_string()));
     }
 
     #[test]

@@ -147,7 +147,7 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
             Step::AddVeth { name, .. } | Step::AddBridge { name } | Step::AddTun { name } | Step::AddVxlan { name, .. } => {
                 Some(node_snap.link(name).is_some())
             }
-            Step::SetMaster { dev, master } => Some(node_snap.link(dev).and_then(|l| l.master.as_deref()) == Some(master)),
+            Step::SetMaster { dev, master, .. } => Some(node_snap.link(dev).and_then(|l| l.master.as_deref()) == Some(master)),
             Step::SetMtu { dev, mtu } => Some(node_snap.link(dev).and_then(|l| l.mtu) == Some(*mtu)),
             Step::AddAddr { netns, dev, addr } => Some(snap(netns).and_then(|s| s.link(dev)).is_some_and(|l| l.addrs.contains(addr))),
             Step::LinkUp { netns, dev, .. } => Some(snap(netns).and_then(|s| s.link(dev)).is_some_and(|l| l.up)),
