@@ -113,6 +113,10 @@ pub fn create_persistent_tun(name: &str) -> Result<()> {
 /// Must be called before any other thread exists that could take those signals.
 pub fn run(cfg: &TunnelConfig) -> Result<()> {
     let peers = PeerTable::new(&cfg.peers)?;
+    // Block the signals before spawning so the worker inherits the mask and only this
+    // thread ever sees SIGTERM/SIGINT; and before the offloads are switched on, so that a
+    // failure here cannot leave them on.
+    let signals = TermSignals::block().context("blocking SIGTERM/SIGINT")?;
     let sock = UdpSock::bind(cfg.local).with_context(|| format!("binding UDP {}", cfg.local))?;
     sock.set_buffers(SOCKET_BUFFER);
     // Never emit fragmented outer datagrams: DF on, oversize sends fail locally.
@@ -122,9 +126,6 @@ pub fn run(cfg: &TunnelConfig) -> Result<()> {
     tracing::info!(dev = %cfg.dev, local = %cfg.local, peers = cfg.peers.len(), datapath, wire = ?cfg.wire, "tunnel running");
 
     let sh = Shared { tun, sock, peers, offload, wire: cfg.wire, counters: Counters::default(), stop: AtomicBool::new(false) };
-    // Block the signals before spawning so the workers inherit the mask and only
-    // this thread ever sees SIGTERM/SIGINT.
-    let signals = TermSignals::block().context("blocking SIGTERM/SIGINT")?;
     let result = thread::scope(|s| supervise(s, &sh, &signals, cfg.stats_path.as_deref(), datapath));
 
     if offload {

@@ -1,4 +1,4 @@
-//! UDP → TUN forwarding loop (one thread). recvmmsg fetches a batch of datagrams (with
+//! UDP → TUN direction, one batch per `Rx::pump` (driven by forward.rs). recvmmsg fetches a batch of datagrams (with
 //! UDP GRO, each may hold many same-size datagrams back to back); each inner packet is
 //! checked (known peer, valid IPv4, source inside that peer's subnets) before the TUN
 //! sees it. On the offload path consecutive TCP segments are merged into super-packets.

@@ -1,4 +1,4 @@
-//! TUN → UDP forwarding loop (one thread). Reads packets from the TUN until it runs dry or
+//! TUN → UDP direction, one batch per `Tx::pump` (driven by forward.rs). Reads packets from the TUN until it runs dry or
 //! the send buffer fills, then ships the whole batch with one sendmmsg. On the offload
 //! path each read may be a 64 KB TCP super-packet, cut into MTU-sized inner packets and
 //! sent as UDP GSO trains (one sendmmsg entry carries up to 64 datagrams).
