@@ -133,15 +133,18 @@ impl Step {
             Step::AddNetns { name } => Some(format!("ip netns del {name}")),
             Step::AddVeth { name, .. } | Step::AddBridge { name } | Step::AddVxlan { name, .. } => Some(format!("ip link del {name}")),
             // `ip link del`, not `ip tuntap del`: the latter attaches to the device and fails
-            // while the tunnel that was just signalled still holds it.
+            // (busy) while a tunnel still holds it.
             Step::AddTun { name } => Some(format!("ip link del {name}")),
             Step::AddRoute { netns: None, dev, .. } if !created_links.contains(&dev.as_str()) => {
                 Some(self.command().replacen("route add", "route del", 1))
             }
-            // Wait for it to go: it restores tun0's offload flags on the way out.
-            Step::StartTunnel { dev, .. } => Some(format!(
-                "pkill -f 'cnet tunnel --dev {dev} ' && while pgrep -f 'cnet tunnel --dev {dev} ' > /dev/null; do sleep 0.05; done"
-            )),
+            // This node's tunnel only (nodes may share a PID namespace), never the shell running
+            // the script ("[c]net" does not match its own text), and wait up to 2 s for it to
+            // go so that nothing is left running when the script ends.
+            Step::StartTunnel { dev, local, .. } => {
+                let pat = format!("[c]net tunnel --dev {dev} --local {local} ");
+                Some(format!("pkill -f '{pat}' && for i in $(seq 40); do pgrep -f '{pat}' > /dev/null || break; sleep 0.05; done"))
+            }
             Step::Sysctl { key, .. } => Some(format!("# set {key} back to its old value if it matters")),
             Step::SetMaster { .. } | Step::SetMtu { .. } | Step::AddAddr { .. } | Step::LinkUp { .. }
             | Step::AddRoute { .. } | Step::AddFdb { .. } => None,
@@ -194,10 +197,12 @@ impl Builder {
 /// The steps that build node `node` of `topo`. `underlay` is the node's underlay device
 /// (`enp0s8` in the lab); other nodes are reached at their `ip` in `topo`.
 pub fn node_plan(topo: &Topology, node: &Node, underlay: &str) -> NodePlan {
-    plan_with(topo, node, underlay, ipv6_available())
+    node_plan_with(topo, node, underlay, ipv6_available())
 }
 
-fn plan_with(topo: &Topology, node: &Node, underlay: &str, no_link_local: bool) -> NodePlan {
+/// The same, saying whether to give bridged veth ends `addrgenmode none` (this machine's
+/// answer is `node_plan`'s; a script for another machine decides when it runs).
+pub fn node_plan_with(topo: &Topology, node: &Node, underlay: &str, no_link_local: bool) -> NodePlan {
     let mut b = Builder { steps: Vec::new(), no_link_local };
     match topo.stage() {
         Stage::Namespace => namespace_steps(&mut b, node),
@@ -346,9 +351,10 @@ mod tests {
     use super::*;
     use crate::topology::{Options, Stage, UNDERLAY_DEV};
 
+    /// As on a kernel with IPv6, whatever the build machine has.
     fn plan(stage: Stage, node: u32) -> NodePlan {
         let t = Topology::new(Options::new(stage)).unwrap();
-        node_plan(&t, t.node(node).unwrap(), UNDERLAY_DEV)
+        node_plan_with(&t, t.node(node).unwrap(), UNDERLAY_DEV, true)
     }
     fn commands(p: &NodePlan) -> Vec<String> {
         p.steps.iter().map(|s| s.command.clone()).collect()
@@ -401,10 +407,37 @@ mod tests {
     #[test]
     fn without_ipv6_no_addrgenmode_is_sent_or_printed() {
         let t = Topology::new(Options::new(Stage::SingleNode)).unwrap();
-        let p = plan_with(&t, t.node(1).unwrap(), UNDERLAY_DEV, false);
+        let p = node_plan_with(&t, t.node(1).unwrap(), UNDERLAY_DEV, false);
         assert!(p.steps.iter().all(|s| !s.command.contains("addrgenmode") && !s.why.contains("addrgenmode")));
         assert!(p.steps.iter().all(|s| !matches!(s.step, Step::LinkUp { addrgen_none: true, .. } | Step::SetMaster { addrgen_none: true, .. })));
         assert!(commands(&p).contains(&"ip link set veth10 master br0".to_string()));
+    }
+
+    /// `addrgenmode none` rides on "up" and is in time only while the peer is still down:
+    /// every container end must be raised before its node end, and every port must get the
+    /// mode (with "master") before it is raised.
+    #[test]
+    fn link_local_is_switched_off_before_any_carrier() {
+        use crate::topology::Backend;
+        for (stage, backend) in [(Stage::SingleNode, Backend::Udp), (Stage::MultiNode, Backend::Udp), (Stage::Overlay, Backend::Udp), (Stage::Overlay, Backend::Vxlan)] {
+            let mut o = Options::new(stage);
+            o.containers = 5;
+            o.backend = backend;
+            let t = Topology::new(o).unwrap();
+            for node in &t.nodes {
+                let steps: Vec<Step> = node_plan_with(&t, node, UNDERLAY_DEV, true).steps.into_iter().map(|s| s.step).collect();
+                let up_at = |ns: Option<&str>, dev: &str| {
+                    steps.iter().position(|s| matches!(s, Step::LinkUp { netns, dev: d, .. } if netns.as_deref() == ns && d == dev)).unwrap()
+                };
+                for c in &node.containers {
+                    let con_up = up_at(Some(&c.name), &c.veth);
+                    assert!(matches!(steps[con_up], Step::LinkUp { addrgen_none: true, .. }), "{stage:?} {}", c.veth);
+                    assert!(con_up < up_at(None, &c.host_veth), "{stage:?}: {} raised after its peer", c.veth);
+                    let master = steps.iter().position(|s| matches!(s, Step::SetMaster { dev, addrgen_none: true, .. } if *dev == c.host_veth)).unwrap();
+                    assert!(master < up_at(None, &c.host_veth), "{stage:?}: {} raised before its mode was set", c.host_veth);
+                }
+            }
+        }
     }
 
     #[test]

@@ -100,7 +100,7 @@ vm() {  # vm INDEX OTHER: one VM's whole session
       cnet down > $T/down.'$1' 2>&1
     fi
     { ip -o link show | awk -F": " "{print \$2}" | cut -d@ -f1 | grep -vxE "lo|enp0s8" || true; ls /run/netns; ls -A /run/cnet;
-      for p in /proc/[0-9]*; do tr "\0" " " < $p/cmdline 2>/dev/null | grep "^$CNET tunnel" || true; done; } > $T/left.'$1'
+      for p in /proc/[0-9]*; do [ "$(readlink $p/ns/net)" = "$(readlink /proc/self/ns/net)" ] || continue; tr "\0" " " < $p/cmdline 2>/dev/null | grep -E "^([^ ]*/)?(cnet|exe) tunnel " || true; done; } > $T/left.'$1'
   '
 }
 ip netns add vm1; ip netns add vm2
