@@ -141,4 +141,3 @@ pub fn wait_either(tun: &TunFd, sock: &super::udp::UdpSock, timeout_ms: i32) -> 
     // Errors and hang-ups count as ready: the next read reports them.
     Ok((pfds[0].revents != 0, pfds[1].revents != 0))
 }
-

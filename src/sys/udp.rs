@@ -86,7 +86,6 @@ impl UdpSock {
     pub fn enable_gro(&self) -> io::Result<()> {
         setsockopt_int(self.raw(), libc::SOL_UDP, UDP_GRO, 1)
     }
-
 }
 
 /// One datagram (or one GSO train of equal-size datagrams) to send: `buf[start..start+len]`.
