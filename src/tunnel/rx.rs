@@ -8,7 +8,7 @@ use std::io;
 use anyhow::{Context, Result};
 
 use super::Shared;
-use super::coalesce::{Coalescer, Emit};
+use super::coalesce::{Coalescer, Emit, PLAIN_HDR};
 use super::packet::{Invalid, validate_ipv4};
 use super::stats::{RxCounters, add};
 use super::wire::unframe;
@@ -70,7 +70,7 @@ impl<'a> Rx<'a> {
                     Ok((_, meta)) if !sh.peers.owns(peer, meta.src) => add(&c.spoofed_source, 1),
                     Ok((pkt, _)) => match coalescer.as_mut() {
                         Some(co) => co.push(pkt, &mut emit),
-                        None => emit(Emit { hdr: &[0; 10], pkt, segments: 1, inner_bytes: pkt.len() as u64 }),
+                        None => emit(Emit { hdr: &PLAIN_HDR, pkt, segments: 1, inner_bytes: pkt.len() as u64 }),
                     },
                 }
             }
