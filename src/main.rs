@@ -19,6 +19,7 @@ macro_rules! tell {
 
 mod capture;
 mod check;
+mod checksum;
 mod cli;
 mod commands;
 mod diagram;

@@ -62,9 +62,6 @@ pub use decode::{LinkKind, PacketSummary};
 use crate::sys::packet::{self as pkt, PacketSocket};
 use crate::sys::signal;
 
-/// The talk's tunnel port (`socat ... UDP:peer:9000`).
-pub const DEFAULT_TUNNEL_PORT: u16 = 9000;
-
 /// What to capture and where to write it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaptureOptions {
@@ -88,7 +85,7 @@ impl Default for CaptureOptions {
             iface: String::new(),
             count: None,
             pcap: None,
-            tunnel_ports: vec![DEFAULT_TUNNEL_PORT],
+            tunnel_ports: vec![crate::topology::TUNNEL_PORT],
             timeout: None,
             only: None,
         }

@@ -58,16 +58,9 @@ impl IcmpSocket {
             if left.is_zero() {
                 return Ok(None);
             }
-            let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            // SAFETY: one pollfd, valid for the call.
-            let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted { continue; }
-                return Err(e);
-            }
-            if r == 0 {
-                return Ok(None);
+            // Not ready (timeout or EINTR): the deadline check above decides.
+            if super::poll_readable([self.fd.as_raw_fd()], left.as_millis().max(1) as i32)? == [false] {
+                continue;
             }
             // SAFETY: buf is valid for its length.
             let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
@@ -83,21 +76,13 @@ impl IcmpSocket {
     }
 }
 
-pub fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 pub fn echo_request(id: u16, seq: u16) -> [u8; 24] {
     let mut p = [0u8; 24];
     p[0] = 8; // echo request
     p[4..6].copy_from_slice(&id.to_be_bytes());
     p[6..8].copy_from_slice(&seq.to_be_bytes());
     p[8..24].copy_from_slice(b"cnet echo check!");
-    let c = checksum(&p);
+    let c = crate::checksum::checksum(&p);
     p[2..4].copy_from_slice(&c.to_be_bytes());
     p
 }
@@ -127,7 +112,7 @@ mod tests {
     #[test]
     fn echo_request_checksum_verifies() {
         let p = echo_request(0x1234, 7);
-        assert_eq!(checksum(&p), 0, "a packet with its checksum sums to zero");
+        assert_eq!(crate::checksum::checksum(&p), 0, "a packet with its checksum sums to zero");
         assert_eq!((p[0], &p[4..8]), (8, &[0x12, 0x34, 0, 7][..]));
     }
 

@@ -10,3 +10,30 @@ pub mod signal;
 pub mod term;
 pub mod tun;
 pub mod udp;
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// A syscall's int result: negative means errno.
+pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+}
+
+/// A syscall's size result: negative means errno.
+pub(crate) fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret as usize) }
+}
+
+/// poll(2) for POLLIN on each of `fds`, up to `timeout_ms`: which are ready. Errors and
+/// hang-ups count as ready (the next read reports them); EINTR counts as a timeout (none
+/// ready), so callers just loop.
+pub fn poll_readable<const N: usize>(fds: [RawFd; N], timeout_ms: i32) -> io::Result<[bool; N]> {
+    let mut pfds = fds.map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+    // SAFETY: pfds is a live array of N pollfds.
+    let ret = unsafe { libc::poll(pfds.as_mut_ptr(), N as libc::nfds_t, timeout_ms) };
+    if ret < 0 {
+        let err = io::Error::last_os_error();
+        return if err.kind() == io::ErrorKind::Interrupted { Ok([false; N]) } else { Err(err) };
+    }
+    Ok(pfds.map(|p| p.revents != 0))
+}

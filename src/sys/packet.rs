@@ -44,13 +44,7 @@ pub struct PacketSocket {
     hatype: u16,
 }
 
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
+use super::cvt;
 
 impl PacketSocket {
     /// Opens an `AF_PACKET`/`SOCK_RAW` socket bound to `ifindex` for `ETH_P_ALL`.
@@ -117,25 +111,19 @@ impl PacketSocket {
     /// Waits up to `timeout` for one packet and copies it into `buf`.
     /// `Ok(None)`: nothing arrived in time, or a signal interrupted the wait.
     pub fn recv(&self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<Received>> {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted {
-                Ok(None)
-            } else {
-                Err(e)
-            };
+        // Read first and wait only when nothing is queued: one syscall per packet under load.
+        if let Some(r) = self.try_recv(buf)? {
+            return Ok(Some(r));
         }
-        if n == 0 {
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        if super::poll_readable([self.fd.as_raw_fd()], ms)? == [false] {
             return Ok(None);
         }
+        self.try_recv(buf)
+    }
+
+    /// One packet if one is queued (MSG_DONTWAIT); `Ok(None)` if not, or on EINTR.
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<Received>> {
         // SAFETY: sockaddr_ll is plain old data.
         let mut from: libc::sockaddr_ll = unsafe { mem::zeroed() };
         let mut len = mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;

@@ -22,13 +22,7 @@ pub struct TunFd {
     vnet_hdr: bool,
 }
 
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
-}
-
-fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret as usize) }
-}
+use super::{cvt, cvt_size};
 
 /// Build an `ifreq` naming `name` with the given TUNSETIFF flags.
 fn ifreq(name: &str, flags: libc::c_int) -> io::Result<libc::ifreq> {
@@ -81,6 +75,15 @@ impl TunFd {
     fn raw(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
+}
+
+impl AsRawFd for TunFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.raw()
+    }
+}
+
+impl TunFd {
 
     /// TUNSETPERSIST: keep the interface after the last fd closes.
     pub fn set_persist(&self, persist: bool) -> io::Result<()> {
@@ -120,24 +123,4 @@ impl TunFd {
         // SAFETY: both iovecs point to live slices; the kernel only reads them.
         cvt_size(unsafe { libc::writev(self.raw(), iov.as_ptr(), 2) })
     }
-}
-
-/// Wait up to `timeout_ms` until the TUN or the socket has something to read; says which
-/// (tun, socket). EINTR counts as a timeout (nothing ready): callers just loop.
-pub fn wait_either(tun: &TunFd, sock: &super::udp::UdpSock, timeout_ms: i32) -> io::Result<(bool, bool)> {
-    let mut pfds = [
-        libc::pollfd { fd: tun.raw(), events: libc::POLLIN, revents: 0 },
-        libc::pollfd { fd: sock.raw(), events: libc::POLLIN, revents: 0 },
-    ];
-    // SAFETY: pfds is a live pollfd array of length 2.
-    let ret = unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout_ms) };
-    if ret < 0 {
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-        return Ok((false, false));
-    }
-    // Errors and hang-ups count as ready: the next read reports them.
-    Ok((pfds[0].revents != 0, pfds[1].revents != 0))
 }

@@ -56,7 +56,7 @@ impl UdpSock {
         Ok(UdpSock { sock: UdpSocket::bind(addr)? })
     }
 
-    pub(crate) fn raw(&self) -> RawFd {
+    fn raw(&self) -> RawFd {
         self.sock.as_raw_fd()
     }
 
@@ -85,6 +85,12 @@ impl UdpSock {
     /// Ask the kernel to coalesce same-flow datagrams into one receive (UDP GRO).
     pub fn enable_gro(&self) -> io::Result<()> {
         setsockopt_int(self.raw(), libc::SOL_UDP, UDP_GRO, 1)
+    }
+}
+
+impl AsRawFd for UdpSock {
+    fn as_raw_fd(&self) -> RawFd {
+        self.raw()
     }
 }
 

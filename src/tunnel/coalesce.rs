@@ -8,7 +8,7 @@
 //! last carries exactly `mss` payload bytes; only ACK (and PSH on the last) flags.
 //! Anything else is passed through unchanged with an all-zero vnet header.
 
-use super::checksum;
+use crate::checksum;
 use super::packet::PROTO_TCP;
 use super::vnet::{self, VnetHdr};
 

@@ -18,7 +18,9 @@ use anyhow::{Context, Result};
 use super::Shared;
 use super::rx::Rx;
 use super::tx::Tx;
-use crate::sys::tun::wait_either;
+use std::os::fd::AsRawFd;
+
+use crate::sys::poll_readable;
 
 /// How long the idle loop sleeps before re-checking the stop flag: bounds how long `down`
 /// waits for the tunnel to stop (a few idle wake-ups a second cost nothing).
@@ -39,7 +41,8 @@ pub fn run(sh: &Shared) -> Result<()> {
         if sock_ready {
             rx.pump()?;
         }
-        (tun_ready, sock_ready) = wait_either(&sh.tun, &sh.sock, IDLE_POLL_MS).context("polling the TUN device and the UDP socket")?;
+        [tun_ready, sock_ready] = poll_readable([sh.tun.as_raw_fd(), sh.sock.as_raw_fd()], IDLE_POLL_MS)
+            .context("polling the TUN device and the UDP socket")?;
     }
     Ok(())
 }

@@ -10,7 +10,6 @@
 
 #![forbid(unsafe_code)] // every syscall goes through crate::sys
 
-mod checksum;
 mod coalesce;
 mod forward;
 mod packet;

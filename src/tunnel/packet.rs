@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::checksum;
+use crate::checksum;
 
 pub const IPV4_MIN_HDR: usize = 20;
 pub const PROTO_TCP: u8 = 6;

@@ -1,4 +1,5 @@
-//! Internet (RFC 1071) one's-complement checksums, fast enough for 10 Gbit/s.
+//! Internet (RFC 1071) one's-complement checksums, fast enough for 10 Gbit/s: the tunnel's
+//! data path and cnet's own ICMP echo requests.
 //!
 //! The sum is byte-order independent (RFC 1071 §2(B)): we add native-endian 32-bit words
 //! into a 64-bit accumulator (no byte swaps, so the compiler vectorizes the loop), fold
