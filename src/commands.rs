@@ -36,6 +36,29 @@ impl std::fmt::Display for Interrupted {
 }
 impl std::error::Error for Interrupted {}
 
+/// An error about the machine rather than the request: not root, no kernel support.
+pub fn is_environment(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<EnvError>()
+            || c.downcast_ref::<std::io::Error>().and_then(|io| io.raw_os_error()).is_some_and(|code| {
+                [libc::EPERM, libc::EACCES, libc::EOPNOTSUPP, libc::EAFNOSUPPORT, libc::EPROTONOSUPPORT].contains(&code)
+            })
+            || c.to_string().contains("/dev/net/tun")
+    })
+}
+
+/// `message` as an error of the same kind as `cause` (the machine's fault or not), for
+/// callers that fold a cause into one line of text: the exit code must survive that.
+pub fn same_kind(cause: &anyhow::Error, message: String) -> anyhow::Error {
+    if cause.is::<Interrupted>() {
+        Interrupted(message).into()
+    } else if is_environment(cause) {
+        EnvError(message).into()
+    } else {
+        anyhow::anyhow!(message)
+    }
+}
+
 pub fn require_admin() -> Result<()> {
     if !crate::sys::ns::has_admin_caps() {
         return Err(EnvError("cnet needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to build namespaces and links: run it with sudo".into()).into());

@@ -19,14 +19,22 @@ pub fn alias(stage: &str) -> String {
 }
 
 /// Test hook: `CNET_FAIL_AT_STEP=N` makes step N (1-based) fail, to prove that a failed
-/// `up` leaves nothing behind.
+/// `up` leaves nothing behind; `N:ERRNO` fails it with that OS error, as the kernel would
+/// (e.g. `4:95`, EOPNOTSUPP, to check the exit code for "the machine cannot").
 fn injected_failure(index: usize) -> Result<()> {
-    static FAIL_AT: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    let at = FAIL_AT.get_or_init(|| std::env::var("CNET_FAIL_AT_STEP").ok().and_then(|v| v.parse().ok()));
-    if *at == Some(index + 1) {
-        anyhow::bail!("failure injected by CNET_FAIL_AT_STEP");
+    static FAIL_AT: std::sync::OnceLock<Option<(usize, Option<i32>)>> = std::sync::OnceLock::new();
+    let at = FAIL_AT.get_or_init(|| {
+        let v = std::env::var("CNET_FAIL_AT_STEP").ok()?;
+        let (step, errno) = v.split_once(':').map_or((v.as_str(), None), |(s, e)| (s, e.parse().ok()));
+        Some((step.parse().ok()?, errno))
+    });
+    match *at {
+        Some((step, Some(errno))) if step == index + 1 => {
+            Err(anyhow::Error::from(std::io::Error::from_raw_os_error(errno)).context("failure injected by CNET_FAIL_AT_STEP"))
+        }
+        Some((step, None)) if step == index + 1 => anyhow::bail!("failure injected by CNET_FAIL_AT_STEP"),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// How many requests of one batch are in flight at once: enough to hide round trips,

@@ -76,7 +76,7 @@ pub async fn up(opts: &Options, v: Verbosity) -> Result<()> {
             Ok(()) => "the lab was removed".to_string(),
             Err(u) => format!("removing the lab also failed ({}); run `cnet down`", chain(&u)),
         };
-        return Err(anyhow!("{}; {undo}", chain(&e)));
+        return Err(crate::commands::same_kind(&e, format!("{}; {undo}", chain(&e))));
     }
     state.complete = true;
     state.write()
@@ -111,7 +111,9 @@ async fn build(topo: &Topology, state: &mut LabState, v: Verbosity) -> Result<()
                 (None, Some(sig)) => format!("its builder was stopped by signal {sig}"),
                 (None, None) => format!("its builder failed ({}) without saying why", out.status),
             };
-            bail!("{} ({}): {reason}", n.short_name(), n.hostname);
+            let message = format!("{} ({}): {reason}", n.short_name(), n.hostname);
+            // The runner's exit code says whose fault it was (2: the machine's).
+            return Err(if out.status.code() == Some(2) { crate::commands::EnvError(message).into() } else { anyhow!(message) });
         }
         if !err.is_empty() {
             tell!("{}", err.trim_end());

@@ -88,22 +88,12 @@ fn run() -> ExitCode {
             let line = node::chain(&e);
             tell!("cnet: error: {line}");
             // 130: ended by Ctrl-C, as shells report it.
-            let code = if e.is::<commands::Interrupted>() { 130 } else if is_environment(&e) { 2 } else { 1 };
+            let code = if e.is::<commands::Interrupted>() { 130 } else if commands::is_environment(&e) { 2 } else { 1 };
             ExitCode::from(code)
         }
     }
 }
 
-/// An error about the machine rather than the request: not root, no kernel support.
-fn is_environment(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.is::<commands::EnvError>()
-            || c.downcast_ref::<std::io::Error>().and_then(|io| io.raw_os_error()).is_some_and(|code| {
-                [libc::EPERM, libc::EACCES, libc::EOPNOTSUPP, libc::EAFNOSUPPORT, libc::EPROTONOSUPPORT].contains(&code)
-            })
-            || c.to_string().contains("/dev/net/tun")
-    })
-}
 
 fn main() -> ExitCode {
     run()

@@ -6,7 +6,7 @@ use std::io::{BufRead, Write};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::executor;
 use crate::netlink::{addr_views, dump_addrs, dump_links, dump_routes, link_view, route_views, Netlink};
@@ -269,7 +269,8 @@ async fn fail(nl: &Netlink, plan: &NodePlan, done: &[Done], stage: &str, step: u
     } else {
         format!("undoing the steps already done also failed ({}); run `cnet down`", join_errors(&errors))
     };
-    anyhow!("step {} ({}) failed: {}; {undo}", step + 1, plan.steps[step].command, chain(&e))
+    let message = format!("step {} ({}) failed: {}; {undo}", step + 1, plan.steps[step].command, chain(&e));
+    crate::commands::same_kind(&e, message)
 }
 
 /// `cnet down --host`. Returns false if nothing was up.

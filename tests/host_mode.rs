@@ -105,6 +105,25 @@ if CNET_FAIL_AT_STEP={at} cnet up 2 --host -q 2>&1; then echo "up succeeded"; fi
 }
 
 #[test]
+fn exit_code_says_whose_fault_a_failed_step_is() {
+    if !privileged() {
+        return;
+    }
+    // The same step failing with a kernel "not supported" (the machine: exit 2) or with an
+    // ordinary error (exit 1), on a host and in the lab (through the node's runner).
+    let r = sandbox(&format!(r#"{VM}
+mark codes
+c=0; CNET_FAIL_AT_STEP=4:95 cnet up 2 --host -q 2>/dev/null || c=$?; echo "host eopnotsupp $c"
+c=0; CNET_FAIL_AT_STEP=4 cnet up 2 --host -q 2>/dev/null || c=$?; echo "host plain $c"
+c=0; CNET_FAIL_AT_STEP=4:95 cnet up 2 -q 2>/dev/null || c=$?; echo "lab eopnotsupp $c"
+c=0; CNET_FAIL_AT_STEP=4 cnet up 2 -q 2>/dev/null || c=$?; echo "lab plain $c"
+{}"#, vm_leftovers()));
+    r.ok();
+    assert_eq!(r.section("codes").trim(), "host eopnotsupp 2\nhost plain 1\nlab eopnotsupp 2\nlab plain 1");
+    assert_nothing_left(&r);
+}
+
+#[test]
 fn killed_up_is_removed_by_down() {
     if !privileged() {
         return;
