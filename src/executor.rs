@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 
 use crate::netlink::{link_view, Netlink, RouteSpec, ALIAS_PREFIX, CNET_GROUP};
 use crate::plan::{NodePlan, Step};
-use crate::process::{is_cnet_process, processes_in, stop_process};
+use crate::process::{is_cnet_process, stop_process, Members};
 use crate::state::Done;
 use crate::sys::ns;
 use crate::{sysctl, tunnel};
@@ -168,7 +168,9 @@ pub async fn teardown(nl: &Netlink, plan: &NodePlan, done: &[Done], started_unti
     //    runs in them.
     let netns = steps.iter().filter_map(|(s, d)| match s { Step::AddNetns { name } => Some((name, d.ns)), _ => None })
         .chain(unrecorded.iter().filter_map(|s| match s { Step::AddNetns { name } => Some((name, None)), _ => None }));
-    for (name, id) in netns.collect::<Vec<_>>().into_iter().rev() {
+    let netns: Vec<_> = netns.collect();
+    let members = if netns.is_empty() { None } else { Some(Members::scan("net")) };
+    for (name, id) in netns.into_iter().rev() {
         let path = nl.netns_path(name);
         if !path.exists() {
             continue;
@@ -178,7 +180,7 @@ pub async fn teardown(nl: &Netlink, plan: &NodePlan, done: &[Done], started_unti
             continue;
         }
         if id.is_some() {
-            for pid in processes_in(&path, "net") {
+            for pid in members.as_ref().map(|m| m.of(&path)).unwrap_or_default() {
                 if let Err(e) = stop_process(pid) {
                     errors.push(e);
                 }

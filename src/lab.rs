@@ -230,11 +230,12 @@ async fn down_lab(state: &LabState) -> Result<()> {
             _ => {}
         }
     }
+    let (mnt, net) = (crate::process::Members::scan("mnt"), crate::process::Members::scan("net"));
     for index in state.nodes.iter().rev() {
         let nsp = node_ns(*index);
         // Whatever still runs in the node (a demo server, a shell) goes with the VM.
-        let mut pids = crate::process::processes_in(&nsp.mnt, "mnt");
-        pids.extend(crate::process::processes_in(&nsp.net, "net"));
+        let mut pids = mnt.of(&nsp.mnt);
+        pids.extend(net.of(&nsp.net));
         pids.sort_unstable();
         pids.dedup();
         for pid in pids {

@@ -1,6 +1,7 @@
 //! Processes cnet starts or must stop: identity checks, a bounded stop, and finding what
 //! runs inside a namespace. (Signals themselves go through `sys::ns::signal`.)
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -48,19 +49,38 @@ pub fn stop_process(pid: u32) -> Result<()> {
     Ok(())
 }
 
-/// Processes whose namespace of `kind` ("net", "mnt") is the one persisted at `ns_file` —
-/// never the namespace cnet itself or the machine's init runs in, whatever the file says.
-pub fn processes_in(ns_file: &Path, kind: &str) -> Vec<u32> {
-    let Some(want) = ns::ns_id(ns_file) else { return Vec::new() };
-    let ours = [format!("/proc/self/ns/{kind}"), format!("/proc/1/ns/{kind}")];
-    if ours.iter().any(|p| ns::ns_id(Path::new(p)) == Some(want)) {
-        tracing::warn!("{} is this machine's own {kind} namespace: no process is stopped", ns_file.display());
-        return Vec::new();
+/// Which processes are in which namespace of one kind ("net", "mnt"): one pass over /proc,
+/// then any number of lookups (a `down` with 1000 namespaces must not read /proc 1000 times).
+pub struct Members {
+    kind: &'static str,
+    by_ns: HashMap<(u64, u64), Vec<u32>>,
+    /// The namespaces cnet itself and the machine's init run in: never emptied.
+    own: [Option<(u64, u64)>; 2],
+}
+
+impl Members {
+    pub fn scan(kind: &'static str) -> Members {
+        let me = std::process::id();
+        let mut by_ns: HashMap<(u64, u64), Vec<u32>> = HashMap::new();
+        if let Ok(dir) = fs::read_dir("/proc") {
+            for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).filter(|pid| *pid != me) {
+                if let Some(id) = ns::ns_id(Path::new(&format!("/proc/{pid}/ns/{kind}"))) {
+                    by_ns.entry(id).or_default().push(pid);
+                }
+            }
+        }
+        let own = [format!("/proc/self/ns/{kind}"), format!("/proc/1/ns/{kind}")].map(|p| ns::ns_id(Path::new(&p)));
+        Members { kind, by_ns, own }
     }
-    let me = std::process::id();
-    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != me)
-        .filter(|pid| ns::ns_id(Path::new(&format!("/proc/{pid}/ns/{kind}"))) == Some(want))
-        .collect()
+
+    /// Processes whose namespace is the one persisted at `ns_file` — never the namespace
+    /// cnet itself or the machine's init runs in, whatever the file says.
+    pub fn of(&self, ns_file: &Path) -> Vec<u32> {
+        let Some(want) = ns::ns_id(ns_file) else { return Vec::new() };
+        if self.own.contains(&Some(want)) {
+            tracing::warn!("{} is this machine's own {} namespace: no process is stopped", ns_file.display(), self.kind);
+            return Vec::new();
+        }
+        self.by_ns.get(&want).cloned().unwrap_or_default()
+    }
 }
