@@ -124,15 +124,8 @@ impl Netlink {
     /// Many `ip netns add` at once, on one thread per CPU (the kernel serializes much of the
     /// work; two threads still overlap the rest). One result per name, in order.
     pub fn add_netns_many(&self, names: &[&str]) -> Vec<Result<()>> {
-        let workers = ns::cpu_count().min(names.len()).max(1);
-        let chunk = names.len().div_ceil(workers);
-        let made: Vec<Result<std::os::fd::OwnedFd>> = std::thread::scope(|s| {
-            let jobs: Vec<_> = names
-                .chunks(chunk.max(1))
-                .map(|part| s.spawn(move || part.iter().map(|n| ns::create_netns(&self.netns_path(n), ns::open_netlink)).collect::<Vec<_>>()))
-                .collect();
-            jobs.into_iter().flat_map(|j| j.join().expect("netns worker")).collect()
-        });
+        let paths: Vec<PathBuf> = names.iter().map(|n| self.netns_path(n)).collect();
+        let made = ns::create_netns_many(&paths, ns::cpu_count(), ns::open_netlink);
         names
             .iter()
             .zip(made)

@@ -36,25 +36,43 @@ pub fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> Result<T> + Send) -> 
 
 /// Create a new network namespace persisted at `path` (as `ip netns add` does), and run `f`
 /// inside it before returning. Fails with EEXIST if `path` already exists.
-pub fn create_netns<T: Send>(path: &Path, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+pub fn create_netns<T: Send>(path: &Path, f: impl Fn() -> Result<T> + Sync) -> Result<T> {
+    create_netns_many(&[path.to_path_buf()], 1, f).pop().expect("one result per path")
+}
+
+/// `create_netns` for many paths, on `workers` fresh threads that each create their share
+/// one after another: unsharing again from inside a new namespace just makes the next one,
+/// so a thread serves many (a thread per namespace cost a spawn each). One result per
+/// path, in order.
+pub fn create_netns_many<T: Send>(paths: &[PathBuf], workers: usize, f: impl Fn() -> Result<T> + Sync) -> Vec<Result<T>> {
+    let chunk = paths.len().div_ceil(workers.max(1)).max(1);
+    let f = &f;
     std::thread::scope(|s| {
-        s.spawn(move || {
-            // The file the namespace is bound onto; O_EXCL makes an existing name a conflict.
-            OpenOptions::new().write(true).create_new(true).mode(0o444).open(path)?;
-            let made = (|| -> Result<()> {
-                unshare(CloneFlags::CLONE_NEWNET)?;
-                mount(Some("/proc/thread-self/ns/net"), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
-                Ok(())
-            })();
-            if let Err(e) = made {
-                let _ = fs::remove_file(path);
-                return Err(e);
-            }
-            f()
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("a namespace thread panicked"))?
+        let jobs: Vec<_> = paths.chunks(chunk).map(|part| s.spawn(move || part.iter().map(|p| new_netns_here(p, f)).collect::<Vec<_>>())).collect();
+        jobs.into_iter()
+            .zip(paths.chunks(chunk))
+            .flat_map(|(j, part)| {
+                j.join().unwrap_or_else(|_| part.iter().map(|_| Err(anyhow::anyhow!("a namespace thread panicked"))).collect())
+            })
+            .collect()
     })
+}
+
+/// Unshare the calling thread into a new network namespace, bind it to `path`, run `f`
+/// there. Only for threads made for this (create_netns_many's).
+fn new_netns_here<T>(path: &Path, f: &impl Fn() -> Result<T>) -> Result<T> {
+    // The file the namespace is bound onto; O_EXCL makes an existing name a conflict.
+    OpenOptions::new().write(true).create_new(true).mode(0o444).open(path)?;
+    let made = (|| -> Result<()> {
+        unshare(CloneFlags::CLONE_NEWNET)?;
+        mount(Some("/proc/thread-self/ns/net"), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
+        Ok(())
+    })();
+    if let Err(e) = made {
+        let _ = fs::remove_file(path);
+        return Err(e);
+    }
+    f()
 }
 
 /// Remove a persisted namespace file (any kind): unmount, then unlink. Already gone is fine.
