@@ -59,7 +59,8 @@ pub struct TopologyArgs {
     /// Stage 2's pod subnet (default 172.16.0.0/24), to hold more containers.
     #[arg(long)]
     pub pod_cidr: Option<Ipv4Net>,
-    /// Stage 4's overlay: cnet's userspace tunnel (udp) or the kernel's VXLAN.
+    /// Stage 4's overlay: cnet's userspace tunnel (udp), the kernel's VXLAN, or cnet's tunnel
+    /// passing whole 64 KB super-packets (udp-gso: cnet to cnet, over the lab's cables).
     #[arg(long, value_enum, default_value_t = Backend::Udp)]
     pub backend: Backend,
 }
@@ -123,7 +124,7 @@ pub struct TestArgs {
     /// With --host and a stage: which node this machine is.
     #[arg(long, default_value_t = 1)]
     pub node: u32,
-    /// With --host and a stage: its overlay (the checks are the same for both).
+    /// With --host and a stage: its overlay (the checks are the same for each).
     #[arg(long, value_enum, default_value_t = Backend::Udp)]
     pub backend: Backend,
     /// Milliseconds to wait for each reply.
@@ -182,8 +183,9 @@ pub struct TunnelArgs {
     #[arg(long)]
     pub no_offload: bool,
     /// Datagram framing: `raw` (the bare IP packet, the default) or `pi` (4-byte TUN
-    /// packet-info header first, as the talk's socat sends without `iff-no-pi`). Both are
-    /// accepted on receive.
+    /// packet-info header first, as the talk's socat sends without `iff-no-pi`); both are
+    /// accepted on receive. `gso` (cnet to cnet, over an underlay that carries 64 KB
+    /// datagrams): TCP super-packets cross whole, not cut into MTU-sized packets.
     #[arg(long, default_value = "raw")]
     pub wire: String,
 }

@@ -73,7 +73,7 @@ pub fn options(t: &TopologyArgs) -> Options {
         nodes: t.nodes,
         pod_cidr: t.pod_cidr,
         backend: t.backend,
-        underlay_mtu: 1500,
+        underlay_mtu: t.backend.default_underlay_mtu(),
     }
 }
 
@@ -257,7 +257,7 @@ async fn host_topology(a: &TestArgs) -> Result<(Topology, u32)> {
     let Some(stage) = a.stage else {
         bail!("nothing is up: start a stage with `cnet up <stage>`, or check a machine built another way with `cnet test --host <stage>`")
     };
-    let options = Options { backend: a.backend, ..Options::new(stage) };
+    let options = Options::new(stage).with_backend(a.backend);
     let req = NodeRequest { options, node: a.node, underlay: None, peers: Vec::new(), in_lab: false };
     let nl = Netlink::here(&PathBuf::from(NETNS_DIR))?;
     let (topo, _) = node::resolve(&req, &nl).await?;

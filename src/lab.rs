@@ -45,7 +45,7 @@ fn node_runner_args(opts: &Options, index: u32, v: Verbosity) -> Vec<String> {
         "--containers".into(), opts.containers.to_string(),
     ];
     if opts.stage.is_multi_node() {
-        a.extend(["--nodes".into(), opts.nodes.to_string(), "--backend".into(), format!("{:?}", opts.backend).to_lowercase()]);
+        a.extend(["--nodes".into(), opts.nodes.to_string(), "--backend".into(), opts.backend.name().into()]);
     }
     if let Some(c) = opts.pod_cidr {
         a.extend(["--pod-cidr".into(), c.to_string()]);
@@ -86,7 +86,7 @@ async fn build(topo: &Topology, state: &mut LabState, v: Verbosity) -> Result<()
     let switch = create_switch().await?;
     for n in &topo.nodes {
         create_node(n.index, &n.hostname, state)?;
-        cable(&switch, n.index, n.ip).await.with_context(|| format!("cannot connect {} to the lab's switch", n.hostname))?;
+        cable(&switch, n.index, n.ip, topo.options.underlay_mtu).await.with_context(|| format!("cannot connect {} to the lab's switch", n.hostname))?;
     }
     for n in &topo.nodes {
         if !matches!(v, Verbosity::Quiet) {
@@ -177,13 +177,21 @@ fn create_node(index: u32, hostname: &str, state: &mut LabState) -> Result<()> {
 
 /// The node's cable to the switch: `enp0s8` in the node, its other end on the switch's
 /// bridge; then, inside the node, the VM's own address, as Vagrant's private network gave it.
-async fn cable(switch: &Netlink, index: u32, ip: Ipv4Net) -> Result<()> {
+/// Cables are Ethernet's 1500 bytes, but 65535 for the udp-gso backend, whose datagrams
+/// carry whole 64 KB packets (the node reads its tun0's MTU off enp0s8's).
+async fn cable(switch: &Netlink, index: u32, ip: Ipv4Net, mtu: u32) -> Result<()> {
     let port = format!("node{index}");
     switch.add_veth(&port, UNDERLAY_DEV, &format!("node{index}/net"), LAB_ALIAS).await?;
+    if mtu != 1500 {
+        switch.set_mtu(&port, mtu).await?;
+    }
     switch.set_master(&port, SWITCH_BRIDGE, false).await?;
     switch.link_up(None, &port, false).await?;
     let node = Netlink::at(&node_ns(index).net, &lab_dir())?;
     node.link_up(None, "lo", false).await?;
+    if mtu != 1500 {
+        node.set_mtu(UNDERLAY_DEV, mtu).await?;
+    }
     node.add_addr(None, UNDERLAY_DEV, ip).await?;
     node.link_up(None, UNDERLAY_DEV, false).await
 }

@@ -12,7 +12,7 @@ use crate::executor;
 use crate::netlink::{addr_views, dump_addrs, dump_links, dump_routes, link_view, route_views, Netlink};
 use crate::plan::{node_plan, NodePlan, Step};
 use crate::state::{Done, NodeHeader, NodeJournal};
-use crate::topology::{Options, Stage, Topology, UNDERLAY_DEV};
+use crate::topology::{Backend, GSO_UNDERLAY_MTU, Options, Stage, Topology, UNDERLAY_DEV};
 
 /// What the user asked of this node.
 #[derive(Clone, Debug)]
@@ -86,6 +86,10 @@ async fn resolve_with(req: &NodeRequest, nl: &Netlink, links: &[crate::netlink::
         }
         if let Some(mtu) = links.iter().find(|l| &l.name == u).and_then(|l| l.mtu) {
             topo.options.underlay_mtu = mtu;
+        }
+        if topo.options.backend == Backend::UdpGso && topo.options.underlay_mtu < GSO_UNDERLAY_MTU {
+            bail!("the udp-gso backend sends 64 KB datagrams, but the underlay {u} has MTU {}: it needs {GSO_UNDERLAY_MTU} (the lab's cables have it); on a real network use --backend udp",
+                topo.options.underlay_mtu);
         }
         for p in topo.peers_of(req.node) {
             if p.ip.addr == ip {

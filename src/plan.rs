@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use serde::Serialize;
 
+use crate::tunnel::WireFormat;
 use crate::topology::{Backend, Ipv4Net, Node, Stage, Topology, TUNNEL_PORT, VXLAN_PORT, VXLAN_VNI};
 
 /// Where a step runs: the node itself, or inside one of its containers (a named netns).
@@ -37,7 +38,7 @@ pub enum Step {
     /// A VXLAN forwarding entry: flood unknown and broadcast frames to this peer too.
     AddFdb { dev: String, dst: Ipv4Addr },
     Sysctl { key: String, value: String },
-    StartTunnel { dev: String, local: SocketAddrV4, peers: Vec<(SocketAddrV4, Ipv4Net)> },
+    StartTunnel { dev: String, local: SocketAddrV4, peers: Vec<(SocketAddrV4, Ipv4Net)>, wire: WireFormat },
 }
 
 /// A step and the talk's words for it.
@@ -115,10 +116,13 @@ impl Step {
             }
             Step::AddFdb { dev, dst } => format!("bridge fdb append 00:00:00:00:00:00 dev {dev} dst {dst}"),
             Step::Sysctl { key, value } => format!("sysctl -w {key}={value}"),
-            Step::StartTunnel { dev, local, peers } => {
+            Step::StartTunnel { dev, local, peers, wire } => {
                 let mut s = format!("cnet tunnel --dev {dev} --local {local}");
                 for (addr, net) in peers {
                     write!(s, " --peer {addr}={net}").unwrap();
+                }
+                if *wire != WireFormat::Raw {
+                    write!(s, " --wire {}", wire.name()).unwrap();
                 }
                 s.push_str(" &");
                 s
@@ -292,7 +296,7 @@ fn multi_node_steps(b: &mut Builder, topo: &Topology, node: &Node, underlay: &st
             }
             ip_forward(b);
         }
-        (Stage::Overlay, Backend::Udp) => {
+        (Stage::Overlay, backend @ (Backend::Udp | Backend::UdpGso)) => {
             ip_forward(b);
             let tun = node.tun_addr();
             let mtu = topo.tun_mtu();
@@ -301,14 +305,24 @@ fn multi_node_steps(b: &mut Builder, topo: &Topology, node: &Node, underlay: &st
             b.push(Step::AddAddr { netns: None, dev: "tun0".into(), addr: tun },
                 format!("Give tun0 {tun}: the /16 installs {} dev tun0, which catches every other node's pod subnet (the more specific {} dev br0 keeps ours on the bridge).",
                     tun.trunc(), node.pod_net));
-            b.push(Step::SetMtu { dev: "tun0".into(), mtu },
+            let wire = backend.wire().unwrap_or_default();
+            let why = if wire == WireFormat::Gso {
+                format!("Set tun0's MTU to {mtu} = underlay {} - 42 (20 outer IPv4 + 8 UDP + 14 of the gso wire's framing), so an encapsulated packet fits without fragmenting.",
+                    topo.options.underlay_mtu)
+            } else {
                 format!("Lower tun0's MTU to {mtu} = underlay {} - 28 (20 outer IPv4 + 8 UDP), so an encapsulated packet fits without fragmenting (the talk's 1492 forgot the IPv4 header).",
-                    topo.options.underlay_mtu));
+                    topo.options.underlay_mtu)
+            };
+            b.push(Step::SetMtu { dev: "tun0".into(), mtu }, why);
             b.push(Step::LinkUp { netns: None, dev: "tun0".into(), addrgen_none: false }, "Bring tun0 up.");
             let local = SocketAddrV4::new(node.ip.addr, TUNNEL_PORT);
             let tunnel_peers = peers.iter().map(|(p, ip)| (SocketAddrV4::new(*ip, TUNNEL_PORT), p.pod_net)).collect();
-            b.push(Step::StartTunnel { dev: "tun0".into(), local, peers: tunnel_peers },
-                format!("Start the tunnel: every packet read from tun0 goes as one UDP datagram from {local} to the node owning its destination, and every datagram received goes back into tun0 (the talk's socat)."));
+            let what = if wire == WireFormat::Gso {
+                format!("Start the tunnel: every packet read from tun0, a 64 KB TCP super-packet too, goes whole as one UDP datagram from {local} to the node owning its destination (cnet's gso wire: the other end must be cnet, the underlay must carry 64 KB datagrams), and every datagram received goes back into tun0.")
+            } else {
+                format!("Start the tunnel: every packet read from tun0 goes as one UDP datagram from {local} to the node owning its destination, and every datagram received goes back into tun0 (the talk's socat).")
+            };
+            b.push(Step::StartTunnel { dev: "tun0".into(), local, peers: tunnel_peers, wire }, what);
             rp_filter(b, underlay, "tun0");
         }
         (Stage::Overlay, Backend::Vxlan) => {
@@ -463,6 +477,21 @@ mod tests {
         let mtu = p.steps.iter().find(|s| s.command.contains("mtu")).unwrap();
         assert!(mtu.why.contains("1492") && mtu.why.contains("28"), "{}", mtu.why);
         assert!(!c.iter().any(|c| c.contains("via 10.0.0.20")), "no static routes in stage 4");
+    }
+
+    #[test]
+    fn stage4_udp_gso_backend() {
+        let t = Topology::new(Options::new(Stage::Overlay).with_backend(Backend::UdpGso)).unwrap();
+        let p = node_plan(&t, t.node(1).unwrap(), "enp0s8");
+        let c = commands(&p);
+        // Same build as udp; tun0's MTU leaves room for the gso framing on a 64 KB underlay.
+        assert!(c.contains(&"ip link set tun0 mtu 65493".to_string()), "{c:?}");
+        assert!(c.contains(&"cnet tunnel --dev tun0 --local 10.0.0.10:9000 --peer 10.0.0.20:9000=172.16.1.0/24 --wire gso &".to_string()), "{c:?}");
+        let udp = commands(&plan(Stage::Overlay, 1));
+        assert_eq!(c.len(), udp.len());
+        // Undone the same way: the pattern still matches the command with --wire.
+        let stop = p.steps.iter().find_map(|s| if matches!(s.step, Step::StartTunnel { .. }) { s.step.undo_command(&[]) } else { None }).unwrap();
+        assert!(stop.starts_with("pkill -f '[c]net tunnel --dev tun0 --local 10.0.0.10:9000 '"), "{stop}");
     }
 
     #[test]

@@ -157,3 +157,19 @@ fn explain_sh_builds_stages_3_and_4_on_two_vms() {
         assert_vms(&two_vms_by_script("overlay"));
     }
 }
+
+#[test]
+fn udp_gso_is_refused_on_an_ethernet_underlay() {
+    if !privileged() {
+        return;
+    }
+    // Real machines' enp0s8 carries 1500 bytes: the 64 KB datagrams could not cross.
+    let r = two_vms("overlay --backend udp-gso");
+    r.ok();
+    for i in ["1", "2"] {
+        let up = r.section(&format!("up.{i}"));
+        assert!(up.contains("the udp-gso backend sends 64 KB datagrams, but the underlay enp0s8 has MTU 1500"), "vm{i}: {up}");
+        assert_eq!(up.lines().count(), 1, "one line: {up}");
+        assert!(r.section(&format!("left.{i}")).trim().is_empty(), "vm{i} left: {}", r.section(&format!("left.{i}")));
+    }
+}

@@ -398,9 +398,8 @@ impl Cx<'_> {
         } else {
             None
         };
-        if let Some((ip, pi)) = tunnelled_ip {
-            let pi = if pi { ", tun pi" } else { "" };
-            s.detail = Some(format!("{ports}, {} bytes{pi}", payload.len()));
+        if let Some((ip, framing)) = tunnelled_ip {
+            s.detail = Some(format!("{ports}, {} bytes{framing}", payload.len()));
             s.inner = Some(self.inner(ip, LinkKind::RawIp));
         } else if vxlan && can_nest && payload.len() >= 8 && payload[0] & 0x08 != 0 {
             s.push("vxlan");
@@ -572,10 +571,15 @@ fn looks_like_ip(b: &[u8]) -> bool {
 /// The IP packet a UDP tunnel datagram carries: either bare, or after the 4-byte TUN
 /// packet-information header (`struct tun_pi`: flags, ethertype) that a TUN device opened
 /// without `IFF_NO_PI` adds — socat's `TUN:` address does, so the talk's tunnel sent it.
-/// Returns the packet and whether the header was there.
-fn tunnel_payload(b: &[u8]) -> Option<(&[u8], bool)> {
+/// Returns the packet and how it was framed (for the summary: "", ", tun pi", ", gso frame").
+fn tunnel_payload(b: &[u8]) -> Option<(&[u8], &'static str)> {
     if looks_like_ip(b) {
-        return Some((b, false));
+        return Some((b, ""));
+    }
+    // cnet's gso wire (--backend udp-gso): magic, virtio_net_hdr, then the packet.
+    if b.starts_with(&crate::tunnel::GSO_MAGIC) {
+        let ip = b.get(crate::tunnel::GSO_FRAME_HDR..)?;
+        return looks_like_ip(ip).then_some((ip, ", gso frame"));
     }
     let ip = b.get(4..)?;
     let version = match u16_at(b, 2)? {
@@ -583,7 +587,7 @@ fn tunnel_payload(b: &[u8]) -> Option<(&[u8], bool)> {
         0x86dd => 6,
         _ => return None,
     };
-    (looks_like_ip(ip) && ip[0] >> 4 == version).then_some((ip, true))
+    (looks_like_ip(ip) && ip[0] >> 4 == version).then_some((ip, ", tun pi"))
 }
 
 /// ` for udp 10.0.0.10:9000 → 10.0.0.20:9000`: the packet an ICMP error is about.

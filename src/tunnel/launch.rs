@@ -12,6 +12,7 @@ use anyhow::{anyhow, Context, Result};
 
 use crate::state::run_dir;
 use crate::topology::Ipv4Net;
+use super::WireFormat;
 
 pub fn stats_path() -> PathBuf {
     run_dir().join("tunnel.json")
@@ -27,7 +28,7 @@ pub fn pid_path() -> PathBuf {
 
 /// Start the tunnel and wait until it is ready (its first counters written: device
 /// attached, socket bound). On failure the process is stopped again.
-pub fn start(dev: &str, local: SocketAddrV4, peers: &[(SocketAddrV4, Ipv4Net)]) -> Result<u32> {
+pub fn start(dev: &str, local: SocketAddrV4, peers: &[(SocketAddrV4, Ipv4Net)], wire: WireFormat) -> Result<u32> {
     let log = fs::File::create(log_path()).context("cannot create the tunnel's log")?;
     let stats = stats_path();
     let _ = fs::remove_file(&stats);
@@ -36,7 +37,7 @@ pub fn start(dev: &str, local: SocketAddrV4, peers: &[(SocketAddrV4, Ipv4Net)]) 
     for (addr, net) in peers {
         cmd.arg("--peer").arg(format!("{addr}={net}"));
     }
-    cmd.arg("--stats").arg(&stats);
+    cmd.arg("--stats").arg(&stats).arg("--wire").arg(wire.name());
     // Test and comparison hook: force the plain path, as on a kernel without TUN offloads.
     if std::env::var_os("CNET_TUNNEL_NO_OFFLOAD").is_some() {
         cmd.arg("--no-offload");

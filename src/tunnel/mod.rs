@@ -6,7 +6,8 @@
 //! One thread moves packets in both directions (see forward.rs for why not one per
 //! direction); a supervisor thread takes signals and writes counters. When the kernel
 //! allows it, the "offload" path (TUN TSO + UDP GSO/GRO) moves 64 KB per syscall instead
-//! of one packet; the wire format stays identical.
+//! of one packet; the wire format stays identical. The explicit `gso` wire (`--backend
+//! udp-gso`, cnet to cnet over a 64 KB underlay) passes the super-packets whole.
 
 #![forbid(unsafe_code)] // every syscall goes through crate::sys
 
@@ -28,16 +29,16 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::thread;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 
 use crate::sys::term::TermSignals;
 use crate::sys::tun::{OFFLOAD_TSO4_CSUM, TunFd};
 use crate::sys::udp::UdpSock;
 use peers::PeerTable;
-use stats::{Counters, DATAPATH_OFFLOAD, DATAPATH_PLAIN};
+use stats::{Counters, DATAPATH_OFFLOAD, DATAPATH_PLAIN, DATAPATH_SUPER};
 
 pub use stats::Stats;
-pub use wire::WireFormat;
+pub use wire::{GSO_FRAME_HDR, GSO_MAGIC, WireFormat};
 
 /// A remote node: where its tunnel listens and which inner subnets live behind it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,8 +121,12 @@ pub fn run(cfg: &TunnelConfig) -> Result<()> {
     sock.set_buffers(SOCKET_BUFFER);
     // Never emit fragmented outer datagrams: DF on, oversize sends fail locally.
     sock.set_pmtudisc_do().context("setting IP_PMTUDISC_DO")?;
-    let (tun, offload) = open_datapath(&cfg.dev, cfg.offload, &sock)?;
-    let datapath = if offload { DATAPATH_OFFLOAD } else { DATAPATH_PLAIN };
+    let (tun, offload) = open_datapath(&cfg.dev, cfg.offload, cfg.wire, &sock)?;
+    let datapath = match (offload, cfg.wire) {
+        (true, WireFormat::Gso) => DATAPATH_SUPER,
+        (true, _) => DATAPATH_OFFLOAD,
+        (false, _) => DATAPATH_PLAIN,
+    };
     tracing::info!(dev = %cfg.dev, local = %cfg.local, peers = cfg.peers.len(), datapath, wire = ?cfg.wire, "tunnel running");
 
     let sh = Shared { tun, sock, peers, offload, wire: cfg.wire, counters: Counters::default(), stop: AtomicBool::new(false) };
@@ -175,8 +180,18 @@ fn supervise<'s>(
     outcome.and(r)
 }
 
-/// Open the TUN for the fast path if allowed and supported, else for the plain path.
-fn open_datapath(dev: &str, mode: OffloadMode, sock: &UdpSock) -> Result<(TunFd, bool)> {
+/// Open the TUN for the fast path if allowed and supported, else for the plain path. The
+/// gso wire has no plain path: it passes the kernel's super-packets, so without the
+/// offloads it refuses to start rather than quietly become the raw wire.
+fn open_datapath(dev: &str, mode: OffloadMode, wire: WireFormat, sock: &UdpSock) -> Result<(TunFd, bool)> {
+    if wire == WireFormat::Gso {
+        if mode == OffloadMode::Off {
+            bail!("the gso wire passes TCP super-packets and needs the offload path: drop --no-offload, or use --wire raw");
+        }
+        let tun = open_offload(dev, sock)
+            .context("the gso wire needs TUN offloads and UDP GSO/GRO, which this kernel refuses: use --wire raw (--backend udp)")?;
+        return Ok((tun, true));
+    }
     if mode == OffloadMode::Auto {
         match open_offload(dev, sock) {
             Ok(tun) => return Ok((tun, true)),

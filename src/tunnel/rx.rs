@@ -9,9 +9,9 @@ use anyhow::{Context, Result};
 
 use super::Shared;
 use super::coalesce::{Coalescer, Emit, PLAIN_HDR};
-use super::packet::{Invalid, validate_ipv4};
+use super::packet::{Invalid, validate_ipv4, validate_super};
 use super::stats::{RxCounters, add};
-use super::wire::unframe;
+use super::wire::{self, Frame, WireFormat};
 use crate::sys::tun::TunFd;
 use crate::sys::udp::RecvBatch;
 
@@ -62,16 +62,29 @@ impl<'a> Rx<'a> {
                 continue;
             }
             for datagram in m.data.chunks(step) {
-                let checked = unframe(datagram).and_then(|pkt| validate_ipv4(pkt).map(|meta| (pkt, meta)));
-                match checked {
-                    Err(Invalid::Truncated) => add(&c.truncated, 1),
-                    Err(Invalid::Malformed) => add(&c.malformed, 1),
-                    Err(Invalid::NotIpv4) => add(&c.not_ipv4, 1),
-                    Ok((_, meta)) if !sh.peers.owns(peer, meta.src) => add(&c.spoofed_source, 1),
-                    Ok((pkt, _)) => match coalescer.as_mut() {
-                        Some(co) => co.push(pkt, &mut emit),
-                        None => emit(Emit { hdr: &PLAIN_HDR, pkt, segments: 1, inner_bytes: pkt.len() as u64 }),
+                match wire::parse(datagram) {
+                    // Whole super-packets only where both ends chose the gso wire.
+                    Ok(Frame::Super { .. }) if sh.wire != WireFormat::Gso => add(&c.malformed, 1),
+                    Ok(Frame::Super { hdr, pkt }) => match validate_super(hdr, pkt) {
+                        Err(e) => count_invalid(c, e),
+                        Ok(s) if !sh.peers.owns(peer, s.meta.src) => add(&c.spoofed_source, 1),
+                        Ok(s) => {
+                            // Keep order with packets merged before it.
+                            if let Some(co) = coalescer.as_mut() {
+                                co.flush(&mut emit);
+                            }
+                            emit(Emit { hdr, pkt, segments: s.segments, inner_bytes: s.inner_bytes });
+                        }
                     },
+                    Ok(Frame::Packet(pkt)) => match validate_ipv4(pkt) {
+                        Err(e) => count_invalid(c, e),
+                        Ok(meta) if !sh.peers.owns(peer, meta.src) => add(&c.spoofed_source, 1),
+                        Ok(_) => match coalescer.as_mut() {
+                            Some(co) => co.push(pkt, &mut emit),
+                            None => emit(Emit { hdr: &PLAIN_HDR, pkt, segments: 1, inner_bytes: pkt.len() as u64 }),
+                        },
+                    },
+                    Err(e) => count_invalid(c, e),
                 }
             }
             // An empty datagram has no chunks at all.
@@ -84,6 +97,17 @@ impl<'a> Rx<'a> {
         }
         Ok(true)
     }
+}
+
+fn count_invalid(c: &RxCounters, e: Invalid) {
+    add(
+        match e {
+            Invalid::Truncated => &c.truncated,
+            Invalid::Malformed => &c.malformed,
+            Invalid::NotIpv4 => &c.not_ipv4,
+        },
+        1,
+    );
 }
 
 /// One TUN write (with the vnet header only if the TUN expects it).

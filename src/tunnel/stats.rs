@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub const DATAPATH_OFFLOAD: &str = "offload: TSO+UDP GSO/GRO";
 pub const DATAPATH_PLAIN: &str = "plain";
+pub const DATAPATH_SUPER: &str = "offload, gso wire: whole TCP super-packets";
 
 /// TUN → UDP counters.
 #[derive(Default)]

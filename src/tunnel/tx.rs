@@ -1,7 +1,8 @@
 //! TUN → UDP direction, one batch per `Tx::pump` (driven by forward.rs). Reads packets from the TUN until it runs dry or
 //! the send buffer fills, then ships the whole batch with one sendmmsg. On the offload
 //! path each read may be a 64 KB TCP super-packet, cut into MTU-sized inner packets and
-//! sent as UDP GSO trains (one sendmmsg entry carries up to 64 datagrams).
+//! sent as UDP GSO trains (one sendmmsg entry carries up to 64 datagrams). On the gso
+//! wire a super-packet is sent whole instead, as one datagram.
 
 use std::io;
 use std::net::SocketAddrV4;
@@ -11,7 +12,9 @@ use anyhow::{Context, Result};
 use super::Shared;
 use super::segment::{self, Segments};
 use super::stats::add;
+use super::packet::validate_super;
 use super::vnet::{self, VnetHdr};
+use super::wire::{self, Frame, GSO_FRAME_HDR, GSO_MAGIC, WireFormat};
 use crate::sys::udp::{SendBatch, SendItem};
 
 /// Send buffer; refilled from the start for every batch.
@@ -57,7 +60,12 @@ impl<'a> Tx<'a> {
         let mut used = 0;
         let mut idle = true;
         while items.len() + 2 <= MAX_ITEMS && SBUF - used >= SBUF_RESERVE {
-            let res = if sh.offload { sh.tun.read(rbuf) } else { sh.tun.read(&mut sbuf[used + pre.len()..]) };
+            let res = match (sh.offload, sh.wire) {
+                // A super-packet goes out as read, behind the gso magic: read it in place.
+                (true, WireFormat::Gso) => sh.tun.read(&mut sbuf[used + GSO_MAGIC.len()..]),
+                (true, _) => sh.tun.read(rbuf),
+                (false, _) => sh.tun.read(&mut sbuf[used + pre.len()..]),
+            };
             let n = match res {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -66,7 +74,9 @@ impl<'a> Tx<'a> {
             };
             idle = false;
             add(&c.tun_reads, 1);
-            if sh.offload {
+            if sh.offload && sh.wire == WireFormat::Gso {
+                used += stage_super(sh, n, sbuf, used, rbuf, items);
+            } else if sh.offload {
                 used += stage_offload(sh, &mut rbuf[..n], &mut sbuf[used..], used, items);
             } else {
                 used += stage_plain(sh, &mut sbuf[used..used + pre.len() + n], used, items);
@@ -101,6 +111,27 @@ fn route(sh: &Shared, pkt: &[u8], packets: u64) -> Option<usize> {
         add(&c.no_route, packets);
     }
     peer
+}
+
+/// Gso wire: the vnet-framed TUN read of `n` bytes at `sbuf[at + 4..]` goes out whole as
+/// one datagram, behind GSO_MAGIC; returns bytes consumed in the send buffer. One too big
+/// for a datagram (a 64 KB packet from a sender allowed bigger GSO than ours) is cut into
+/// ordinary packets instead, which the peer accepts as well.
+fn stage_super(sh: &Shared, n: usize, sbuf: &mut [u8], at: usize, rbuf: &mut [u8], items: &mut Vec<SendItem>) -> usize {
+    let len = GSO_MAGIC.len() + n;
+    if len > GSO_MAX_BYTES {
+        rbuf[..n].copy_from_slice(&sbuf[at + GSO_MAGIC.len()..at + len]);
+        return stage_offload(sh, &mut rbuf[..n], &mut sbuf[at..], at, items);
+    }
+    let frame = &mut sbuf[at..at + len];
+    let Some(pkt) = frame.get(GSO_FRAME_HDR..) else {
+        add(&sh.counters.tx.bad_offload, 1);
+        return 0;
+    };
+    let Some(peer) = route(sh, pkt, 1) else { return 0 };
+    frame[..GSO_MAGIC.len()].copy_from_slice(&GSO_MAGIC);
+    items.push(SendItem { dst: sh.peers.addr(peer), start: at, len, gso_size: 0 });
+    len
 }
 
 /// Turn one vnet-framed TUN read into wire packets at `out` (= sbuf[at..]); returns
@@ -181,9 +212,16 @@ fn push_train(items: &mut Vec<SendItem>, dst: SocketAddrV4, at: usize, total: us
     }
 }
 
-/// Inner packets carried by one send item.
-fn packets_in(it: &SendItem) -> u64 {
-    if it.gso_size == 0 { 1 } else { it.len.div_ceil(it.gso_size as usize) as u64 }
+/// Inner packets carried by one send item, and their bytes (framing excluded).
+fn tally(sh: &Shared, sbuf: &[u8], it: &SendItem) -> (u64, u64) {
+    if sh.wire == WireFormat::Gso
+        && let Ok(Frame::Super { hdr, pkt }) = wire::parse(&sbuf[it.start..it.start + it.len])
+    {
+        // Counted as the packets it stands for, like the other paths count them.
+        return validate_super(hdr, pkt).map_or((1, pkt.len() as u64), |s| (s.segments, s.inner_bytes));
+    }
+    let p = if it.gso_size == 0 { 1 } else { it.len.div_ceil(it.gso_size as usize) as u64 };
+    (p, it.len as u64 - p * sh.wire.prefix().len() as u64)
 }
 
 /// sendmmsg every item; a failing item is counted and skipped, the rest still go out.
@@ -194,11 +232,10 @@ fn send_all(sh: &Shared, sbuf: &[u8], items: &[SendItem], batch: &mut SendBatch)
         match batch.send(&sh.sock, sbuf, &items[i..]) {
             Ok(k) => {
                 add(&c.udp_sends, 1);
-                let pre = sh.wire.prefix().len() as u64;
                 for it in &items[i..i + k] {
-                    let p = packets_in(it);
-                    add(&c.packets, p);
-                    add(&c.bytes, it.len as u64 - p * pre);
+                    let (packets, bytes) = tally(sh, sbuf, it);
+                    add(&c.packets, packets);
+                    add(&c.bytes, bytes);
                 }
                 i += k.max(1);
             }
@@ -206,7 +243,7 @@ fn send_all(sh: &Shared, sbuf: &[u8], items: &[SendItem], batch: &mut SendBatch)
             Err(e) => {
                 // ECONNREFUSED (peer not up yet), EMSGSIZE, ENETUNREACH...: count, go on.
                 add(&c.udp_sends, 1);
-                add(&c.send_error, packets_in(&items[i]));
+                add(&c.send_error, tally(sh, sbuf, &items[i]).0);
                 tracing::debug!(error = %e, peer = %items[i].dst, "send failed");
                 i += 1;
             }

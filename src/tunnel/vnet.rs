@@ -6,6 +6,8 @@
 pub const LEN: usize = crate::sys::tun::VNET_HDR_LEN;
 
 pub const F_NEEDS_CSUM: u8 = 1;
+/// The kernel checked the checksum already (set on TUN reads; ignored on TUN writes).
+pub const F_DATA_VALID: u8 = 2;
 pub const GSO_NONE: u8 = 0;
 pub const GSO_TCPV4: u8 = 1;
 pub const GSO_ECN: u8 = 0x80;

@@ -6,13 +6,27 @@
 //! With socat's `iff-no-pi` option (or `WireFormat::Raw`) the datagram is the bare packet.
 //! We send the configured framing and accept both on receive: a bare IPv4 packet starts
 //! with 0x4_, a PI frame with 0x00, so the two can never be confused.
+//!
+//! `WireFormat::Gso` (the `udp-gso` backend) is cnet's own, for a same-host underlay that
+//! carries 64 KB datagrams (the lab's cables): a TCP super-packet read from the TUN
+//! crosses whole, as `GSO_MAGIC`, its virtio_net_hdr and the packet, and the receiving
+//! tunnel writes it into its TUN as it came. No segmenting, no checksums, no merging: the
+//! least work a TUN + UDP tunnel can do per byte. Its first byte (0xC0) is neither 0x4_
+//! nor 0x00, so it cannot be taken for the other two framings either.
 
 use super::packet::Invalid;
+use super::vnet;
+
+/// First bytes of a `Gso` frame: a marker byte, "GS", and the framing version.
+pub const GSO_MAGIC: [u8; 4] = [0xC0, b'G', b'S', 1];
+/// Bytes in front of the inner packet in a `Gso` frame.
+pub const GSO_FRAME_HDR: usize = GSO_MAGIC.len() + vnet::LEN;
 
 /// TUN packet-info header for IPv4 (struct tun_pi: u16 flags, be16 proto = ETH_P_IP).
 pub const PI_IPV4: [u8; 4] = [0, 0, 0x08, 0x00];
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum WireFormat {
     /// 4-byte TUN PI header + IP packet: what the talk's exact socat command sends, for
     /// talking to it (tun0's MTU must then be underlay − 32).
@@ -22,14 +36,27 @@ pub enum WireFormat {
     /// as the whole UDP payload.
     #[default]
     Raw,
+    /// cnet to cnet only, over an underlay that carries 64 KB datagrams: whole TCP
+    /// super-packets with their virtio_net_hdr (see the module comment). Whatever cannot
+    /// go whole (too big for one datagram) goes as `Raw` packets, which both ends accept.
+    Gso,
 }
 
 impl WireFormat {
+    /// The name `--wire` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            WireFormat::TunPi => "pi",
+            WireFormat::Raw => "raw",
+            WireFormat::Gso => "gso",
+        }
+    }
+
     /// Bytes written in front of every inner packet on send.
     pub fn prefix(self) -> &'static [u8] {
         match self {
             WireFormat::TunPi => &PI_IPV4,
-            WireFormat::Raw => &[],
+            WireFormat::Raw | WireFormat::Gso => &[],
         }
     }
 
@@ -37,7 +64,8 @@ impl WireFormat {
     /// must be `underlay MTU - overhead()` (1468 for PI framing, 1472 for raw, on a 1500
     /// underlay), or full-size packets cannot be sent without fragmenting.
     pub fn overhead(self) -> u32 {
-        20 + 8 + self.prefix().len() as u32
+        let framing = if self == WireFormat::Gso { GSO_FRAME_HDR } else { self.prefix().len() };
+        20 + 8 + framing as u32
     }
 }
 
@@ -47,13 +75,32 @@ impl std::str::FromStr for WireFormat {
         match s {
             "pi" | "tun-pi" => Ok(WireFormat::TunPi),
             "raw" => Ok(WireFormat::Raw),
-            _ => Err(anyhow::anyhow!("wire format must be 'pi' or 'raw', not {s:?}")),
+            "gso" => Ok(WireFormat::Gso),
+            _ => Err(anyhow::anyhow!("wire format must be 'pi', 'raw' or 'gso', not {s:?}")),
         }
     }
 }
 
-/// The inner packet of one received datagram, in either framing.
-pub fn unframe(d: &[u8]) -> Result<&[u8], Invalid> {
+/// What one received datagram carries.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// One inner packet (raw or PI framing).
+    Packet(&'a [u8]),
+    /// A `Gso` frame: the sender's virtio_net_hdr and its (super-)packet.
+    Super { hdr: &'a [u8; vnet::LEN], pkt: &'a [u8] },
+}
+
+/// Split a datagram into its framing and content, in any of the three framings.
+pub fn parse(d: &[u8]) -> Result<Frame<'_>, Invalid> {
+    if let Some(rest) = d.strip_prefix(&GSO_MAGIC) {
+        let (hdr, pkt) = rest.split_first_chunk::<{ vnet::LEN }>().ok_or(Invalid::Truncated)?;
+        return Ok(Frame::Super { hdr, pkt });
+    }
+    unframe(d).map(Frame::Packet)
+}
+
+/// The inner packet of one received datagram, in raw or PI framing.
+fn unframe(d: &[u8]) -> Result<&[u8], Invalid> {
     match d {
         [b, ..] if b >> 4 == 4 => Ok(d),
         [0, 0, 0x08, 0x00, rest @ ..] => Ok(rest),
@@ -82,5 +129,19 @@ mod tests {
     fn overhead_sets_the_tun_mtu() {
         assert_eq!(1500 - WireFormat::TunPi.overhead(), 1468);
         assert_eq!(1500 - WireFormat::Raw.overhead(), 1472);
+        // The lab's 64 KB cables: the largest datagram is 65535 - 28 bytes.
+        assert_eq!(65535 - WireFormat::Gso.overhead(), 65535 - 28 - 14);
+    }
+
+    #[test]
+    fn tells_gso_frames_from_packets() {
+        let mut d = GSO_MAGIC.to_vec();
+        d.extend_from_slice(&[1, 1, 52, 0, 0xa8, 5, 20, 0, 16, 0]);
+        d.extend_from_slice(&[0x45, 0, 0, 20]);
+        let Ok(Frame::Super { hdr, pkt }) = parse(&d) else { panic!("not a super frame") };
+        assert_eq!((hdr[1], pkt), (vnet::GSO_TCPV4, &[0x45u8, 0, 0, 20][..]));
+        assert_eq!(parse(&d[..10]), Err(Invalid::Truncated));
+        assert_eq!(parse(&[0x45, 1]), Ok(Frame::Packet(&[0x45, 1])));
+        assert_eq!(parse(&[0, 0, 8, 0, 0x45]), Ok(Frame::Packet(&[0x45])));
     }
 }

@@ -163,6 +163,20 @@ fn udp_tunnel_carries_inner_ip() {
 }
 
 #[test]
+fn udp_tunnel_gso_frame() {
+    // cnet's gso wire: magic, a 10-byte virtio_net_hdr, then the packet
+    let mut payload = crate::tunnel::GSO_MAGIC.to_vec();
+    payload.extend_from_slice(&[0; 10]);
+    payload.extend_from_slice(&inner_ping());
+    let outer = ipv4(NODE1, NODE2, 17, 64, &udp(9000, 9000, &payload));
+    assert_eq!(
+        line(&outer, LinkKind::RawIp),
+        "10.0.0.10 → 10.0.0.20  ip:udp (9000 → 9000, 98 bytes, gso frame)  |  \
+         inner 172.16.0.2 → 172.16.1.2  ip:icmp (echo request id=77 seq=1 ttl=63)"
+    );
+}
+
+#[test]
 fn udp_tunnel_with_tun_packet_information_header() {
     // socat's TUN address keeps the 4-byte struct tun_pi (flags 0, ethertype) in front
     let mut payload = vec![0, 0, 0x08, 0x00];
