@@ -433,7 +433,7 @@ mod tests {
     #[test]
     fn link_local_is_switched_off_before_any_carrier() {
         use crate::topology::Backend;
-        for (stage, backend) in [(Stage::SingleNode, Backend::Udp), (Stage::MultiNode, Backend::Udp), (Stage::Overlay, Backend::Udp), (Stage::Overlay, Backend::Vxlan)] {
+        for (stage, backend) in [(Stage::SingleNode, Backend::Udp), (Stage::MultiNode, Backend::Udp), (Stage::Overlay, Backend::Udp), (Stage::Overlay, Backend::Vxlan), (Stage::Overlay, Backend::UdpGso)] {
             let mut o = Options::new(stage);
             o.containers = 5;
             o.backend = backend;

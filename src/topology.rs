@@ -178,7 +178,7 @@ pub struct Options {
     /// Stage 2 only: the node's pod subnet (default 172.16.0.0/24).
     pub pod_cidr: Option<Ipv4Net>,
     pub backend: Backend,
-    /// The underlay MTU, from which tun0's MTU is computed (underlay − 28).
+    /// The underlay MTU, from which tun0's MTU is computed (underlay − 28; − 42 for udp-gso).
     pub underlay_mtu: u32,
 }
 

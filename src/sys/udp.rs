@@ -51,6 +51,20 @@ fn from_sockaddr(s: &libc::sockaddr_in) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::from(u32::from_be(s.sin_addr.s_addr)), u16::from_be(s.sin_port))
 }
 
+/// The MTU of the route from `local` to `peer` (IP_MTU on a connected probe socket; no
+/// packet is sent).
+pub fn path_mtu(local: Ipv4Addr, peer: SocketAddrV4) -> io::Result<u32> {
+    let probe = UdpSocket::bind(SocketAddrV4::new(local, 0))?;
+    probe.connect(peer)?;
+    let mut mtu: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: mtu and len are live and len holds mtu's size.
+    let ret = unsafe {
+        libc::getsockopt(probe.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MTU, &mut mtu as *mut libc::c_int as *mut libc::c_void, &mut len)
+    };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(mtu as u32) }
+}
+
 impl UdpSock {
     pub fn bind(addr: SocketAddrV4) -> io::Result<UdpSock> {
         Ok(UdpSock { sock: UdpSocket::bind(addr)? })

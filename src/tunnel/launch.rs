@@ -37,7 +37,11 @@ pub fn start(dev: &str, local: SocketAddrV4, peers: &[(SocketAddrV4, Ipv4Net)], 
     for (addr, net) in peers {
         cmd.arg("--peer").arg(format!("{addr}={net}"));
     }
-    cmd.arg("--stats").arg(&stats).arg("--wire").arg(wire.name());
+    cmd.arg("--stats").arg(&stats);
+    // Only when not the default, so that the command line reads as `explain` prints it.
+    if wire != WireFormat::Raw {
+        cmd.arg("--wire").arg(wire.name());
+    }
     // Test and comparison hook: force the plain path, as on a kernel without TUN offloads.
     if std::env::var_os("CNET_TUNNEL_NO_OFFLOAD").is_some() {
         cmd.arg("--no-offload");

@@ -33,7 +33,7 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::sys::term::TermSignals;
 use crate::sys::tun::{OFFLOAD_TSO4_CSUM, TunFd};
-use crate::sys::udp::UdpSock;
+use crate::sys::udp::{self, UdpSock};
 use peers::PeerTable;
 use stats::{Counters, DATAPATH_OFFLOAD, DATAPATH_PLAIN, DATAPATH_SUPER};
 
@@ -121,6 +121,9 @@ pub fn run(cfg: &TunnelConfig) -> Result<()> {
     sock.set_buffers(SOCKET_BUFFER);
     // Never emit fragmented outer datagrams: DF on, oversize sends fail locally.
     sock.set_pmtudisc_do().context("setting IP_PMTUDISC_DO")?;
+    if cfg.wire == WireFormat::Gso {
+        check_gso_paths(cfg)?;
+    }
     let (tun, offload) = open_datapath(&cfg.dev, cfg.offload, cfg.wire, &sock)?;
     let datapath = match (offload, cfg.wire) {
         (true, WireFormat::Gso) => DATAPATH_SUPER,
@@ -180,13 +183,26 @@ fn supervise<'s>(
     outcome.and(r)
 }
 
+/// The gso wire's datagrams reach 65535 bytes (IP) with DF set: on a smaller path every
+/// super-packet would fail to send and TCP would stall without a word, so refuse to start.
+fn check_gso_paths(cfg: &TunnelConfig) -> Result<()> {
+    let need = 65535;
+    for p in &cfg.peers {
+        let mtu = udp::path_mtu(*cfg.local.ip(), p.addr).with_context(|| format!("reading the path MTU towards {}", p.addr))?;
+        if mtu < need {
+            bail!("the gso wire sends datagrams of up to 64 KB, but the path to {} has MTU {mtu}: it needs {need} (the lab's cables with --backend udp-gso); on a real network use --wire raw", p.addr);
+        }
+    }
+    Ok(())
+}
+
 /// Open the TUN for the fast path if allowed and supported, else for the plain path. The
 /// gso wire has no plain path: it passes the kernel's super-packets, so without the
 /// offloads it refuses to start rather than quietly become the raw wire.
 fn open_datapath(dev: &str, mode: OffloadMode, wire: WireFormat, sock: &UdpSock) -> Result<(TunFd, bool)> {
     if wire == WireFormat::Gso {
         if mode == OffloadMode::Off {
-            bail!("the gso wire passes TCP super-packets and needs the offload path: drop --no-offload, or use --wire raw");
+            bail!("the gso wire passes TCP super-packets and needs the offload path, but the plain one was asked for (--no-offload, or CNET_TUNNEL_NO_OFFLOAD for `up`): drop that, or use --wire raw");
         }
         let tun = open_offload(dev, sock)
             .context("the gso wire needs TUN offloads and UDP GSO/GRO, which this kernel refuses: use --wire raw (--backend udp)")?;

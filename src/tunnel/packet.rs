@@ -81,29 +81,42 @@ pub struct SuperMeta {
     pub inner_bytes: u64,
 }
 
+/// Smallest segment size TCP sends (Linux's TCP_MIN_SND_MSS): a smaller gso_size would let
+/// one datagram stand for tens of thousands of packets.
+const MIN_GSO_SIZE: u16 = 48;
+
 /// Validate a packet that arrived whole with the sender's virtio_net_hdr (`Gso` wire)
-/// before it is written into the TUN with that header: the IPv4 header as for any packet,
-/// and offload instructions that only point inside the packet and ask for nothing but
-/// checksum completion and TCPv4 segmentation. The kernel checks the header again
-/// (TUN marks written GSO packets as untrusted), so this is about naming the drop.
+/// before it is written into the TUN with that header. The header comes from the network,
+/// so only what a TUN read itself hands out passes: the IPv4 header checked as for any
+/// packet; no offload, or TCPv4 segmentation (ECN allowed) of an unfragmented TCP packet
+/// at no less than 48 bytes a segment; a partial checksum only as the kernel leaves it,
+/// the TCP or UDP checksum field right after the IPv4 header (mandatory for TCPv4, whose
+/// segments the kernel must checksum); header lengths inside the packet. Older kernels
+/// trust these fields further than they should, so nothing else reaches them.
 pub fn validate_super(hdr: &[u8; vnet::LEN], pkt: &[u8]) -> Result<SuperMeta, Invalid> {
     let meta = validate_ipv4(pkt)?;
     let h = VnetHdr::decode(hdr).ok_or(Invalid::Truncated)?;
-    if h.flags & !(vnet::F_NEEDS_CSUM | vnet::F_DATA_VALID) != 0 {
+    let ihl = ((pkt[0] & 0x0f) as usize) * 4;
+    let proto = pkt[9];
+    if h.flags & !(vnet::F_NEEDS_CSUM | vnet::F_DATA_VALID) != 0 || h.hdr_len as usize > pkt.len() {
         return Err(Invalid::Malformed);
     }
-    let ihl = ((pkt[0] & 0x0f) as usize) * 4;
-    if h.flags & vnet::F_NEEDS_CSUM != 0 {
-        let (start, offset) = (h.csum_start as usize, h.csum_offset as usize);
-        if start < ihl || start + offset + 2 > pkt.len() {
+    let needs_csum = h.flags & vnet::F_NEEDS_CSUM != 0;
+    if needs_csum {
+        let offset = match proto {
+            PROTO_TCP => 16,
+            PROTO_UDP => 6,
+            _ => return Err(Invalid::Malformed),
+        };
+        if h.csum_start as usize != ihl || h.csum_offset != offset || ihl + offset as usize + 2 > pkt.len() {
             return Err(Invalid::Malformed);
         }
     }
-    match h.gso_type & !vnet::GSO_ECN {
+    match h.gso_type {
         vnet::GSO_NONE => Ok(SuperMeta { meta, segments: 1, inner_bytes: pkt.len() as u64 }),
-        vnet::GSO_TCPV4 => {
+        t if t & !vnet::GSO_ECN == vnet::GSO_TCPV4 => {
             let fragment = u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff != 0;
-            if pkt[9] != PROTO_TCP || fragment || h.gso_size == 0 || pkt.len() < ihl + 20 {
+            if proto != PROTO_TCP || fragment || !needs_csum || h.gso_size < MIN_GSO_SIZE || pkt.len() < ihl + 20 {
                 return Err(Invalid::Malformed);
             }
             let hlen = ihl + ((pkt[ihl + 12] >> 4) as usize) * 4;
@@ -174,27 +187,41 @@ pub(crate) mod tests {
     #[test]
     fn validates_super_packets() {
         let sp = crate::tunnel::segment::tests::tcp4(1, 0x10, &[7u8; 3000]); // 20 + 32 + 3000
-        let tso = |flags, gso_size, csum_start, csum_offset| {
-            VnetHdr { flags, gso_type: vnet::GSO_TCPV4, hdr_len: 52, gso_size, csum_start, csum_offset }.encode()
+        let hdr = |flags, gso_type, gso_size, csum_start, csum_offset| {
+            VnetHdr { flags, gso_type, hdr_len: 52, gso_size, csum_start, csum_offset }.encode()
         };
-        let m = validate_super(&tso(vnet::F_NEEDS_CSUM, 1400, 20, 16), &sp).unwrap();
+        let tso = |gso_size, csum_start, csum_offset| hdr(vnet::F_NEEDS_CSUM, vnet::GSO_TCPV4, gso_size, csum_start, csum_offset);
+        let m = validate_super(&tso(1400, 20, 16), &sp).unwrap();
         assert_eq!((m.segments, m.inner_bytes), (3, 3000 + 3 * 52));
         assert_eq!(m.meta.dst, Ipv4Addr::new(172, 16, 1, 2));
-        // A plain packet with a zero header is one packet.
+        assert!(validate_super(&hdr(vnet::F_NEEDS_CSUM, vnet::GSO_TCPV4 | vnet::GSO_ECN, 1400, 20, 16), &sp).is_ok());
+        // A plain packet with a zero header, or with its TCP checksum left partial, is one packet.
         let plain = validate_super(&[0; vnet::LEN], &sp).unwrap();
         assert_eq!((plain.segments, plain.inner_bytes), (1, sp.len() as u64));
-        // Offload instructions pointing outside the packet, unknown flags or GSO types,
-        // a zero segment size, or TCP segmentation of a UDP packet are refused.
-        assert_eq!(validate_super(&tso(vnet::F_NEEDS_CSUM, 1400, 20, 3100), &sp), Err(Invalid::Malformed));
-        assert_eq!(validate_super(&tso(vnet::F_NEEDS_CSUM, 1400, 4, 16), &sp), Err(Invalid::Malformed));
-        assert_eq!(validate_super(&tso(0x80, 1400, 20, 16), &sp), Err(Invalid::Malformed));
-        assert_eq!(validate_super(&tso(0, 0, 0, 0), &sp), Err(Invalid::Malformed));
-        let mut udp6 = tso(0, 1400, 0, 0);
-        udp6[1] = 4; // VIRTIO_NET_HDR_GSO_TCPV6
-        assert_eq!(validate_super(&udp6, &sp), Err(Invalid::Malformed));
+        assert!(validate_super(&hdr(vnet::F_NEEDS_CSUM, vnet::GSO_NONE, 0, 20, 16), &sp).is_ok());
+        // Refused: a checksum anywhere but the TCP field, TCPv4 without a partial checksum,
+        // unknown flags, ECN without TCPv4, TCPv6, tiny or zero segments, a header length
+        // past the end, TCP segmentation of a UDP packet.
+        for bad in [
+            tso(1400, 20, 3100),
+            tso(1400, 4, 16),
+            tso(1400, 52, 16),
+            hdr(vnet::F_NEEDS_CSUM, vnet::GSO_NONE, 0, 20, 6),
+            hdr(0, vnet::GSO_TCPV4, 1400, 0, 0),
+            hdr(0x80, vnet::GSO_TCPV4, 1400, 20, 16),
+            hdr(0, vnet::GSO_ECN, 0, 0, 0),
+            hdr(vnet::F_NEEDS_CSUM, 4, 1400, 20, 16), // VIRTIO_NET_HDR_GSO_TCPV6
+            tso(47, 20, 16),
+            tso(0, 20, 16),
+        ] {
+            assert_eq!(validate_super(&bad, &sp), Err(Invalid::Malformed), "{:?}", VnetHdr::decode(&bad));
+        }
+        let mut long_hdr = VnetHdr::decode(&tso(1400, 20, 16)).unwrap();
+        long_hdr.hdr_len = 3100;
+        assert_eq!(validate_super(&long_hdr.encode(), &sp), Err(Invalid::Malformed));
         let udp = ipv4([172, 16, 0, 2], [172, 16, 1, 2], PROTO_UDP, &[0u8; 3000]);
-        assert_eq!(validate_super(&tso(0, 1400, 0, 0), &udp), Err(Invalid::Malformed));
+        assert_eq!(validate_super(&tso(1400, 20, 6), &udp), Err(Invalid::Malformed));
         // The IPv4 header is checked as for any packet.
-        assert_eq!(validate_super(&tso(0, 1400, 0, 0), &sp[..100]), Err(Invalid::Truncated));
+        assert_eq!(validate_super(&tso(1400, 20, 16), &sp[..100]), Err(Invalid::Truncated));
     }
 }

@@ -2,6 +2,8 @@
 //! UDP GRO, each may hold many same-size datagrams back to back); each inner packet is
 //! checked (known peer, valid IPv4, source inside that peer's subnets) before the TUN
 //! sees it. On the offload path consecutive TCP segments are merged into super-packets.
+//! On the gso wire a datagram may instead carry a whole super-packet with the sender's
+//! virtio_net_hdr: both are checked (packet::validate_super) and written as they came.
 
 use std::io;
 

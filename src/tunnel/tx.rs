@@ -62,7 +62,7 @@ impl<'a> Tx<'a> {
         while items.len() + 2 <= MAX_ITEMS && SBUF - used >= SBUF_RESERVE {
             let res = match (sh.offload, sh.wire) {
                 // A super-packet goes out as read, behind the gso magic: read it in place.
-                (true, WireFormat::Gso) => sh.tun.read(&mut sbuf[used + GSO_MAGIC.len()..]),
+                (true, WireFormat::Gso) => sh.tun.read(&mut sbuf[used + GSO_MAGIC.len()..][..RBUF]),
                 (true, _) => sh.tun.read(rbuf),
                 (false, _) => sh.tun.read(&mut sbuf[used + pre.len()..]),
             };
