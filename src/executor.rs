@@ -94,7 +94,7 @@ pub async fn apply(nl: &Netlink, index: usize, step: &Step, stage: &str) -> Resu
             done.old = Some(sysctl::read(key)?);
             sysctl::write(key, value)?;
         }
-        Step::StartTunnel { dev, local, peers, wire } => done.pid = Some(tunnel::launch::start(dev, *local, peers, *wire)?),
+        Step::StartTunnel { dev, local, peers, wire } => done.pid = Some(tunnel::launch::start(dev, *local, peers, *wire).await?),
     }
     Ok(done)
 }

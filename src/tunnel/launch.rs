@@ -27,8 +27,10 @@ pub fn pid_path() -> PathBuf {
 }
 
 /// Start the tunnel and wait until it is ready (its first counters written: device
-/// attached, socket bound). On failure the process is stopped again.
-pub fn start(dev: &str, local: SocketAddrV4, peers: &[(SocketAddrV4, Ipv4Net)], wire: WireFormat) -> Result<u32> {
+/// attached, socket bound). On failure the process is stopped again. The wait is async so
+/// that a Ctrl-C during it is seen at once; if `up` is cancelled here, the pid file lets
+/// `down` find the process.
+pub async fn start(dev: &str, local: SocketAddrV4, peers: &[(SocketAddrV4, Ipv4Net)], wire: WireFormat) -> Result<u32> {
     let log = fs::File::create(log_path()).context("cannot create the tunnel's log")?;
     let stats = stats_path();
     let _ = fs::remove_file(&stats);
@@ -65,7 +67,7 @@ pub fn start(dev: &str, local: SocketAddrV4, peers: &[(SocketAddrV4, Ipv4Net)], 
         if Instant::now() > deadline {
             break anyhow!("the tunnel did not start within 5 s (see {})", log_path().display());
         }
-        std::thread::sleep(Duration::from_millis(2));
+        tokio::time::sleep(Duration::from_millis(2)).await;
     };
     let _ = child.kill();
     let _ = child.wait();
