@@ -39,9 +39,21 @@ pub fn kernel_error(e: rtnetlink::Error) -> anyhow::Error {
     }
 }
 
+/// A link operation found no link of that name.
+#[derive(Debug)]
+pub struct NoSuchLink(pub String);
+
+impl std::fmt::Display for NoSuchLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "there is no link named {}", self.0)
+    }
+}
+
+impl std::error::Error for NoSuchLink {}
+
 /// A link operation's error; "no such device" names the link.
 fn link_error(e: rtnetlink::Error, dev: &str) -> anyhow::Error {
-    if errno(&e) == Some(libc::ENODEV) { anyhow!("there is no link named {dev}") } else { kernel_error(e) }
+    if errno(&e) == Some(libc::ENODEV) { NoSuchLink(dev.to_string()).into() } else { kernel_error(e) }
 }
 
 pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
@@ -51,12 +63,15 @@ pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
-/// Whether an error chain says the object is already gone (undo treats that as done).
+/// Whether an error chain says the object is already gone (undo treats that as done): no
+/// such link, or the kernel's ENODEV, ESRCH (no such route), ENOENT or EADDRNOTAVAIL (no
+/// such address), read from the error's code rather than its text.
 pub fn is_gone(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
-        let s = c.to_string();
-        s.contains("No such device") || s.contains("No such process") || s.contains("No such file")
-            || s.contains("Cannot assign requested address") || s.starts_with("there is no link named")
+        c.is::<NoSuchLink>()
+            || c.downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::raw_os_error)
+                .is_some_and(|code| matches!(code, libc::ENODEV | libc::ESRCH | libc::ENOENT | libc::EADDRNOTAVAIL))
     })
 }
 
@@ -152,7 +167,7 @@ impl Netlink {
             return Ok(*i);
         }
         let h = self.handle(netns)?;
-        let msg = find_link(&h, name).await?.ok_or_else(|| anyhow!("there is no link named {name}"))?;
+        let msg = find_link(&h, name).await?.ok_or_else(|| NoSuchLink(name.to_string()))?;
         self.index.lock().unwrap().insert(key, msg.header.index);
         Ok(msg.header.index)
     }
@@ -522,4 +537,19 @@ pub fn route_views(msgs: &[RouteMessage]) -> Vec<RouteView> {
 /// IFLA_AF_SPEC { AF_INET6 { IFLA_INET6_ADDR_GEN_MODE: NONE } }, what `addrgenmode none` sends.
 fn no_link_local() -> LinkAttribute {
     LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)])])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gone_is_read_from_the_error_not_its_text() {
+        let no_route = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::ESRCH)).context("cannot delete the route");
+        assert!(is_gone(&no_route));
+        assert!(is_gone(&anyhow::Error::new(NoSuchLink("veth10".into())).context("cannot delete veth10")));
+        assert!(!is_gone(&anyhow::Error::new(std::io::Error::from_raw_os_error(libc::EPERM))));
+        // Text alone no longer counts: a message that merely mentions it is not the kernel saying so.
+        assert!(!is_gone(&anyhow!("No such device: a message, not an errno")));
+    }
 }
