@@ -16,30 +16,57 @@ use crate::state::NodeJournal;
 use crate::status::{self, NodeStatus};
 use crate::topology::{Options, Topology};
 
-/// An error about the machine rather than the request: exit code 2.
-#[derive(Debug)]
-pub struct EnvError(pub String);
-impl std::fmt::Display for EnvError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+/// Failures whose kind sets the exit code (everything else is the request's: 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The machine, not the request: not root, no kernel support (exit code 2).
+    Environment,
+    /// `up` was stopped by Ctrl-C (exit code 130, as shells report it).
+    Interrupted,
 }
-impl std::error::Error for EnvError {}
 
-/// `up` was stopped by Ctrl-C (exit code 130).
+/// A one-line failure of a given kind.
 #[derive(Debug)]
-pub struct Interrupted(pub String);
-impl std::fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn environment(message: impl Into<String>) -> anyhow::Error {
+        Failure { kind: FailureKind::Environment, message: message.into() }.into()
+    }
+    pub fn interrupted(message: impl Into<String>) -> anyhow::Error {
+        Failure { kind: FailureKind::Interrupted, message: message.into() }.into()
     }
 }
-impl std::error::Error for Interrupted {}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+impl std::error::Error for Failure {}
+
+fn kind_of(e: &anyhow::Error) -> Option<FailureKind> {
+    e.downcast_ref::<Failure>().map(|f| f.kind)
+}
+
+/// The exit code for a failed command: 130 interrupted, 2 the machine's fault, 1 otherwise.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if kind_of(e) == Some(FailureKind::Interrupted) {
+        130
+    } else if is_environment(e) {
+        2
+    } else {
+        1
+    }
+}
 
 /// An error about the machine rather than the request: not root, no kernel support.
 pub fn is_environment(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
-        c.is::<EnvError>()
+        c.downcast_ref::<Failure>().is_some_and(|f| f.kind == FailureKind::Environment)
             || c.downcast_ref::<std::io::Error>().and_then(|io| io.raw_os_error()).is_some_and(|code| {
                 [libc::EPERM, libc::EACCES, libc::EOPNOTSUPP, libc::EAFNOSUPPORT, libc::EPROTONOSUPPORT].contains(&code)
             })
@@ -50,10 +77,10 @@ pub fn is_environment(e: &anyhow::Error) -> bool {
 /// `message` as an error of the same kind as `cause` (the machine's fault or not), for
 /// callers that fold a cause into one line of text: the exit code must survive that.
 pub fn same_kind(cause: &anyhow::Error, message: String) -> anyhow::Error {
-    if cause.is::<Interrupted>() {
-        Interrupted(message).into()
+    if kind_of(cause) == Some(FailureKind::Interrupted) {
+        Failure::interrupted(message)
     } else if is_environment(cause) {
-        EnvError(message).into()
+        Failure::environment(message)
     } else {
         anyhow::anyhow!(message)
     }
@@ -61,7 +88,7 @@ pub fn same_kind(cause: &anyhow::Error, message: String) -> anyhow::Error {
 
 pub fn require_admin() -> Result<()> {
     if !crate::sys::ns::has_admin_caps() {
-        return Err(EnvError("cnet needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to build namespaces and links: run it with sudo".into()).into());
+        return Err(Failure::environment("cnet needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to build namespaces and links: run it with sudo"));
     }
     Ok(())
 }
@@ -133,7 +160,7 @@ where
                 Ok(_) => "interrupted: what was built so far has been removed".to_string(),
                 Err(e) => format!("interrupted, and removing what was built failed: {}; run `cnet down`", node::chain(&e)),
             };
-            Err(Interrupted(message).into())
+            Err(Failure::interrupted(message))
         }
     }
 }

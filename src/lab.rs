@@ -113,7 +113,7 @@ async fn build(topo: &Topology, state: &mut LabState, v: Verbosity) -> Result<()
             };
             let message = format!("{} ({}): {reason}", n.short_name(), n.hostname);
             // The runner's exit code says whose fault it was (2: the machine's).
-            return Err(if out.status.code() == Some(2) { crate::commands::EnvError(message).into() } else { anyhow!(message) });
+            return Err(if out.status.code() == Some(2) { crate::commands::Failure::environment(message) } else { anyhow!(message) });
         }
         if !err.is_empty() {
             tell!("{}", err.trim_end());

@@ -87,9 +87,7 @@ fn run() -> ExitCode {
         Err(e) => {
             let line = node::chain(&e);
             tell!("cnet: error: {line}");
-            // 130: ended by Ctrl-C, as shells report it.
-            let code = if e.is::<commands::Interrupted>() { 130 } else if commands::is_environment(&e) { 2 } else { 1 };
-            ExitCode::from(code)
+            ExitCode::from(commands::exit_code(&e))
         }
     }
 }
