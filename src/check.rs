@@ -205,7 +205,7 @@ fn run_once(checks: &[Check], netns_dir: &Path, timeout: Duration, round: u16) -
                         },
                         None => CheckResult { check: c, pass: false, ttl: None, rtt_ms: None, error: Some(format!("no reply within {} ms", timeout.as_millis())) },
                     },
-                    Err(e) => CheckResult { check: c, pass: false, ttl: None, rtt_ms: None, error: Some(crate::node::chain(e)) },
+                    Err(e) => CheckResult { check: c, pass: false, ttl: None, rtt_ms: None, error: Some(format!("{e:#}")) },
                 });
             }
         }

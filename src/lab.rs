@@ -12,7 +12,6 @@ use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
 use crate::netlink::Netlink;
-use crate::node::chain;
 use crate::state::{lab_dir, run_dir, LabState};
 use crate::sys::ns::{self, NodeNs};
 use crate::topology::{Ipv4Net, Options, Topology, UNDERLAY_DEV};
@@ -74,9 +73,9 @@ pub async fn up(opts: &Options, v: Verbosity) -> Result<()> {
     if let Err(e) = result {
         let undo = match down_lab(&state).await {
             Ok(()) => "the lab was removed".to_string(),
-            Err(u) => format!("removing the lab also failed ({}); run `cnet down`", chain(&u)),
+            Err(u) => format!("removing the lab also failed ({}); run `cnet down`", format!("{u:#}")),
         };
-        return Err(crate::commands::same_kind(&e, format!("{}; {undo}", chain(&e))));
+        return Err(crate::commands::same_kind(&e, format!("{}; {undo}", format!("{e:#}"))));
     }
     state.complete = true;
     state.write()
@@ -277,7 +276,7 @@ async fn down_lab(state: &LabState) -> Result<()> {
     let _ = std::fs::remove_dir(switch_ns().parent().unwrap());
     let _ = std::fs::remove_dir(lab_dir());
     if !errors.is_empty() {
-        return Err(anyhow!("{}", errors.iter().map(chain).collect::<Vec<_>>().join("; ")));
+        return Err(anyhow!(crate::node::join_errors(&errors)));
     }
     LabState::remove()?;
     if state.made_run_mount {

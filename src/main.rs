@@ -85,7 +85,7 @@ fn run() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let line = node::chain(&e);
+            let line = format!("{e:#}");
             tell!("cnet: error: {line}");
             ExitCode::from(commands::exit_code(&e))
         }

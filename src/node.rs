@@ -268,12 +268,12 @@ async fn fail(nl: &Netlink, plan: &NodePlan, done: &[Done], stage: &str, step: u
     let undo = if errors.is_empty() {
         match NodeJournal::remove() {
             Ok(()) => "the steps already done were undone".to_string(),
-            Err(r) => format!("the steps already done were undone, but {}", chain(&r)),
+            Err(r) => format!("the steps already done were undone, but {}", format!("{r:#}")),
         }
     } else {
         format!("undoing the steps already done also failed ({}); run `cnet down`", join_errors(&errors))
     };
-    let message = format!("step {} ({}) failed: {}; {undo}", step + 1, plan.steps[step].command, chain(&e));
+    let message = format!("step {} ({}) failed: {}; {undo}", step + 1, plan.steps[step].command, format!("{e:#}"));
     crate::commands::same_kind(&e, message)
 }
 
@@ -303,12 +303,9 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
-pub fn chain(e: &anyhow::Error) -> String {
-    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
-}
-
-fn join_errors(errors: &[anyhow::Error]) -> String {
-    errors.iter().map(chain).collect::<Vec<_>>().join("; ")
+/// Several errors as one line, each with its causes.
+pub fn join_errors(errors: &[anyhow::Error]) -> String {
+    errors.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("; ")
 }
 
 /// The talk's demo commands for the stage, to try next.
