@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 
+use crate::plan::{node_plan, Step};
 use crate::status::NodeStatus;
 use crate::topology::{Ipv4Net, Stage, Topology, UNDERLAY_DEV};
 
@@ -41,32 +42,37 @@ fn addrs_text(a: &[Ipv4Net]) -> String {
     a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" ")
 }
 
+/// Read off the node plans, so that the drawing shows exactly what `up` would build: the
+/// overlay device and its MTU, and every route (connected ones from the node's addresses,
+/// static ones from its route steps).
 pub fn from_plan(topo: &Topology) -> Diagram {
     let stage = topo.stage();
     let mut nodes = Vec::new();
     for n in &topo.nodes {
+        // The cable and its address come from the lab (or the machine), not the plan.
         let mut routes = vec![format!("{} dev {UNDERLAY_DEV}", n.ip.trunc())];
-        if let Some(b) = n.bridge {
-            routes.push(format!("{} dev br0", b.trunc()));
-        }
-        let overlay = match (stage, topo.options.backend) {
-            (Stage::Overlay, b) => {
-                let dev = if b == crate::topology::Backend::Vxlan { "vxlan0" } else { "tun0" };
-                routes.push(format!("{} dev {dev}", n.tun_addr().trunc()));
-                Some(Iface { name: dev.into(), addrs: vec![n.tun_addr()], note: format!("mtu {}", topo.tun_mtu()) })
-            }
-            _ => None,
-        };
-        for p in topo.peers_of(n.index) {
-            match (stage, topo.options.backend) {
-                (Stage::MultiNode, _) => routes.push(format!("{} via {} dev {UNDERLAY_DEV}", p.pod_net, p.ip.addr)),
-                (Stage::Overlay, crate::topology::Backend::Vxlan) => routes.push(format!("{} via {} dev vxlan0 onlink", p.pod_net, p.tun_addr().addr)),
+        let mut overlay: Option<Iface> = None;
+        for st in node_plan(topo, n, UNDERLAY_DEV).steps {
+            match st.step {
+                Step::AddTun { name } | Step::AddVxlan { name, .. } => {
+                    overlay = Some(Iface { name, addrs: Vec::new(), note: String::new() });
+                }
+                Step::AddAddr { netns: None, dev, addr } => {
+                    if addr.prefix < 32 {
+                        routes.push(format!("{} dev {dev}", addr.trunc()));
+                    }
+                    if let Some(o) = overlay.as_mut().filter(|o| o.name == dev) {
+                        o.addrs.push(addr);
+                    }
+                }
+                Step::SetMtu { dev, mtu } => {
+                    if let Some(o) = overlay.as_mut().filter(|o| o.name == dev) {
+                        o.note = format!("mtu {mtu}");
+                    }
+                }
+                Step::AddRoute { netns: None, .. } => routes.push(st.command.trim_start_matches("ip route add ").to_string()),
                 _ => {}
             }
-        }
-        if stage == Stage::Namespace {
-            let c = &n.containers[0];
-            routes.push(format!("{} dev {}", c.addr, c.host_veth));
         }
         nodes.push(NodeBox {
             short: n.short_name(),
@@ -208,6 +214,20 @@ mod tests {
         }
         let dot = from_plan(&Topology::new(Options::new(Stage::Overlay)).unwrap()).dot();
         assert!(dot.starts_with("graph cnet {") && dot.contains("tun0\\n172.16.0.100/16") && dot.trim_end().ends_with('}'));
+    }
+
+    #[test]
+    fn overlay_device_and_routes_follow_the_backend() {
+        use crate::topology::Backend;
+        let text = |b| from_plan(&Topology::new(Options::new(Stage::Overlay).with_backend(b)).unwrap()).text();
+        let vxlan = text(Backend::Vxlan);
+        for want in ["vxlan0   172.16.0.100/16", "172.16.1.0/24 via 172.16.1.100 dev vxlan0 onlink", "172.16.0.0/16 dev vxlan0"] {
+            assert!(vxlan.contains(want), "missing {want:?} in\n{vxlan}");
+        }
+        // The kernel sizes vxlan0 itself: no MTU step, so none is drawn.
+        assert!(!vxlan.contains("mtu"), "{vxlan}");
+        assert!(text(Backend::Udp).contains("tun0     172.16.0.100/16    mtu 1472"));
+        assert!(text(Backend::UdpGso).contains("tun0     172.16.0.100/16    mtu 65493"));
     }
 
     #[test]
