@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use anyhow::{Context, Result};
 
 use crate::netlink::{link_view, Netlink, RouteSpec, ALIAS_PREFIX, CNET_GROUP};
-use crate::plan::{NodePlan, Step};
+use crate::plan::{NodePlan, Step, Undo};
 use crate::process::{is_cnet_process, stop_process, Members};
 use crate::state::Done;
 use crate::sys::ns;
@@ -111,11 +111,18 @@ pub async fn teardown(nl: &Netlink, plan: &NodePlan, done: &[Done], started_unti
         .filter(|i| !recorded.contains(i))
         .map(|i| &plan.steps[i].step)
         .collect();
-    let created: HashSet<&str> = steps.iter().map(|(s, _)| *s).chain(unrecorded.iter().copied()).filter_map(|s| s.created_link()).collect();
+    let all = || steps.iter().map(|(s, _)| *s).chain(unrecorded.iter().copied());
+    let created_list: Vec<&str> = all().filter_map(|s| s.created_link()).collect();
+    let created: HashSet<&str> = created_list.iter().copied().collect();
+    // What each step takes to undo (plan::Step::undo, the rules `explain --format sh-down`
+    // prints too), applied here in the order that is safe rather than strictly reversed.
+    let undos: Vec<(Undo, Option<&Done>)> = steps.iter().filter_map(|(s, d)| s.undo(&created_list).map(|u| (u, Some(*d))))
+        .chain(unrecorded.iter().filter_map(|s| s.undo(&created_list).map(|u| (u, None))))
+        .collect();
+    let recorded_undos = || undos.iter().filter_map(|(u, d)| d.map(|d| (u, d)));
 
     // 1. The tunnel first (it holds tun0): by its recorded pid, or the pid file it left.
-    let tunnel_started = steps.iter().map(|(s, _)| *s).chain(unrecorded.iter().copied()).any(|s| matches!(s, Step::StartTunnel { .. }));
-    if tunnel_started {
+    if undos.iter().any(|(u, _)| matches!(u, Undo::StopTunnel { .. })) {
         let pid = steps.iter().find_map(|(_, d)| d.pid).or_else(tunnel::launch::recorded_pid);
         if let Some(pid) = pid.filter(|p| is_cnet_process(*p, "tunnel")) {
             if let Err(e) = stop_process(pid) {
@@ -127,22 +134,19 @@ pub async fn teardown(nl: &Netlink, plan: &NodePlan, done: &[Done], started_unti
         }
     }
     // 2. Routes on the node through devices cnet did not make (they would outlive `down`).
-    for (s, _) in steps.iter().rev() {
-        if let Step::AddRoute { netns: None, dst, via, dev, onlink } = s {
-            if !created.contains(dev.as_str()) {
-                let r = RouteSpec { dst: *dst, via: *via, dev: dev.clone(), onlink: *onlink };
-                if let Err(e) = nl.del_route(None, &r).await {
-                    if !crate::netlink::is_gone(&e) {
-                        errors.push(e.context(format!("cannot delete the route {}", s.command())));
-                    }
+    for (u, _) in recorded_undos().rev() {
+        if let Undo::DeleteRoute { route, added_by } = u {
+            if let Err(e) = nl.del_route(None, route).await {
+                if !crate::netlink::is_gone(&e) {
+                    errors.push(e.context(format!("cannot delete the route {}", added_by.command())));
                 }
             }
         }
     }
     // 3. Sysctls back to what they were — unless someone else changed them since (then
     //    theirs wins), or their interface is gone or about to go.
-    for (s, d) in steps.iter().rev() {
-        if let (Step::Sysctl { key, value }, Some(old)) = (s, &d.old) {
+    for (u, d) in recorded_undos().rev() {
+        if let (Undo::RestoreSysctl { key, set_to: value }, Some(old)) = (u, &d.old) {
             if created.iter().any(|dev| key.contains(&format!(".conf.{dev}."))) {
                 continue;
             }
@@ -166,9 +170,9 @@ pub async fn teardown(nl: &Netlink, plan: &NodePlan, done: &[Done], started_unti
     }
     // 5. Container namespaces — only the very ones cnet made — after stopping what still
     //    runs in them.
-    let netns = steps.iter().filter_map(|(s, d)| match s { Step::AddNetns { name } => Some((name, d.ns)), _ => None })
-        .chain(unrecorded.iter().filter_map(|s| match s { Step::AddNetns { name } => Some((name, None)), _ => None }));
-    let netns: Vec<_> = netns.collect();
+    let netns: Vec<(&str, Option<(u64, u64)>)> = undos.iter()
+        .filter_map(|(u, d)| match u { Undo::DeleteNetns(name) => Some((*name, d.and_then(|d| d.ns))), _ => None })
+        .collect();
     let members = if netns.is_empty() { None } else { Some(Members::scan("net")) };
     for (name, id) in netns.into_iter().rev() {
         let path = nl.netns_path(name);

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::tunnel::WireFormat;
 use crate::topology::{Backend, Ipv4Net, Node, Stage, Topology, TUNNEL_PORT, VXLAN_PORT, VXLAN_VNI};
+use crate::netlink::RouteSpec;
 
 /// Where a step runs: the node itself, or inside one of its containers (a named netns).
 pub type Netns = Option<String>;
@@ -130,29 +131,29 @@ impl Step {
         }
     }
 
-    /// The iproute2 command that undoes this step, where one is needed (what dies with a
-    /// deleted link or namespace needs none).
-    pub fn undo_command(&self, created_links: &[&str]) -> Option<String> {
+    /// What undoing this step takes, where anything does: what dies with a deleted link or
+    /// namespace needs nothing (addresses, MTUs, routes through cnet's own links...). The
+    /// one list of undo rules, for `down` (executor::teardown) and `explain --format
+    /// sh-down` alike; `created_links` are the links the same plan creates.
+    pub fn undo<'s>(&'s self, created_links: &[&str]) -> Option<Undo<'s>> {
         match self {
-            Step::AddNetns { name } => Some(format!("ip netns del {name}")),
-            Step::AddVeth { name, .. } | Step::AddBridge { name } | Step::AddVxlan { name, .. } => Some(format!("ip link del {name}")),
-            // `ip link del`, not `ip tuntap del`: the latter attaches to the device and fails
-            // (busy) while a tunnel still holds it.
-            Step::AddTun { name } => Some(format!("ip link del {name}")),
-            Step::AddRoute { netns: None, dev, .. } if !created_links.contains(&dev.as_str()) => {
-                Some(self.command().replacen("route add", "route del", 1))
+            Step::AddNetns { name } => Some(Undo::DeleteNetns(name)),
+            Step::AddVeth { .. } | Step::AddBridge { .. } | Step::AddTun { .. } | Step::AddVxlan { .. } => {
+                self.created_link().map(Undo::DeleteLink)
             }
-            // This node's tunnel only (nodes may share a PID namespace), never the shell running
-            // the script ("[c]net" does not match its own text), and wait up to 2 s for it to
-            // go so that nothing is left running when the script ends.
-            Step::StartTunnel { dev, local, .. } => {
-                let pat = format!("[c]net tunnel --dev {dev} --local {local} ");
-                Some(format!("pkill -f '{pat}' && for i in $(seq 40); do pgrep -f '{pat}' > /dev/null || break; sleep 0.05; done"))
+            Step::AddRoute { netns: None, dst, via, dev, onlink } if !created_links.contains(&dev.as_str()) => {
+                Some(Undo::DeleteRoute { route: RouteSpec { dst: *dst, via: *via, dev: dev.clone(), onlink: *onlink }, added_by: self })
             }
-            Step::Sysctl { key, .. } => Some(format!("# set {key} back to its old value if it matters")),
+            Step::StartTunnel { dev, local, .. } => Some(Undo::StopTunnel { dev, local: *local }),
+            Step::Sysctl { key, value } => Some(Undo::RestoreSysctl { key, set_to: value }),
             Step::SetMaster { .. } | Step::SetMtu { .. } | Step::AddAddr { .. } | Step::LinkUp { .. }
             | Step::AddRoute { .. } | Step::AddFdb { .. } => None,
         }
+    }
+
+    /// The iproute2 command that undoes this step, where one is needed (see [`Step::undo`]).
+    pub fn undo_command(&self, created_links: &[&str]) -> Option<String> {
+        self.undo(created_links).map(|u| u.command())
     }
 
     /// Steps with the same key that follow one another touch different objects (one per
@@ -175,6 +176,39 @@ impl Step {
         match self {
             Step::AddVeth { name, .. } | Step::AddBridge { name } | Step::AddTun { name } | Step::AddVxlan { name, .. } => Some(name),
             _ => None,
+        }
+    }
+}
+
+/// What undoing a step takes (see [`Step::undo`]).
+#[derive(Debug)]
+pub enum Undo<'s> {
+    DeleteNetns(&'s str),
+    DeleteLink(&'s str),
+    /// A route on the node through a link cnet did not make (it would outlive `down`).
+    DeleteRoute { route: RouteSpec, added_by: &'s Step },
+    StopTunnel { dev: &'s str, local: SocketAddrV4 },
+    /// Back to the value read before the step, if it is still the one cnet set.
+    RestoreSysctl { key: &'s str, set_to: &'s str },
+}
+
+impl Undo<'_> {
+    /// As a shell command (`explain --format sh-down`).
+    pub fn command(&self) -> String {
+        match self {
+            Undo::DeleteNetns(name) => format!("ip netns del {name}"),
+            // `ip link del`, not `ip tuntap del` for tun0: the latter attaches to the device
+            // and fails (busy) while a tunnel still holds it.
+            Undo::DeleteLink(name) => format!("ip link del {name}"),
+            Undo::DeleteRoute { added_by, .. } => added_by.command().replacen("route add", "route del", 1),
+            // This node's tunnel only (nodes may share a PID namespace), never the shell running
+            // the script ("[c]net" does not match its own text), and wait up to 2 s for it to
+            // go so that nothing is left running when the script ends.
+            Undo::StopTunnel { dev, local } => {
+                let pat = format!("[c]net tunnel --dev {dev} --local {local} ");
+                format!("pkill -f '{pat}' && for i in $(seq 40); do pgrep -f '{pat}' > /dev/null || break; sleep 0.05; done")
+            }
+            Undo::RestoreSysctl { key, .. } => format!("# set {key} back to its old value if it matters"),
         }
     }
 }
