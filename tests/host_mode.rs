@@ -258,6 +258,40 @@ done
 }
 
 #[test]
+fn ctrl_c_while_up_waits_for_the_tunnel() {
+    if !privileged() {
+        return;
+    }
+    // Stage 4 in the lab, the tunnel slow to get ready (test hook): Ctrl-C while `up`
+    // waits for it. `up` must stop the tunnel it started and remove everything, exit 130.
+    let r = sandbox(&format!(r#"
+CNET_TUNNEL_READY_DELAY_MS=3000 setsid cnet up overlay -q 2> $T/err & pid=$!
+i=0
+until pgrep -f '[t]unnel --dev tun0 --local' > /dev/null; do
+  i=$((i+1)); [ $i -lt 1000 ] || {{ echo "no tunnel started"; break; }}; sleep 0.01
+done
+sleep 0.2
+t0=$(date +%s%N)
+kill -INT -$pid
+code=0; wait $pid || code=$?
+t1=$(date +%s%N)
+mark interrupted
+cat $T/err
+echo "exit=$code"
+# Seen at once, not once the tunnel is ready 3 s later.
+[ $(( (t1 - t0) / 1000000 )) -lt 2000 ] && echo "stopped before the tunnel was ready" || echo "took $(( (t1 - t0) / 1000000 )) ms"
+pgrep -fa '[t]unnel --dev tun0 --local' || echo "no tunnel running"
+cnet status
+{LEFTOVERS}"#));
+    r.ok();
+    let s = r.section("interrupted");
+    assert!(s.contains("interrupted: what was built so far has been removed") && s.contains("exit=130"), "{s}\n{}", r.stderr);
+    assert!(s.contains("stopped before the tunnel was ready"), "{s}");
+    assert!(s.contains("no tunnel running") && s.contains("nothing is up"), "{s}");
+    assert_nothing_left(&r);
+}
+
+#[test]
 fn ctrl_c_at_a_step_prompt() {
     if !privileged() {
         return;

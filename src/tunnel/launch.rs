@@ -28,8 +28,8 @@ pub fn pid_path() -> PathBuf {
 
 /// Start the tunnel and wait until it is ready (its first counters written: device
 /// attached, socket bound). On failure the process is stopped again. The wait is async so
-/// that a Ctrl-C during it is seen at once; if `up` is cancelled here, the pid file lets
-/// `down` find the process.
+/// that a Ctrl-C during it is seen at once; if `up` is cancelled here, the process is
+/// stopped as well.
 pub async fn start(dev: &str, local: SocketAddrV4, peers: &[(SocketAddrV4, Ipv4Net)], wire: WireFormat) -> Result<u32> {
     let log = fs::File::create(log_path()).context("cannot create the tunnel's log")?;
     let stats = stats_path();
@@ -51,7 +51,10 @@ pub async fn start(dev: &str, local: SocketAddrV4, peers: &[(SocketAddrV4, Ipv4N
     cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     // Its own process group: a Ctrl-C at the terminal that ran `up` must not stop it.
     cmd.process_group(0);
-    let mut child = cmd.spawn().context("cannot start the tunnel process")?;
+    // Until it is ready, the tunnel is stopped if anything goes wrong here or `up` is
+    // cancelled during the wait (Ctrl-C): nothing may be left running that `up` did not hand
+    // over to its record.
+    let mut child = StopUnlessReady(Some(cmd.spawn().context("cannot start the tunnel process")?));
     let pid = child.id();
     fs::write(pid_path(), pid.to_string()).context("cannot record the tunnel's pid")?;
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -62,6 +65,7 @@ pub async fn start(dev: &str, local: SocketAddrV4, peers: &[(SocketAddrV4, Ipv4N
             break anyhow!("the tunnel exited at start ({status}): {last}");
         }
         if stats.exists() {
+            child.0 = None;
             return Ok(pid);
         }
         if Instant::now() > deadline {
@@ -69,9 +73,28 @@ pub async fn start(dev: &str, local: SocketAddrV4, peers: &[(SocketAddrV4, Ipv4N
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
-    let _ = child.kill();
-    let _ = child.wait();
     Err(failure)
+}
+
+/// A starting tunnel process, killed and reaped on drop unless taken out (ready).
+struct StopUnlessReady(Option<std::process::Child>);
+
+impl StopUnlessReady {
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, |c| c.id())
+    }
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.0.as_mut().map_or(Ok(None), |c| c.try_wait())
+    }
+}
+
+impl Drop for StopUnlessReady {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// The tunnel's pid as recorded at start, if any.

@@ -132,6 +132,11 @@ pub fn run(cfg: &TunnelConfig) -> Result<()> {
     };
     tracing::info!(dev = %cfg.dev, local = %cfg.local, peers = cfg.peers.len(), datapath, wire = ?cfg.wire, "tunnel running");
 
+    // Test hook: hold back readiness (the first counters), so that a test can interrupt
+    // `up` while it waits for the tunnel. Signals stay pending meanwhile.
+    if let Some(ms) = std::env::var("CNET_TUNNEL_READY_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
+        thread::sleep(Duration::from_millis(ms));
+    }
     let sh = Shared { tun, sock, peers, offload, wire: cfg.wire, counters: Counters::default(), stop: AtomicBool::new(false) };
     let result = thread::scope(|s| supervise(s, &sh, &signals, cfg.stats_path.as_deref(), datapath));
 
