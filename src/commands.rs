@@ -158,7 +158,7 @@ where
         _ = interrupt.recv() => {
             let message = match undo().await {
                 Ok(_) => "interrupted: what was built so far has been removed".to_string(),
-                Err(e) => format!("interrupted, and removing what was built failed: {}; run `cnet down`", format!("{e:#}")),
+                Err(e) => format!("interrupted, and removing what was built failed: {e:#}; run `cnet down`"),
             };
             Err(Failure::interrupted(message))
         }
@@ -250,7 +250,7 @@ pub fn test(a: &TestArgs) -> Result<bool> {
             names.push(None);
             for n in names {
                 if let Err(e) = rt.block_on(nl.forget_neighbours(n)) {
-                    tracing::warn!("cannot drop ARP entries in {}: {}", n.unwrap_or("the node"), format!("{e:#}"));
+                    tracing::warn!("cannot drop ARP entries in {}: {e:#}", n.unwrap_or("the node"));
                 }
             }
         };

@@ -133,8 +133,10 @@ pub async fn teardown(nl: &Netlink, plan: &NodePlan, done: &[Done], started_unti
             errors.push(e);
         }
     }
-    // 2. Routes on the node through devices cnet did not make (they would outlive `down`).
-    for (u, _) in recorded_undos().rev() {
+    // 2. Routes on the node through devices cnet did not make (they would outlive `down`);
+    //    an unrecorded one too (a request in flight when `up` was stopped may still have
+    //    been carried out): `up` refused to start if a route to that destination existed.
+    for (u, _) in undos.iter().rev() {
         if let Undo::DeleteRoute { route, added_by } = u {
             if let Err(e) = nl.del_route(None, route).await {
                 if !crate::netlink::is_gone(&e) {

@@ -73,9 +73,9 @@ pub async fn up(opts: &Options, v: Verbosity) -> Result<()> {
     if let Err(e) = result {
         let undo = match down_lab(&state).await {
             Ok(()) => "the lab was removed".to_string(),
-            Err(u) => format!("removing the lab also failed ({}); run `cnet down`", format!("{u:#}")),
+            Err(u) => format!("removing the lab also failed ({u:#}); run `cnet down`"),
         };
-        return Err(crate::commands::same_kind(&e, format!("{}; {undo}", format!("{e:#}"))));
+        return Err(crate::commands::same_kind(&e, format!("{e:#}; {undo}")));
     }
     state.complete = true;
     state.write()

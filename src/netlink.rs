@@ -64,14 +64,15 @@ pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
 }
 
 /// Whether an error chain says the object is already gone (undo treats that as done): no
-/// such link, or the kernel's ENODEV, ESRCH (no such route), ENOENT or EADDRNOTAVAIL (no
-/// such address), read from the error's code rather than its text.
+/// such link, or the kernel's ENODEV, ENXIO, ESRCH (no such route), ENOENT or
+/// EADDRNOTAVAIL (no such address), read from the error's code rather than its text, so
+/// callers pass typed errors (`kernel_error`, `NoSuchLink`, std::io).
 pub fn is_gone(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.is::<NoSuchLink>()
             || c.downcast_ref::<std::io::Error>()
                 .and_then(std::io::Error::raw_os_error)
-                .is_some_and(|code| matches!(code, libc::ENODEV | libc::ESRCH | libc::ENOENT | libc::EADDRNOTAVAIL))
+                .is_some_and(|code| matches!(code, libc::ENODEV | libc::ENXIO | libc::ESRCH | libc::ENOENT | libc::EADDRNOTAVAIL))
     })
 }
 

@@ -268,12 +268,12 @@ async fn fail(nl: &Netlink, plan: &NodePlan, done: &[Done], stage: &str, step: u
     let undo = if errors.is_empty() {
         match NodeJournal::remove() {
             Ok(()) => "the steps already done were undone".to_string(),
-            Err(r) => format!("the steps already done were undone, but {}", format!("{r:#}")),
+            Err(r) => format!("the steps already done were undone, but {r:#}"),
         }
     } else {
         format!("undoing the steps already done also failed ({}); run `cnet down`", join_errors(&errors))
     };
-    let message = format!("step {} ({}) failed: {}; {undo}", step + 1, plan.steps[step].command, format!("{e:#}"));
+    let message = format!("step {} ({}) failed: {e:#}; {undo}", step + 1, plan.steps[step].command);
     crate::commands::same_kind(&e, message)
 }
 
