@@ -117,6 +117,13 @@ pub fn run(cfg: &TunnelConfig) -> Result<()> {
     // thread ever sees SIGTERM/SIGINT; and before the offloads are switched on, so that a
     // failure here cannot leave them on.
     let signals = TermSignals::block().context("blocking SIGTERM/SIGINT")?;
+    // Test hook: hold back readiness (the first counters), so that a test can interrupt
+    // `up` while it waits for the tunnel; a stop signal still ends the tunnel at once.
+    if let Some(ms) = std::env::var("CNET_TUNNEL_READY_DELAY_MS").ok().and_then(|v| v.parse().ok())
+        && signals.wait(Duration::from_millis(ms)).context("waiting for signals")?.is_some()
+    {
+        return Ok(());
+    }
     let sock = UdpSock::bind(cfg.local).with_context(|| format!("binding UDP {}", cfg.local))?;
     sock.set_buffers(SOCKET_BUFFER);
     // Never emit fragmented outer datagrams: DF on, oversize sends fail locally.
@@ -132,11 +139,6 @@ pub fn run(cfg: &TunnelConfig) -> Result<()> {
     };
     tracing::info!(dev = %cfg.dev, local = %cfg.local, peers = cfg.peers.len(), datapath, wire = ?cfg.wire, "tunnel running");
 
-    // Test hook: hold back readiness (the first counters), so that a test can interrupt
-    // `up` while it waits for the tunnel. Signals stay pending meanwhile.
-    if let Some(ms) = std::env::var("CNET_TUNNEL_READY_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
-        thread::sleep(Duration::from_millis(ms));
-    }
     let sh = Shared { tun, sock, peers, offload, wire: cfg.wire, counters: Counters::default(), stop: AtomicBool::new(false) };
     let result = thread::scope(|s| supervise(s, &sh, &signals, cfg.stats_path.as_deref(), datapath));
 
