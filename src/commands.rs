@@ -70,7 +70,6 @@ pub fn is_environment(e: &anyhow::Error) -> bool {
             || c.downcast_ref::<std::io::Error>().and_then(|io| io.raw_os_error()).is_some_and(|code| {
                 [libc::EPERM, libc::EACCES, libc::EOPNOTSUPP, libc::EAFNOSUPPORT, libc::EPROTONOSUPPORT].contains(&code)
             })
-            || c.to_string().contains("/dev/net/tun")
     })
 }
 

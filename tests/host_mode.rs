@@ -124,6 +124,28 @@ c=0; CNET_FAIL_AT_STEP=4 cnet up 2 -q 2>/dev/null || c=$?; echo "lab plain $c"
 }
 
 #[test]
+fn no_tun_support_is_the_machines_fault() {
+    if !privileged() {
+        return;
+    }
+    // A machine without /dev/net/tun (hidden under an empty tmpfs, in the sandbox's own
+    // mount namespace): stage 4's udp backend fails at tun0, in one line, with exit 2, and
+    // what was built before is removed.
+    let r = sandbox(&format!(r#"{VM}
+mount -t tmpfs none /dev/net
+mark up
+c=0; cnet up overlay --host -q 2>&1 || c=$?; echo "exit=$c"
+umount /dev/net
+{}"#, vm_leftovers()));
+    r.ok();
+    let up = r.section("up");
+    assert!(up.contains("this machine has no TUN support") && up.contains("modprobe tun"), "{up}");
+    assert_eq!(up.lines().count(), 2, "one line, then the exit code: {up}");
+    assert!(up.trim_end().ends_with("exit=2"), "{up}");
+    assert_nothing_left(&r);
+}
+
+#[test]
 fn killed_up_is_removed_by_down() {
     if !privileged() {
         return;

@@ -104,7 +104,13 @@ struct Shared {
 /// TUNSETIFF + TUNSETPERSIST(1) with IFF_TUN|IFF_NO_PI: create `name` so that it outlives
 /// this process and can be configured over netlink before the tunnel attaches to it.
 pub fn create_persistent_tun(name: &str) -> Result<()> {
-    let tun = TunFd::open(name, false).with_context(|| format!("creating TUN device {name}"))?;
+    let tun = TunFd::open(name, false).map_err(|e| match e.raw_os_error() {
+        // The device file is missing, or no driver answers it: the machine's, not the request's.
+        Some(libc::ENOENT | libc::ENODEV | libc::ENXIO) => crate::commands::Failure::environment(format!(
+            "cannot create TUN device {name}: this machine has no TUN support (/dev/net/tun: {e}); load the tun module (modprobe tun)"
+        )),
+        _ => anyhow::Error::new(e).context(format!("creating TUN device {name}")),
+    })?;
     tun.set_persist(true).with_context(|| format!("making {name} persistent"))?;
     Ok(())
 }
