@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::netlink::{link_view, Netlink, RouteSpec, ALIAS_PREFIX, CNET_GROUP};
 use crate::plan::{NodePlan, Step, Undo};
@@ -78,8 +78,14 @@ pub async fn apply(nl: &Netlink, index: usize, step: &Step, stage: &str) -> Resu
         Step::AddVeth { name, peer, peer_netns } => nl.add_veth(name, peer, peer_netns, &tag).await?,
         Step::AddBridge { name } => nl.add_bridge(name, &tag).await?,
         Step::AddTun { name } => {
+            // The ioctl cannot put the device in cnet's group: marking it is a second
+            // request, and until it is done nothing says tun0 is cnet's. So a failed mark
+            // takes the device away again rather than leave one `down` must not touch.
             crate::tunnel::create_persistent_tun(name)?;
-            nl.mark(name, &tag).await?;
+            if let Err(e) = nl.mark(name, &tag).await {
+                let _ = nl.del_link(name).await;
+                return Err(e);
+            }
         }
         Step::AddVxlan { name, vni, local, underlay, port } => nl.add_vxlan(name, *vni, *local, underlay, *port, &tag).await?,
         Step::SetMaster { dev, master, addrgen_none } => nl.set_master(dev, master, *addrgen_none).await?,
@@ -122,9 +128,11 @@ pub async fn teardown(nl: &Netlink, plan: &NodePlan, done: &[Done], started_unti
     let recorded_undos = || undos.iter().filter_map(|(u, d)| d.map(|d| (u, d)));
 
     // 1. The tunnel first (it holds tun0): by its recorded pid, or the pid file it left.
-    if undos.iter().any(|(u, _)| matches!(u, Undo::StopTunnel { .. })) {
+    if let Some(local) = undos.iter().find_map(|(u, _)| match u { Undo::StopTunnel { local, .. } => Some(local.to_string()), _ => None }) {
         let pid = steps.iter().find_map(|(_, d)| d.pid).or_else(tunnel::launch::recorded_pid);
-        if let Some(pid) = pid.filter(|p| is_cnet_process(*p, "tunnel")) {
+        // This node's tunnel only: lab nodes share a PID namespace, so a stale or reused
+        // pid could name another node's.
+        if let Some(pid) = pid.filter(|p| is_cnet_process(*p, &["tunnel", &local])) {
             if let Err(e) = stop_process(pid) {
                 errors.push(e.context("cannot stop the tunnel"));
             }
@@ -166,9 +174,7 @@ pub async fn teardown(nl: &Netlink, plan: &NodePlan, done: &[Done], started_unti
     }
     // 4. Links: all of cnet's in one request when that is exactly what the group holds.
     if !created.is_empty() {
-        if let Err(e) = delete_links(nl, &created, stage).await {
-            errors.push(e);
-        }
+        delete_links(nl, &created, stage, &mut errors).await;
     }
     // 5. Container namespaces — only the very ones cnet made — after stopping what still
     //    runs in them.
@@ -203,29 +209,31 @@ pub async fn teardown(nl: &Netlink, plan: &NodePlan, done: &[Done], started_unti
 /// group holds exactly those links, each marked for this stage; otherwise one by one, and
 /// only links in cnet's group (set atomically at creation, so it marks even a link whose
 /// alias an interrupted `up` never set).
-async fn delete_links(nl: &Netlink, created: &HashSet<&str>, stage: &str) -> Result<()> {
+async fn delete_links(nl: &Netlink, created: &HashSet<&str>, stage: &str, errors: &mut Vec<anyhow::Error>) {
     let tag = alias(stage);
-    let links: Vec<_> = nl.links(None).await?.iter().map(link_view).collect();
+    let links: Vec<_> = match nl.links(None).await {
+        Ok(l) => l.iter().map(link_view).collect(),
+        Err(e) => return errors.push(e.context("cannot list the links")),
+    };
+    // cnet's: in its group (set atomically at creation), with this stage's alias or none yet
+    // (an interrupted `up` may not have set it).
+    let ours = |l: &crate::netlink::LinkView| l.group == CNET_GROUP && l.alias.as_deref().is_none_or(|a| a == tag);
     let in_group: Vec<_> = links.iter().filter(|l| l.group == CNET_GROUP).collect();
-    let exactly_ours = !in_group.is_empty()
-        && in_group.iter().all(|l| created.contains(l.name.as_str()) && l.alias.as_deref() == Some(tag.as_str()));
-    if exactly_ours {
-        nl.del_cnet_group().await.context("cannot delete cnet's links")?;
-        return Ok(());
-    }
-    for l in &links {
-        if !created.contains(l.name.as_str()) {
-            continue;
+    if !in_group.is_empty() && in_group.iter().all(|l| created.contains(l.name.as_str()) && ours(l)) {
+        if let Err(e) = nl.del_cnet_group().await {
+            errors.push(e.context("cannot delete cnet's links"));
         }
-        let ours = l.group == CNET_GROUP && l.alias.as_deref().is_none_or(|a| a == tag);
-        if !ours {
+        return;
+    }
+    for l in links.iter().filter(|l| created.contains(l.name.as_str())) {
+        if !ours(l) {
             tracing::warn!("{} is not marked as cnet's (alias {:?}): left alone", l.name, l.alias);
             continue;
         }
+        // Each failure is reported, and the other links still go.
         match nl.del_link(&l.name).await {
-            Err(e) if !crate::netlink::is_gone(&e) => return Err(e.context(format!("cannot delete {}", l.name))),
+            Err(e) if !crate::netlink::is_gone(&e) => errors.push(e.context(format!("cannot delete {}", l.name))),
             _ => {}
         }
     }
-    Ok(())
 }

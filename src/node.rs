@@ -221,11 +221,11 @@ pub async fn up(req: &NodeRequest, pace: Pace) -> Result<()> {
         }
         if pace == Pace::Step {
             if let Err(e) = wait_for_enter().await {
-                return Err(fail(&nl, &plan, &done, stage, i, e).await);
+                return Err(fail(&nl, &header, &plan, &done, (i, i), e).await);
             }
         }
         if let Err(e) = journal.started(i, end) {
-            return Err(fail(&nl, &plan, &done, stage, i, e).await);
+            return Err(fail(&nl, &header, &plan, &done, (i, i), e).await);
         }
         let batch: Vec<(usize, &Step)> = (i..end).map(|j| (j, &plan.steps[j].step)).collect();
         let started = std::time::Instant::now();
@@ -250,7 +250,7 @@ pub async fn up(req: &NodeRequest, pace: Pace) -> Result<()> {
         }
         tracing::debug!("steps {}..{} ({}) took {:?}", i + 1, end, plan.steps[i].command, started.elapsed());
         if let Some((j, e)) = failed {
-            return Err(fail(&nl, &plan, &done, stage, j, e).await);
+            return Err(fail(&nl, &header, &plan, &done, (j, end), e).await);
         }
         i = end;
     }
@@ -261,12 +261,16 @@ pub async fn up(req: &NodeRequest, pace: Pace) -> Result<()> {
     Ok(())
 }
 
-/// Undo what is done and say which step failed and why, in one line.
-async fn fail(nl: &Netlink, plan: &NodePlan, done: &[Done], stage: &str, step: usize, e: anyhow::Error) -> anyhow::Error {
-    let started_until = done.iter().map(|d| d.step + 1).max().unwrap_or(0).max(step + 1);
+/// Undo what is done and say which step failed and why, in one line. `(step, ran_until)`:
+/// the step that failed, and the end of the steps that may have run (those of a failed
+/// batch; none past `step` when it failed before running, at a prompt or in the journal),
+/// so that nothing that never ran is taken for something cnet made.
+async fn fail(nl: &Netlink, header: &NodeHeader, plan: &NodePlan, done: &[Done], (step, ran_until): (usize, usize), e: anyhow::Error) -> anyhow::Error {
+    let stage = header.options.stage.name();
+    let started_until = done.iter().map(|d| d.step + 1).max().unwrap_or(0).max(ran_until);
     let errors = executor::teardown(nl, plan, done, started_until, stage).await;
     let undo = if errors.is_empty() {
-        match NodeJournal::remove() {
+        match NodeJournal::remove().and_then(|()| release_netns_mount(header)) {
             Ok(()) => "the steps already done were undone".to_string(),
             Err(r) => format!("the steps already done were undone, but {r:#}"),
         }
@@ -275,6 +279,17 @@ async fn fail(nl: &Netlink, plan: &NodePlan, done: &[Done], stage: &str, step: u
     };
     let message = format!("step {} ({}) failed: {e:#}; {undo}", step + 1, plan.steps[step].command);
     crate::commands::same_kind(&e, message)
+}
+
+/// Unmount the /run/netns mount `up` made (as `ip netns add` would have), once empty.
+fn release_netns_mount(header: &NodeHeader) -> Result<()> {
+    if header.made_netns_mount {
+        let empty = std::fs::read_dir(&header.netns_dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if empty {
+            crate::sys::ns::unmount_dir(&header.netns_dir)?;
+        }
+    }
+    Ok(())
 }
 
 /// `cnet down --host`. Returns false if nothing was up.
@@ -287,12 +302,7 @@ pub async fn down(quiet: bool) -> Result<bool> {
         bail!("could not remove everything: {}; fix that and run `cnet down` again", join_errors(&errors));
     }
     NodeJournal::remove()?;
-    if header.made_netns_mount {
-        let empty = std::fs::read_dir(&header.netns_dir).map(|mut d| d.next().is_none()).unwrap_or(false);
-        if empty {
-            crate::sys::ns::unmount_dir(&header.netns_dir)?;
-        }
-    }
+    release_netns_mount(&header)?;
     if !quiet {
         say!("{}: stage {} removed ({} steps undone)", hostname(), topo.stage(), done.len());
     }

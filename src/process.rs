@@ -10,14 +10,15 @@ use anyhow::{bail, Result};
 
 use crate::sys::ns;
 
-/// Whether `pid` is still a cnet process whose command line contains `word` (guards
-/// against a recorded pid that the kernel has since given to another program).
-pub fn is_cnet_process(pid: u32, word: &str) -> bool {
+/// Whether `pid` is still a cnet process whose command line has every one of `words` as an
+/// argument (guards against a recorded pid that the kernel has since given to another
+/// program, or to another node's cnet).
+pub fn is_cnet_process(pid: u32, words: &[&str]) -> bool {
     let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { return false };
     let exe_is_cnet = fs::read_link(format!("/proc/{pid}/exe"))
         .map(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("cnet")))
         .unwrap_or(false);
-    exe_is_cnet && cmdline.split(|b| *b == 0).any(|a| a == word.as_bytes())
+    exe_is_cnet && words.iter().all(|w| cmdline.split(|b| *b == 0).any(|a| a == w.as_bytes()))
 }
 
 fn gone(pid: u32) -> bool {

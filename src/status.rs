@@ -158,10 +158,10 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
             // The bridge FDB is not part of the snapshot; the checks prove it.
             Step::AddFdb { .. } => None,
             Step::Sysctl { key, value } => Some(crate::sysctl::read(key).ok().as_deref() == Some(value.as_str())),
-            Step::StartTunnel { .. } => {
+            Step::StartTunnel { local, .. } => {
                 let pid = done.iter().find_map(|d| d.pid);
                 tunnel = std::fs::read(crate::tunnel::launch::stats_path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
-                Some(pid.is_some_and(|p| is_cnet_process(p, "tunnel")))
+                Some(pid.is_some_and(|p| is_cnet_process(p, &["tunnel", &local.to_string()])))
             }
         };
         if let Some(ok) = ok {

@@ -318,6 +318,38 @@ done
 }
 
 #[test]
+fn quitting_at_a_prompt_leaves_what_the_user_made_alone() {
+    if !privileged() {
+        return;
+    }
+    // `up --step`: step 1 runs, then at the prompt for step 2 (`ip netns add con2`) the user
+    // types that command by hand and answers q. Step 2 never ran, so con2 is not cnet's:
+    // the undo removes con1 only.
+    let r = sandbox(&format!(r#"{VM}
+mkfifo $T/keys
+cnet up 2 --host --step < $T/keys > /dev/null 2> $T/err & pid=$!
+exec 3> $T/keys
+printf '\n' >&3
+i=0; until [ -e /run/netns/con1 ] || [ $i -ge 500 ]; do i=$((i+1)); sleep 0.01; done
+ip netns add con2
+echo q >&3
+code=0; wait $pid || code=$?
+exec 3>&-
+mark result
+cat $T/err
+echo "exit=$code"
+mark netns
+ls /run/netns
+ip netns del con2
+{}"#, vm_leftovers()));
+    r.ok();
+    let res = r.section("result");
+    assert!(res.contains("stopped at your request") && res.contains("exit=1"), "{res}");
+    assert_eq!(r.section("netns").trim(), "con2", "the user's con2 stays, cnet's con1 goes");
+    assert_nothing_left(&r);
+}
+
+#[test]
 fn ctrl_c_at_a_step_prompt() {
     if !privileged() {
         return;
