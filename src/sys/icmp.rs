@@ -35,18 +35,13 @@ impl IcmpSocket {
 
     pub fn send_echo(&self, to: Ipv4Addr, id: u16, seq: u16) -> io::Result<()> {
         let pkt = echo_request(id, seq);
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr { s_addr: u32::from(to).to_be() },
-            sin_zero: [0; 8],
-        };
+        let addr = super::sockaddr_v4(std::net::SocketAddrV4::new(to, 0));
         // SAFETY: buffer and address are valid for the lengths given.
-        let n = unsafe {
+        super::cvt_size(unsafe {
             libc::sendto(self.fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len(), 0,
                 (&addr as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32)
-        };
-        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        })
+        .map(drop)
     }
 
     /// Wait up to `timeout` for the next echo reply (other ICMP is skipped).

@@ -24,6 +24,25 @@ pub(crate) fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
     if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret as usize) }
 }
 
+/// setsockopt(2) of one int option.
+pub(crate) fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, val: libc::c_int) -> io::Result<()> {
+    // SAFETY: val is a live c_int; the length matches.
+    cvt(unsafe {
+        libc::setsockopt(fd, level, name, (&val as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+    })
+    .map(drop)
+}
+
+/// An IPv4 socket address as the kernel takes it.
+pub(crate) fn sockaddr_v4(a: std::net::SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+        sin_zero: [0; 8],
+    }
+}
+
 /// poll(2) for POLLIN on each of `fds`, up to `timeout_ms`: which are ready. Errors and
 /// hang-ups count as ready (the next read reports them); EINTR counts as a timeout (none
 /// ready), so callers just loop.

@@ -61,16 +61,7 @@ impl PacketSocket {
 
         // A bigger receive buffer rides out bursts (best effort; capped by rmem_max).
         let rcvbuf: libc::c_int = 4 << 20;
-        // SAFETY: valid fd, pointer to a c_int of the given size.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&rcvbuf as *const libc::c_int).cast(),
-                mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        let _ = super::setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf);
 
         // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
         let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };

@@ -9,6 +9,8 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 
+use super::{cvt, setsockopt_int, sockaddr_v4};
+
 // linux/udp.h; libc only exports these for some targets.
 const UDP_SEGMENT: libc::c_int = 103;
 const UDP_GRO: libc::c_int = 104;
@@ -24,29 +26,6 @@ pub struct UdpSock {
     sock: UdpSocket,
 }
 
-fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, val: libc::c_int) -> io::Result<()> {
-    // SAFETY: val is a live c_int; the length matches.
-    let ret = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            &val as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-}
-
-fn to_sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
-        sin_zero: [0; 8],
-    }
-}
-
 fn from_sockaddr(s: &libc::sockaddr_in) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::from(u32::from_be(s.sin_addr.s_addr)), u16::from_be(s.sin_port))
 }
@@ -59,10 +38,10 @@ pub fn path_mtu(local: Ipv4Addr, peer: SocketAddrV4) -> io::Result<u32> {
     let mut mtu: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: mtu and len are live and len holds mtu's size.
-    let ret = unsafe {
+    cvt(unsafe {
         libc::getsockopt(probe.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MTU, &mut mtu as *mut libc::c_int as *mut libc::c_void, &mut len)
-    };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(mtu as u32) }
+    })?;
+    Ok(mtu as u32)
 }
 
 impl UdpSock {
@@ -126,9 +105,6 @@ pub struct SendBatch {
     cmsgs: Vec<CmsgBuf>,
 }
 
-// The raw pointers inside are rebuilt before every call and never shared.
-unsafe impl Send for SendBatch {}
-
 impl SendBatch {
     pub fn new(cap: usize) -> SendBatch {
         // SAFETY: these are plain C structs; zero is a valid (empty) value.
@@ -137,7 +113,7 @@ impl SendBatch {
         SendBatch {
             hdrs: vec![zero_hdr; cap],
             iovs: vec![zero_iov; cap],
-            addrs: vec![to_sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); cap],
+            addrs: vec![sockaddr_v4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); cap],
             cmsgs: vec![CmsgBuf([0; CMSG_SPACE]); cap],
         }
     }
@@ -149,7 +125,7 @@ impl SendBatch {
         let n = items.len().min(self.hdrs.len());
         for (i, it) in items[..n].iter().enumerate() {
             assert!(it.start + it.len <= buf.len(), "send item out of bounds");
-            self.addrs[i] = to_sockaddr(it.dst);
+            self.addrs[i] = sockaddr_v4(it.dst);
             self.iovs[i] = libc::iovec {
                 iov_base: buf[it.start..].as_ptr() as *mut libc::c_void,
                 iov_len: it.len,
@@ -179,8 +155,7 @@ impl SendBatch {
             }
         }
         // SAFETY: hdrs[..n] point into buf, addrs, iovs and cmsgs, all alive for the call.
-        let ret = unsafe { libc::sendmmsg(sock.raw(), self.hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
-        if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret as usize) }
+        cvt(unsafe { libc::sendmmsg(sock.raw(), self.hdrs.as_mut_ptr(), n as libc::c_uint, 0) }).map(|k| k as usize)
     }
 }
 
@@ -205,9 +180,6 @@ pub struct RecvBatch {
     filled: usize,
 }
 
-// The raw pointers inside are rebuilt before every call and never shared.
-unsafe impl Send for RecvBatch {}
-
 impl RecvBatch {
     pub fn new(cap: usize, size: usize) -> RecvBatch {
         // SAFETY: plain C structs; zero is a valid value.
@@ -216,7 +188,7 @@ impl RecvBatch {
         RecvBatch {
             hdrs: vec![zero_hdr; cap],
             iovs: vec![zero_iov; cap],
-            addrs: vec![to_sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); cap],
+            addrs: vec![sockaddr_v4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); cap],
             cmsgs: vec![CmsgBuf([0; CMSG_SPACE]); cap],
             bufs: vec![0u8; cap * size],
             size,
@@ -243,12 +215,9 @@ impl RecvBatch {
         }
         self.filled = 0;
         // SAFETY: every header points into memory owned by self that outlives the call.
-        let ret = unsafe {
+        let ret = cvt(unsafe {
             libc::recvmmsg(sock.raw(), self.hdrs.as_mut_ptr(), cap as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
-        };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        })?;
         self.filled = ret as usize;
         Ok(self.filled)
     }

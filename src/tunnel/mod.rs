@@ -153,10 +153,9 @@ pub fn run(cfg: &TunnelConfig) -> Result<()> {
         // be handed super-packets.
         let _ = sh.tun.set_offload(0);
     }
-    if let Some(p) = &cfg.stats_path {
-        stats::write_stats(p, &sh.counters.snapshot(datapath))?;
-    }
-    result
+    // The final counters, without hiding why the forwarding stopped if that failed.
+    let last = cfg.stats_path.as_ref().map_or(Ok(()), |p| stats::write_stats(p, &sh.counters.snapshot(datapath)));
+    result.and(last)
 }
 
 /// Start the forwarding thread, write stats every STATS_INTERVAL, and stop it on a signal
@@ -233,10 +232,13 @@ fn open_datapath(dev: &str, mode: OffloadMode, wire: WireFormat, sock: &UdpSock)
     Ok((tun, false))
 }
 
+/// UDP_SEGMENT is probed first (it changes nothing); UDP_GRO comes last, because the plain
+/// path's small receive buffers must not get coalesced datagrams: only its failure leaves
+/// something to undo, the TUN's offloads.
 fn open_offload(dev: &str, sock: &UdpSock) -> Result<TunFd> {
+    sock.probe_gso().context("UDP_SEGMENT")?;
     let tun = TunFd::open(dev, true).with_context(|| format!("attaching to {dev} with IFF_VNET_HDR"))?;
     tun.set_offload(OFFLOAD_TSO4_CSUM).context("TUNSETOFFLOAD TSO4|CSUM")?;
-    sock.probe_gso().context("UDP_SEGMENT")?;
     if let Err(e) = sock.enable_gro() {
         let _ = tun.set_offload(0);
         return Err(anyhow::Error::from(e).context("UDP_GRO"));

@@ -14,7 +14,7 @@ use super::segment::{self, Segments};
 use super::stats::add;
 use super::packet::validate_super;
 use super::vnet::{self, VnetHdr};
-use super::wire::{self, Frame, GSO_FRAME_HDR, GSO_MAGIC, WireFormat};
+use super::wire::{GSO_MAGIC, WireFormat};
 use crate::sys::udp::{SendBatch, SendItem};
 
 /// Send buffer; refilled from the start for every batch.
@@ -35,8 +35,14 @@ pub struct Tx<'a> {
     rbuf: Vec<u8>,
     sbuf: Vec<u8>,
     items: Vec<SendItem>,
+    /// Gso wire: (packets, bytes) each whole super-packet stands for, in the order of the
+    /// items that carry them (counted once, when validated at staging).
+    supers: Vec<Tally>,
     batch: SendBatch,
 }
+
+/// Inner packets and their bytes (framing excluded) that one send item carries.
+type Tally = (u64, u64);
 
 impl<'a> Tx<'a> {
     pub fn new(sh: &'a Shared) -> Self {
@@ -45,6 +51,7 @@ impl<'a> Tx<'a> {
             rbuf: vec![0u8; if sh.offload { RBUF } else { 0 }],
             sbuf: vec![0u8; SBUF],
             items: Vec::with_capacity(MAX_ITEMS),
+            supers: Vec::with_capacity(MAX_ITEMS),
             batch: SendBatch::new(MAX_ITEMS),
         }
     }
@@ -52,11 +59,12 @@ impl<'a> Tx<'a> {
     /// Read the TUN until it runs dry or the send buffer fills, then send the batch.
     /// Ok(false) when there was nothing to read.
     pub fn pump(&mut self) -> Result<bool> {
-        let Tx { sh, rbuf, sbuf, items, batch } = self;
+        let Tx { sh, rbuf, sbuf, items, supers, batch } = self;
         let sh: &Shared = sh;
         let c = &sh.counters.tx;
         let pre = sh.wire.prefix();
         items.clear();
+        supers.clear();
         let mut used = 0;
         let mut idle = true;
         while items.len() + 2 <= MAX_ITEMS && SBUF - used >= SBUF_RESERVE {
@@ -75,7 +83,7 @@ impl<'a> Tx<'a> {
             idle = false;
             add(&c.tun_reads, 1);
             if sh.offload && sh.wire == WireFormat::Gso {
-                used += stage_super(sh, n, sbuf, used, rbuf, items);
+                used += stage_super(sh, n, sbuf, used, rbuf, items, supers);
             } else if sh.offload {
                 used += stage_offload(sh, &mut rbuf[..n], &mut sbuf[used..], used, items);
             } else {
@@ -83,7 +91,7 @@ impl<'a> Tx<'a> {
             }
         }
         if !idle {
-            send_all(sh, sbuf, items, batch);
+            send_all(sh, sbuf, items, supers, batch);
         }
         Ok(!idle)
     }
@@ -114,23 +122,33 @@ fn route(sh: &Shared, pkt: &[u8], packets: u64) -> Option<usize> {
 }
 
 /// Gso wire: the vnet-framed TUN read of `n` bytes at `sbuf[at + 4..]` goes out whole as
-/// one datagram, behind GSO_MAGIC; returns bytes consumed in the send buffer. One too big
-/// for a datagram (a 64 KB packet from a sender allowed bigger GSO than ours) is cut into
-/// ordinary packets instead, which the peer accepts as well.
-fn stage_super(sh: &Shared, n: usize, sbuf: &mut [u8], at: usize, rbuf: &mut [u8], items: &mut Vec<SendItem>) -> usize {
+/// one datagram, behind GSO_MAGIC; returns bytes consumed in the send buffer. One the
+/// peer's checks would refuse, or too big for a datagram (a 64 KB packet from a sender
+/// allowed bigger GSO than ours), is cut into ordinary packets instead, which the peer
+/// accepts as well.
+fn stage_super(
+    sh: &Shared,
+    n: usize,
+    sbuf: &mut [u8],
+    at: usize,
+    rbuf: &mut [u8],
+    items: &mut Vec<SendItem>,
+    supers: &mut Vec<Tally>,
+) -> usize {
     let len = GSO_MAGIC.len() + n;
-    if len > GSO_MAX_BYTES {
-        rbuf[..n].copy_from_slice(&sbuf[at + GSO_MAGIC.len()..at + len]);
-        return stage_offload(sh, &mut rbuf[..n], &mut sbuf[at..], at, items);
-    }
-    let frame = &mut sbuf[at..at + len];
-    let Some(pkt) = frame.get(GSO_FRAME_HDR..) else {
-        add(&sh.counters.tx.bad_offload, 1);
-        return 0;
+    let read = &sbuf[at + GSO_MAGIC.len()..at + len];
+    let checked = match read.split_first_chunk::<{ vnet::LEN }>() {
+        Some((hdr, pkt)) if len <= GSO_MAX_BYTES => validate_super(hdr, pkt).ok(),
+        _ => None,
     };
-    let Some(peer) = route(sh, pkt, 1) else { return 0 };
-    frame[..GSO_MAGIC.len()].copy_from_slice(&GSO_MAGIC);
+    let Some(s) = checked else {
+        rbuf[..n].copy_from_slice(read);
+        return stage_offload(sh, &mut rbuf[..n], &mut sbuf[at..], at, items);
+    };
+    let Some(peer) = route(sh, &read[vnet::LEN..], 1) else { return 0 };
+    sbuf[at..at + GSO_MAGIC.len()].copy_from_slice(&GSO_MAGIC);
     items.push(SendItem { dst: sh.peers.addr(peer), start: at, len, gso_size: 0 });
+    supers.push((s.segments, s.inner_bytes));
     len
 }
 
@@ -212,28 +230,27 @@ fn push_train(items: &mut Vec<SendItem>, dst: SocketAddrV4, at: usize, total: us
     }
 }
 
-/// Inner packets carried by one send item, and their bytes (framing excluded).
-fn tally(sh: &Shared, sbuf: &[u8], it: &SendItem) -> (u64, u64) {
-    if sh.wire == WireFormat::Gso
-        && let Ok(Frame::Super { hdr, pkt }) = wire::parse(&sbuf[it.start..it.start + it.len])
-    {
-        // Counted as the packets it stands for, like the other paths count them.
-        return validate_super(hdr, pkt).map_or((1, pkt.len() as u64), |s| (s.segments, s.inner_bytes));
-    }
-    let p = if it.gso_size == 0 { 1 } else { it.len.div_ceil(it.gso_size as usize) as u64 };
-    (p, it.len as u64 - p * sh.wire.prefix().len() as u64)
-}
-
 /// sendmmsg every item; a failing item is counted and skipped, the rest still go out.
-fn send_all(sh: &Shared, sbuf: &[u8], items: &[SendItem], batch: &mut SendBatch) {
+/// Super-packet items (gso wire) are counted from `supers`, in order; the others from
+/// their length and datagram size.
+fn send_all(sh: &Shared, sbuf: &[u8], items: &[SendItem], supers: &[Tally], batch: &mut SendBatch) {
     let c = &sh.counters.tx;
+    let pre = sh.wire.prefix().len() as u64;
+    let mut next_super = supers.iter();
+    let mut tally = |it: &SendItem| -> Tally {
+        if sh.wire == WireFormat::Gso && sbuf[it.start..].starts_with(&GSO_MAGIC) {
+            return next_super.next().copied().unwrap_or((1, it.len as u64));
+        }
+        let p = if it.gso_size == 0 { 1 } else { it.len.div_ceil(it.gso_size as usize) as u64 };
+        (p, it.len as u64 - p * pre)
+    };
     let mut i = 0;
     while i < items.len() {
         match batch.send(&sh.sock, sbuf, &items[i..]) {
             Ok(k) => {
                 add(&c.udp_sends, 1);
                 for it in &items[i..i + k] {
-                    let (packets, bytes) = tally(sh, sbuf, it);
+                    let (packets, bytes) = tally(it);
                     add(&c.packets, packets);
                     add(&c.bytes, bytes);
                 }
@@ -243,7 +260,7 @@ fn send_all(sh: &Shared, sbuf: &[u8], items: &[SendItem], batch: &mut SendBatch)
             Err(e) => {
                 // ECONNREFUSED (peer not up yet), EMSGSIZE, ENETUNREACH...: count, go on.
                 add(&c.udp_sends, 1);
-                add(&c.send_error, tally(sh, sbuf, &items[i]).0);
+                add(&c.send_error, tally(&items[i]).0);
                 tracing::debug!(error = %e, peer = %items[i].dst, "send failed");
                 i += 1;
             }
