@@ -223,27 +223,37 @@ fn replaced_namespace_and_changed_sysctl_are_left_alone() {
         return;
     }
     // After `up`, the user replaces con2 by a namespace of their own (with a process in it)
-    // and changes ip_forward: `down` must not touch either.
+    // and sets rp_filter on 'all' to a value of their own: `down` must touch neither, yet
+    // still put back what is still as cnet set it (ip_forward, enp0s8's rp_filter).
     let r = sandbox(&format!(r#"{VM}
-cnet up multi-node --host --node 1 -q
+sysctl -qw net.ipv4.conf.enp0s8.rp_filter=1   # not what cnet sets, so that its restore shows
+mark before
+sysctl -n net.ipv4.conf.enp0s8.rp_filter
+cnet up overlay --backend vxlan --host --node 1 -q
 ip netns del con2
 ip netns add con2
 ip netns exec con2 sleep 60 &
 sleeper=$!
 sysctl -qw net.ipv4.ip_forward=0
 sysctl -qw net.ipv4.ip_forward=1    # (cnet set 1: same value, so it is restored)
-echo 2 > /proc/sys/net/ipv4/conf/all/rp_filter 2>/dev/null || true
+sysctl -qw net.ipv4.conf.all.rp_filter=2
 cnet down -q
 mark after
 ip netns list
 kill -0 $sleeper && echo "their process lives"
 sysctl -n net.ipv4.ip_forward
-kill $sleeper; ip netns del con2
-"#));
+mark rp
+sysctl -n net.ipv4.conf.all.rp_filter net.ipv4.conf.enp0s8.rp_filter
+kill $sleeper; wait $sleeper 2>/dev/null || true; ip netns del con2
+{}"#, vm_leftovers()));
     r.ok();
     let after = r.section("after");
     assert!(after.contains("con2") && after.contains("their process lives"), "{after}");
     assert!(after.trim_end().ends_with('0'), "ip_forward back to 0 (cnet's 1 was still there): {after}");
+    let rp: Vec<String> = r.section("rp").lines().map(str::to_string).collect();
+    assert_eq!(rp[0], "2", "all.rp_filter: the user's 2 is left as it is");
+    assert_eq!(rp[1], r.section("before").trim(), "enp0s8's rp_filter back to what it was");
+    assert_nothing_left(&r);
 }
 
 #[test]

@@ -52,14 +52,21 @@ fn stage1_http_demo_and_down_stops_the_server() {
     // The talk's demo: a web server inside `con`, fetched from the node.
     let r = sandbox(&format!(r#"
 cnet up 1 -q
-cnet exec node1 -- sh -c 'ip netns exec con python3 -m http.server 8000 >/dev/null 2>&1 &'
+cnet exec node1 -- sh -c 'ip netns exec con python3 -m http.server 8000 >/dev/null 2>&1 & echo $! > $T/server.pid'
 i=0; until cnet exec node1 -- python3 -c 'import urllib.request; print(urllib.request.urlopen("http://172.16.0.1:8000/").status)' 2>/dev/null; do i=$((i+1)); [ $i -lt 50 ] || exit 1; sleep 0.1; done
+# By its pid (a pattern would match this script's own text): running, or exited (a zombie
+# waits for this shell, the sandbox's init, to reap it).
+state() {{ awk '{{print $3}}' /proc/$(cat $T/server.pid)/stat 2>/dev/null || echo gone; }}
+mark running
+case $(state) in Z|gone) echo "server not running" ;; *) echo "server running" ;; esac
 cnet down -q
 mark server
-pgrep -f '^python3 -m http[.]server' || echo "server stopped"
+case $(state) in Z|gone) echo "server stopped" ;; *) echo "server still running" ;; esac
 {LEFTOVERS}"#));
     r.ok();
     assert!(r.stdout.starts_with("200"), "{}", r.stdout);
+    // The match is shown to find the server before `down`, so its absence after means something.
+    assert_eq!(r.section("running").trim(), "server running");
     assert_eq!(r.section("server").trim(), "server stopped", "down stops what runs in the lab's containers");
     assert_nothing_left(&r);
 }

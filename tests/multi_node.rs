@@ -82,6 +82,7 @@ fn two_vms_with(args: &str, script: bool) -> Run {
     let vm = r#"
 vm() {  # vm INDEX OTHER: one VM's whole session
   ip netns exec vm$1 unshare --mount --uts --propagation private sh -euc '
+    trap "touch $T/ready.'$1' $T/tested.'$1'" EXIT  # a VM that dies early must not leave the other waiting
     mount -t tmpfs vm /run/netns; mount -t tmpfs vm /run/cnet; hostname vm'$1'
     if [ -n "$SCRIPT" ]; then
       cnet explain $ARGS --format sh > $T/build.'$1'.sh; sh $T/build.'$1'.sh '$1' > $T/up.'$1' 2>&1 || { echo failed > $T/up.'$1'.err; }
@@ -89,11 +90,11 @@ vm() {  # vm INDEX OTHER: one VM's whole session
       cnet up '"$ARGS"' --host --node '$1' > $T/up.'$1' 2>&1 || { echo failed > $T/up.'$1'.err; }
     fi
     touch $T/ready.'$1'
-    while [ ! -e $T/ready.'$2' ]; do sleep 0.05; done
+    i=0; while [ ! -e $T/ready.'$2' ]; do i=$((i+1)); [ $i -lt 1200 ] || { echo "vm'$2' never got ready" >&2; exit 1; }; sleep 0.05; done
     if [ -n "$SCRIPT" ]; then cnet test --host $ARGS --node '$1' > $T/test.'$1' 2>&1 || true; else cnet test --host > $T/test.'$1' 2>&1 || true; fi
     ip netns exec con1 ping -c1 -W2 172.16.$(( '$2' - 1 )).2 > $T/ping.'$1' 2>&1 || true
     touch $T/tested.'$1'
-    while [ ! -e $T/tested.'$2' ]; do sleep 0.05; done
+    i=0; while [ ! -e $T/tested.'$2' ]; do i=$((i+1)); [ $i -lt 1200 ] || { echo "vm'$2' never finished its tests" >&2; exit 1; }; sleep 0.05; done
     if [ -n "$SCRIPT" ]; then
       cnet explain $ARGS --format sh-down | sh -s '$1' > $T/down.'$1' 2>&1 && echo "removed by the script" >> $T/down.'$1'
     else

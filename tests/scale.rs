@@ -66,7 +66,7 @@ cnet up overlay --nodes 3 -q
 mark test
 cnet test
 received() {{ cnet exec node$1 -- cnet status --host --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["tunnel"]["udp_to_tun"]["packets"])'; }}
-settled() {{ a=$(received $1); sleep 0.3; b=$(received $1); while [ "$a" != "$b" ]; do a=$b; sleep 0.3; b=$(received $1); done; echo $b; }}
+settled() {{ a=$(received $1); sleep 0.3; b=$(received $1); i=0; while [ "$a" != "$b" ] && [ $i -lt 100 ]; do i=$((i+1)); a=$b; sleep 0.3; b=$(received $1); done; echo $b; }}
 n1=$(settled 1); n2=$(settled 2)
 mark ping
 cnet exec node3/con1 -- ping -c3 -i 0.2 -W2 172.16.0.3

@@ -101,7 +101,8 @@ cnet up overlay {backend} -q
 # as the control that capture works at all, any above 20 KB (UDP GSO trains qualify too).
 cnet exec node1 -- timeout 20 tcpdump -l -ni enp0s8 -c 3 'udp port 9000 and udp[8:4] = 0xc0475301 and greater 20000' > $T/big.out 2> $T/big.err &
 cnet exec node1 -- timeout 20 tcpdump -l -ni enp0s8 -c 3 'udp port 9000 and greater 20000' > $T/any.out 2> $T/any.err &
-until grep -q listening $T/big.err && grep -q listening $T/any.err; do sleep 0.05; done
+wait_for 200 grep -qs listening $T/big.err
+wait_for 200 grep -qs listening $T/any.err
 cat > $T/sink.py <<'PY'
 import hashlib, socket
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", 7000)); s.listen(1)
@@ -124,7 +125,7 @@ c.close()
 print(n, h.hexdigest())
 PY
 cnet exec node2/con1 -- python3 $T/sink.py > $T/sink.out & SINK=$!
-until grep -q listening $T/sink.out 2>/dev/null; do sleep 0.05; done
+wait_for 200 grep -qs listening $T/sink.out
 mark sent
 cnet exec node1/con1 -- python3 $T/source.py
 wait $SINK
@@ -182,7 +183,7 @@ while True:
 print(h.hexdigest())
 PY
 cnet exec node2/con2 -- python3 $T/sink.py > $T/sink.out &
-until grep -q listening $T/sink.out 2>/dev/null; do sleep 0.05; done
+wait_for 200 grep -qs listening $T/sink.out
 mark sent
 cnet exec node1/con2 -- python3 -c '
 import hashlib, random, socket

@@ -73,7 +73,10 @@ pub fn sandbox(script: &str) -> Run {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let scratch = std::env::temp_dir().join(format!("cnet-test-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();
-    let prelude = "mark() { echo \"@@ $1\"; }\nawk '{print $5}' /proc/self/mountinfo | sort > $T/mounts.before\n";
+    // `wait_for TRIES CMD...`: CMD every 50 ms until it succeeds; after TRIES tries the
+    // script fails (sh -e) saying what it waited for, instead of hanging the test run.
+    let prelude = "mark() { echo \"@@ $1\"; }\n\
+        wait_for() { n=$1; shift; i=0; until \"$@\"; do i=$((i+1)); [ $i -lt $n ] || { echo \"timed out waiting for: $*\" >&2; return 1; }; sleep 0.05; done; }\nawk '{print $5}' /proc/self/mountinfo | sort > $T/mounts.before\n";
     let bin_dir = cnet_bin().parent().unwrap().to_path_buf();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     let out: Output = Command::new(repo().join("scripts/sandbox"))
