@@ -99,8 +99,12 @@ pub struct DownArgs {
     /// Only what `up --host` built on this machine.
     #[arg(long)]
     pub host: bool,
+    /// Print nothing when all goes well.
     #[arg(long, short)]
     pub quiet: bool,
+    /// (internal) Run by the lab inside one of its nodes, which goes as a whole afterwards.
+    #[arg(long, hide = true)]
+    pub in_lab: bool,
 }
 
 #[derive(Args, Debug)]
@@ -188,6 +192,11 @@ pub struct TunnelArgs {
     /// datagrams): TCP super-packets cross whole, not cut into MTU-sized packets.
     #[arg(long, default_value = "raw")]
     pub wire: String,
+    /// (internal, for `cnet up`) Stdin is a socket to the starter: wait for its go-ahead
+    /// there before touching anything (so the starter has recorded our pid first), say
+    /// "ready" there once attached and bound, and attach only to an existing device.
+    #[arg(long, hide = true)]
+    pub handshake: bool,
 }
 
 #[derive(Args, Debug)]

@@ -124,7 +124,7 @@ pub fn up(a: &UpArgs) -> Result<()> {
         let req = NodeRequest { options: opts, node: a.node, underlay: a.underlay.clone(), peers: a.peers.clone(), in_lab: a.in_lab };
         let pace = if a.quiet { Pace::Quiet } else if a.step { Pace::Step } else { Pace::Run };
         let _lock = lock()?;
-        let result = rt.block_on(interruptible(node::up(&req, pace), || node::down(true)));
+        let result = rt.block_on(interruptible(node::up(&req, pace), || node::down(true, a.in_lab)));
         // Not a plain drop: that would wait for a `--step` prompt's read of stdin, which
         // nobody answers after a Ctrl-C.
         rt.shutdown_background();
@@ -178,7 +178,7 @@ pub fn down(a: &DownArgs) -> Result<()> {
     let _lock = lock()?;
     // Both, when both are up: the lab, and what `up --host` built on this machine.
     let lab_down = if a.host { false } else { rt.block_on(lab::down(a.quiet))? };
-    let host_down = rt.block_on(node::down(a.quiet))?;
+    let host_down = rt.block_on(node::down(a.quiet, a.in_lab))?;
     if !lab_down && !host_down && !a.quiet {
         say!("nothing is up: nothing to remove");
     }
@@ -198,7 +198,21 @@ pub fn collect_statuses(host: bool) -> Result<Vec<NodeStatus>> {
         }
         Ok(v)
     } else {
-        Ok(runtime()?.block_on(status::node_status())?.into_iter().collect())
+        let rt = runtime()?;
+        let status = rt.block_on(status::node_status()).map_err(|e| {
+            if crate::state::is_unusable(&e) { anyhow!("{e:#}: run `cnet down` to remove what carries cnet's marks") } else { e }
+        })?;
+        if status.is_none() {
+            // No record: say so if cnet's marks are here all the same.
+            let marks = rt.block_on(async {
+                let nl = Netlink::here(&PathBuf::from(NETNS_DIR))?;
+                crate::sweep::survey(&nl, &PathBuf::from(NETNS_DIR), &Default::default(), false).await
+            })?;
+            if !marks.is_empty() {
+                bail!("found what carries cnet's marks here ({marks}) but no record of the build: run `cnet down` to remove it");
+            }
+        }
+        Ok(status.into_iter().collect())
     }
 }
 
@@ -210,10 +224,18 @@ pub fn status(a: &StatusArgs) -> Result<()> {
     } else if statuses.is_empty() {
         println!("nothing is up");
     } else {
+        let busy = crate::sys::ns::is_locked(&crate::state::run_dir());
         if !a.host {
             if let Some(s) = crate::state::LabState::read()? {
-                println!("lab: stage {}, {} node(s){}\n", s.options.stage, s.nodes.len(), if s.complete { "" } else { " (incomplete: run `cnet down`)" });
+                let note = match (s.complete, busy) {
+                    (true, _) => "",
+                    (false, true) => " (being built or removed: a cnet up or down is running)",
+                    (false, false) => " (incomplete: run `cnet down`)",
+                };
+                println!("lab: stage {}, {} node(s){note}\n", s.options.stage, s.nodes.len());
             }
+        } else if busy {
+            println!("(a cnet up or down is running: what follows may be half-built or half-removed)\n");
         }
         for s in &statuses {
             status::print(s);
@@ -394,6 +416,7 @@ pub fn tunnel(a: &TunnelArgs) -> Result<()> {
         stats_path: a.stats.clone(),
         offload: if a.no_offload { crate::tunnel::OffloadMode::Off } else { crate::tunnel::OffloadMode::Auto },
         wire: a.wire.parse()?,
+        handshake: a.handshake,
     };
     crate::tunnel::run(&cfg)
 }

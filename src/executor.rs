@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use anyhow::Result;
 
 use crate::netlink::{link_view, Netlink, RouteSpec, ALIAS_PREFIX, CNET_GROUP};
-use crate::plan::{NodePlan, Step, Undo};
+use crate::plan::{Step, Undo};
 use crate::process::{is_cnet_process, stop_process, Members};
 use crate::state::Done;
 use crate::sys::ns;
@@ -75,7 +75,7 @@ pub async fn apply(nl: &Netlink, index: usize, step: &Step, stage: &str) -> Resu
             nl.add_netns(name)?;
             done.ns = ns::ns_id(&nl.netns_path(name));
         }
-        Step::AddVeth { name, peer, peer_netns } => nl.add_veth(name, peer, peer_netns, &tag).await?,
+        Step::AddVeth { name, peer, peer_netns } => nl.add_veth(name, peer, peer_netns, &tag, true).await?,
         Step::AddBridge { name } => nl.add_bridge(name, &tag).await?,
         Step::AddTun { name } => {
             // The ioctl cannot put the device in cnet's group: marking it is a second
@@ -109,13 +109,13 @@ pub async fn apply(nl: &Netlink, index: usize, step: &Step, stage: &str) -> Resu
 /// (as CNI's DEL does): whatever is already gone counts as undone. `started_until` covers
 /// steps an interrupted `up` may have run without recording them: what they would have
 /// created is removed too if it is there and marked as cnet's.
-pub async fn teardown(nl: &Netlink, plan: &NodePlan, done: &[Done], started_until: usize, stage: &str) -> Vec<anyhow::Error> {
+pub async fn teardown(nl: &Netlink, plan: &[Step], done: &[Done], started_until: usize, stage: &str) -> Vec<anyhow::Error> {
     let mut errors = Vec::new();
     let recorded: HashSet<usize> = done.iter().map(|d| d.step).collect();
-    let steps: Vec<(&Step, &Done)> = done.iter().filter_map(|d| plan.steps.get(d.step).map(|s| (&s.step, d))).collect();
-    let unrecorded: Vec<&Step> = (0..started_until.min(plan.steps.len()))
+    let steps: Vec<(&Step, &Done)> = done.iter().filter_map(|d| plan.get(d.step).map(|s| (s, d))).collect();
+    let unrecorded: Vec<&Step> = (0..started_until.min(plan.len()))
         .filter(|i| !recorded.contains(i))
-        .map(|i| &plan.steps[i].step)
+        .map(|i| &plan[i])
         .collect();
     let all = || steps.iter().map(|(s, _)| *s).chain(unrecorded.iter().copied());
     let created_list: Vec<&str> = all().filter_map(|s| s.created_link()).collect();

@@ -59,8 +59,14 @@ fn node_runner_args(opts: &Options, index: u32, v: Verbosity) -> Vec<String> {
 
 /// `cnet up STAGE`: build the lab's nodes, then each node's plan inside it.
 pub async fn up(opts: &Options, v: Verbosity) -> Result<()> {
-    if let Some(s) = LabState::read()? {
-        bail!("the lab is already up with stage {}: run `cnet down` first", s.options.stage);
+    match LabState::read() {
+        Ok(Some(s)) => bail!("the lab is already up with stage {}: run `cnet down` first", s.options.stage),
+        Ok(None) => {}
+        Err(e) if crate::state::is_unusable(&e) => bail!("a lab's record is here but {e:#}: run `cnet down` first (it removes what carries cnet's marks)"),
+        Err(e) => return Err(e),
+    }
+    if let Some(r) = remains() {
+        bail!("a lab's namespaces are here with no record ({} node(s) under {}): run `cnet down` first", r.nodes.len(), lab_dir().display());
     }
     let topo = Topology::new(opts.clone())?;
     let made_run_mount = ns::ensure_mount_dir(&run_dir(), false)?;
@@ -180,7 +186,8 @@ fn create_node(index: u32, hostname: &str, state: &mut LabState) -> Result<()> {
 /// carry whole 64 KB packets (the node reads its tun0's MTU off enp0s8's).
 async fn cable(switch: &Netlink, index: u32, ip: Ipv4Net, mtu: u32) -> Result<()> {
     let port = format!("node{index}");
-    switch.add_veth(&port, UNDERLAY_DEV, &format!("node{index}/net"), LAB_ALIAS).await?;
+    // The node's end is its NIC, not cnet's: it stays out of cnet's group, as a VM's would.
+    switch.add_veth(&port, UNDERLAY_DEV, &format!("node{index}/net"), LAB_ALIAS, false).await?;
     if mtu != 1500 {
         switch.set_mtu(&port, mtu).await?;
     }
@@ -195,14 +202,66 @@ async fn cable(switch: &Netlink, index: u32, ip: Ipv4Net, mtu: u32) -> Result<()
     node.link_up(None, UNDERLAY_DEV, false).await
 }
 
-/// `cnet down` for the lab. Returns false if no lab was up.
+/// What is left of a lab on disk, whatever its record says: the nodes whose directories
+/// are under /run/cnet/lab, and whether the switch is there. The namespaces bound there are
+/// the lab's marks; with them `down` needs no record. None if there is nothing.
+fn remains() -> Option<LabState> {
+    let dir = std::fs::read_dir(lab_dir()).ok()?;
+    let mut nodes: Vec<u32> = dir.flatten().filter_map(|e| e.file_name().to_str()?.strip_prefix("node")?.parse().ok()).collect();
+    nodes.sort_unstable();
+    let switch = switch_ns().exists();
+    if nodes.is_empty() && !switch {
+        return None;
+    }
+    Some(LabState {
+        options: Options::new(crate::topology::Stage::Namespace),
+        nodes,
+        complete: false,
+        // Only a bind of /run/cnet onto itself is cnet's to undo (a tmpfs there is not).
+        made_run_mount: ns::is_bound_onto_itself(&run_dir()),
+        made_netns_dir: false,
+    })
+}
+
+/// `cnet down` for the lab: from its record, and from what is on disk when the record is
+/// missing or unusable. Returns false if no lab was up.
 pub async fn down(quiet: bool) -> Result<bool> {
-    let Some(state) = LabState::read()? else { return Ok(false) };
+    let state = match LabState::read() {
+        Ok(Some(mut state)) => {
+            // Nodes made after the record's last write are removed as well.
+            if let Some(r) = remains() {
+                for n in r.nodes {
+                    if !state.nodes.contains(&n) {
+                        state.nodes.push(n);
+                    }
+                }
+            }
+            state
+        }
+        Ok(None) => {
+            let Some(state) = remains() else { return Ok(false) };
+            down_lab(&state).await?;
+            tell!("cnet: the lab had no record ({} is missing): removed its {} node(s), found under {}", crate::state::lab_state_path().display(), state.nodes.len(), lab_dir().display());
+            return Ok(true);
+        }
+        Err(e) if crate::state::is_unusable(&e) => {
+            let state = remains().unwrap_or_else(remains_none);
+            down_lab(&state).await?;
+            tell!("cnet: {e:#}; removed the lab's {} node(s) found under {} instead", state.nodes.len(), lab_dir().display());
+            return Ok(true);
+        }
+        Err(e) => return Err(e),
+    };
     down_lab(&state).await?;
     if !quiet {
         say!("lab removed: stage {}, {} node(s); nothing of it is left", state.options.stage, state.nodes.len());
     }
     Ok(true)
+}
+
+/// An empty lab, for a record that names nothing that is left.
+fn remains_none() -> LabState {
+    LabState { options: Options::new(crate::topology::Stage::Namespace), nodes: Vec::new(), complete: false, made_run_mount: false, made_netns_dir: false }
 }
 
 async fn down_lab(state: &LabState) -> Result<()> {
@@ -214,7 +273,7 @@ async fn down_lab(state: &LabState) -> Result<()> {
         let nsp = node_ns(*index);
         if ns::is_ns_file(&nsp.net) && ns::is_ns_file(&nsp.mnt) {
             let mut cmd = Command::new("/proc/self/exe");
-            cmd.args(["down", "--host", "--quiet"]).stdout(Stdio::null()).stderr(Stdio::piped());
+            cmd.args(["down", "--host", "--quiet", "--in-lab"]).stdout(Stdio::null()).stderr(Stdio::piped());
             // Their own process group: a second Ctrl-C at the terminal must not cut the
             // removal short half-way.
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
@@ -233,8 +292,13 @@ async fn down_lab(state: &LabState) -> Result<()> {
                 let why = if said.is_empty() { format!("its removal ended with {}", o.status) } else { said };
                 errors.push(anyhow!("node{index}: {why}"));
             }
+            // What a node had to say on the way (its record was unusable, say) is passed on.
+            Ok(o) => {
+                for line in String::from_utf8_lossy(&o.stderr).lines().filter(|l| !l.trim().is_empty()) {
+                    tell!("{line}");
+                }
+            }
             Err(e) => errors.push(anyhow!("node{index}: {e}")),
-            _ => {}
         }
     }
     let (mnt, net) = (crate::process::Members::scan("mnt"), crate::process::Members::scan("net"));
@@ -279,6 +343,7 @@ async fn down_lab(state: &LabState) -> Result<()> {
         return Err(anyhow!(crate::node::join_errors(&errors)));
     }
     LabState::remove()?;
+    let _ = std::fs::remove_file(crate::state::lab_state_path().with_extension("tmp"));
     if state.made_run_mount {
         ns::unmount_dir(&run_dir())?;
     }
@@ -288,9 +353,24 @@ async fn down_lab(state: &LabState) -> Result<()> {
     Ok(())
 }
 
+/// The lab's record, for commands that use the lab (not `up` or `down`): one line saying
+/// what to do when there is none or it is unusable.
+fn lab_in_use() -> Result<LabState> {
+    match LabState::read() {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) if remains().is_some() => bail!(
+            "a lab's namespaces are here with no record ({} is missing): run `cnet down` to remove them",
+            crate::state::lab_state_path().display()
+        ),
+        Ok(None) => bail!("no lab is up: start one with `cnet up <stage>`"),
+        Err(e) if crate::state::is_unusable(&e) => bail!("{e:#}: run `cnet down` to remove the lab by its marks"),
+        Err(e) => Err(e),
+    }
+}
+
 /// The lab's topology and one node of it, by name (`node1`, `2-single-node`, `1`).
 pub fn find_node(name: &str) -> Result<(LabState, u32)> {
-    let Some(state) = LabState::read()? else { bail!("no lab is up: start one with `cnet up <stage>`") };
+    let state = lab_in_use()?;
     let topo = Topology::new(state.options.clone())?;
     let Some(n) = topo.find_node(name) else {
         let names: Vec<_> = topo.nodes.iter().map(|n| format!("{} ({})", n.short_name(), n.hostname)).collect();
@@ -321,7 +401,7 @@ pub fn command_in(target: &str, program: &str, args: &[String]) -> Result<Comman
 
 /// Run the same cnet subcommand inside every node and gather each one's JSON answer.
 pub fn in_every_node(args: &[&str]) -> Result<Vec<(u32, std::process::Output)>> {
-    let Some(state) = LabState::read()? else { bail!("no lab is up") };
+    let state = lab_in_use()?;
     let mut out = Vec::new();
     for index in &state.nodes {
         if !ns::is_ns_file(&node_ns(*index).net) {
@@ -335,6 +415,7 @@ pub fn in_every_node(args: &[&str]) -> Result<Vec<(u32, std::process::Output)>> 
     Ok(out)
 }
 
+/// Whether a lab is here: its record, or what is left of one.
 pub fn is_up() -> bool {
-    Path::new(&run_dir().join("lab.json")).exists()
+    crate::state::lab_state_path().exists() || remains().is_some()
 }

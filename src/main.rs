@@ -32,6 +32,7 @@ mod plan;
 mod process;
 mod state;
 mod status;
+mod sweep;
 mod sys;
 mod sysctl;
 mod topology;
@@ -63,6 +64,8 @@ fn run() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CNET_LOG").unwrap_or_else(|_| level.into()))
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: a log file or a pipe gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .init();
     let result = match &cli.command {

@@ -174,14 +174,16 @@ impl Netlink {
     }
 
     /// `ip link add NAME type veth peer name PEER netns NS`: the peer is created straight in
-    /// the namespace (23x faster than creating then moving it).
-    pub async fn add_veth(&self, name: &str, peer: &str, peer_netns: &str, alias: &str) -> Result<()> {
+    /// the namespace (23x faster than creating then moving it). With `mark_peer` the peer
+    /// joins cnet's group too, at creation: a named namespace holding it is cnet's (sweep.rs).
+    pub async fn add_veth(&self, name: &str, peer: &str, peer_netns: &str, alias: &str, mark_peer: bool) -> Result<()> {
         let target = std::fs::File::open(self.netns_path(peer_netns))
             .with_context(|| format!("cannot open network namespace '{peer_netns}'"))?;
-        let peer_msg = LinkMessageBuilder::<LinkUnspec>::default()
-            .name(peer.to_string())
-            .setns_by_fd(target.as_raw_fd())
-            .build();
+        let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::default().name(peer.to_string()).setns_by_fd(target.as_raw_fd());
+        if mark_peer {
+            peer_msg = peer_msg.link_group(CNET_GROUP);
+        }
+        let peer_msg = peer_msg.build();
         let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
             .name(name.to_string())
             .link_group(CNET_GROUP)
@@ -512,6 +514,9 @@ pub struct RouteView {
     pub dst: Option<Ipv4Net>,
     pub via: Option<Ipv4Addr>,
     pub dev: Option<u32>,
+    /// Added as `ip route add` adds routes (protocol "boot"), not by the kernel or a daemon.
+    #[serde(skip)]
+    pub by_hand: bool,
 }
 
 /// Main-table unicast IPv4 routes, as `ip route` lists them (not the cached path-MTU
@@ -521,7 +526,8 @@ pub fn route_views(msgs: &[RouteMessage]) -> Vec<RouteView> {
         .filter(|m| m.header.table == RouteHeader::RT_TABLE_MAIN && m.header.kind == RouteType::Unicast)
         .filter(|m| !m.header.flags.contains(netlink_packet_route::route::RouteFlags::Cloned))
         .map(|m| {
-            let mut r = RouteView { dst: None, via: None, dev: None };
+            let by_hand = m.header.protocol == netlink_packet_route::route::RouteProtocol::Boot;
+            let mut r = RouteView { dst: None, via: None, dev: None, by_hand };
             for a in &m.attributes {
                 match a {
                     RouteAttribute::Destination(RouteAddress::Inet(ip)) => r.dst = Some(Ipv4Net::new(*ip, m.header.destination_prefix_length)),

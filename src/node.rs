@@ -2,17 +2,18 @@
 //! on. On a real host this is `cnet up --host`; the lab runs this same code inside each of
 //! its VM-like nodes.
 
+use std::collections::HashSet;
 use std::io::{BufRead, Write};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use crate::executor;
+use crate::{executor, sweep};
 use crate::netlink::{addr_views, dump_addrs, dump_links, dump_routes, link_view, route_views, Netlink};
 use crate::plan::{node_plan, NodePlan, Step};
 use crate::state::{Done, NodeHeader, NodeJournal};
-use crate::topology::{Backend, GSO_UNDERLAY_MTU, Options, Stage, Topology, UNDERLAY_DEV};
+use crate::topology::{Backend, GSO_UNDERLAY_MTU, Ipv4Net, Options, Stage, Topology, UNDERLAY_DEV};
 
 /// What the user asked of this node.
 #[derive(Clone, Debug)]
@@ -100,6 +101,7 @@ async fn resolve_with(req: &NodeRequest, nl: &Netlink, links: &[crate::netlink::
         topo.set_node_ip(req.node, ip);
     }
     let header = NodeHeader {
+        format: crate::state::RECORD_FORMAT,
         options: topo.options.clone(),
         node: req.node,
         underlay: underlay.clone().unwrap_or_default(),
@@ -108,8 +110,29 @@ async fn resolve_with(req: &NodeRequest, nl: &Netlink, links: &[crate::netlink::
         netns_dir: PathBuf::from(NETNS_DIR),
         in_lab: req.in_lab,
         made_netns_mount: false,
+        steps: Vec::new(),
     };
     Ok((topo, header))
+}
+
+/// Refuse pod subnets (and stage 4's overlay /16) that overlap an address this machine
+/// already has, its underlay's first: the node could not tell its neighbours from its
+/// containers. cnet's own links are left to the conflict check (they mean a stage is up).
+fn check_pod_nets_against(topo: &Topology, addrs: &[crate::netlink::AddrView], links: &[crate::netlink::LinkView]) -> Result<()> {
+    let mut ours: Vec<Ipv4Net> = topo.nodes.iter().filter(|n| n.bridge.is_some()).map(|n| n.pod_net).collect();
+    if topo.stage() == Stage::Overlay {
+        ours.extend(topo.nodes.first().map(|n| n.tun_addr().trunc()));
+    }
+    for a in addrs {
+        let Some(dev) = links.iter().find(|l| l.index == a.dev) else { continue };
+        if dev.group == crate::netlink::CNET_GROUP || a.addr.addr.is_loopback() {
+            continue;
+        }
+        if let Some(p) = ours.iter().find(|p| p.overlaps(&a.addr.trunc())) {
+            bail!("the pod subnet {p} overlaps this machine's own network {} (on {}): the node could not tell its neighbours from its containers; use another machine, or for stage 2 another --pod-cidr", a.addr.trunc(), dev.name);
+        }
+    }
+    Ok(())
 }
 
 /// Rebuild the topology a journal header describes (addresses as resolved at `up`).
@@ -124,16 +147,20 @@ pub fn topology_of(h: &NodeHeader) -> Result<Topology> {
     Ok(topo)
 }
 
-pub fn plan_of(h: &NodeHeader) -> Result<(Topology, NodePlan)> {
-    let topo = topology_of(h)?;
-    let plan = node_plan(&topo, topo.node(h.node)?, &h.underlay);
-    Ok((topo, plan))
-}
-
 /// Refuse, changing nothing, when anything the plan would create already exists.
 async fn check_conflicts(nl: &Netlink, plan: &NodePlan, links: &[crate::netlink::LinkView]) -> Result<()> {
-    if let Some(r) = NodeJournal::read()? {
-        bail!("stage {} is already up here: run `cnet down` first", r.header.options.stage);
+    match NodeJournal::read() {
+        Ok(Some(r)) => bail!("stage {} is already up here: run `cnet down` first", r.header.options.stage),
+        Ok(None) => {}
+        Err(e) if crate::state::is_unusable(&e) => bail!("an earlier build's record is here but {e:#}: run `cnet down` first (it removes what carries cnet's marks)"),
+        Err(e) => return Err(e),
+    }
+    if let Some(pid) = crate::process::cnet_tunnels_here().first() {
+        bail!("a tunnel started by an earlier cnet run is still running here (pid {pid}): run `cnet down` first");
+    }
+    let marked: Vec<&str> = links.iter().filter(|l| l.group == crate::netlink::CNET_GROUP).map(|l| l.name.as_str()).collect();
+    if !marked.is_empty() {
+        bail!("links an earlier cnet run made are still here with no record ({}): run `cnet down` first", marked.join(", "));
     }
     let routes = route_views(&dump_routes(&nl.node_handle()).await?);
     for s in &plan.steps {
@@ -194,11 +221,13 @@ pub async fn up(req: &NodeRequest, pace: Pace) -> Result<()> {
     let nl = Netlink::here(&PathBuf::from(NETNS_DIR))?;
     let links: Vec<_> = dump_links(&nl.node_handle()).await?.iter().map(link_view).collect();
     let (topo, header) = resolve_with(req, &nl, &links).await?;
+    check_pod_nets_against(&topo, &addr_views(&dump_addrs(&nl.node_handle()).await?), &links)?;
     let plan = node_plan(&topo, topo.node(req.node)?, &header.underlay);
     check_conflicts(&nl, &plan, &links).await?;
     // As `ip netns add` does, so `ip netns` sees cnet's namespaces from any mount namespace.
     let mut header = header;
     header.made_netns_mount = crate::sys::ns::ensure_mount_dir(&PathBuf::from(NETNS_DIR), true)?;
+    header.steps = plan.steps.iter().map(|s| s.step.clone()).collect();
     let mut journal = NodeJournal::create(&header)?;
     let stage = topo.stage().name();
     let mut done: Vec<Done> = Vec::with_capacity(plan.steps.len());
@@ -268,7 +297,7 @@ pub async fn up(req: &NodeRequest, pace: Pace) -> Result<()> {
 async fn fail(nl: &Netlink, header: &NodeHeader, plan: &NodePlan, done: &[Done], (step, ran_until): (usize, usize), e: anyhow::Error) -> anyhow::Error {
     let stage = header.options.stage.name();
     let started_until = done.iter().map(|d| d.step + 1).max().unwrap_or(0).max(ran_until);
-    let errors = executor::teardown(nl, plan, done, started_until, stage).await;
+    let errors = executor::teardown(nl, &header.steps, done, started_until, stage).await;
     let undo = if errors.is_empty() {
         match NodeJournal::remove().and_then(|()| release_netns_mount(header)) {
             Ok(()) => "the steps already done were undone".to_string(),
@@ -292,19 +321,52 @@ fn release_netns_mount(header: &NodeHeader) -> Result<()> {
     Ok(())
 }
 
-/// `cnet down --host`. Returns false if nothing was up.
-pub async fn down(quiet: bool) -> Result<bool> {
-    let Some(crate::state::NodeRecord { header, done, started_until }) = NodeJournal::read()? else { return Ok(false) };
-    let (topo, plan) = plan_of(&header)?;
-    let nl = Netlink::here(&header.netns_dir)?;
-    let errors = executor::teardown(&nl, &plan, &done, started_until, topo.stage().name()).await;
+/// `cnet down --host`: undo what the record says was done, then remove whatever still
+/// carries cnet's marks (sweep.rs) — everything, when the record is missing or unusable.
+/// Returns false if nothing was up.
+/// `in_lab`: run by the lab in one of its nodes, which is removed whole afterwards.
+pub async fn down(quiet: bool, in_lab: bool) -> Result<bool> {
+    let (record, unusable) = match NodeJournal::read() {
+        Ok(r) => (r, None),
+        Err(e) if crate::state::is_unusable(&e) => (None, Some(e)),
+        Err(e) => return Err(e),
+    };
+    let netns_dir = record.as_ref().map_or_else(|| PathBuf::from(NETNS_DIR), |r| r.header.netns_dir.clone());
+    let nl = Netlink::here(&netns_dir)?;
+    let known: HashSet<String> = record.iter()
+        .flat_map(|r| r.header.steps.iter())
+        .filter_map(|s| match s { Step::AddNetns { name } => Some(name.clone()), _ => None })
+        .collect();
+    // Surveyed before anything is removed: a container's namespace is known by the marked
+    // veth end inside it, which goes with its node end.
+    let marks = sweep::survey(&nl, &netns_dir, &known, record.is_none()).await?;
+    if record.is_none() && unusable.is_none() && marks.is_empty() {
+        return Ok(false);
+    }
+    let mut errors = Vec::new();
+    if let Some(r) = &record {
+        errors = executor::teardown(&nl, &r.header.steps, &r.done, r.started_until, r.header.options.stage.name()).await;
+    }
+    sweep::remove(&nl, &marks, &mut errors).await;
     if !errors.is_empty() {
         bail!("could not remove everything: {}; fix that and run `cnet down` again", join_errors(&errors));
     }
     NodeJournal::remove()?;
-    release_netns_mount(&header)?;
-    if !quiet {
-        say!("{}: stage {} removed ({} steps undone)", hostname(), topo.stage(), done.len());
+    crate::tunnel::launch::remove_files()?;
+    if let Some(r) = &record {
+        release_netns_mount(&r.header)?;
+        if !quiet {
+            say!("{}: stage {} removed ({} steps undone)", hostname(), r.header.options.stage, r.done.len());
+        }
+    } else {
+        // Said even with -q: what cnet set that has no mark (ip_forward, rp_filter) cannot be
+        // put back without the record, and the user should know.
+        let why = match &unusable {
+            Some(e) => format!("{e:#}"),
+            None => format!("there is no record ({} is missing)", crate::state::node_journal_path().display()),
+        };
+        let sysctls = if in_lab { "" } else { "; sysctls cnet may have set (ip_forward, rp_filter) are left as they are" };
+        tell!("cnet: {}: {why}; removed what carries cnet's marks instead ({marks}){sysctls}", hostname());
     }
     Ok(true)
 }

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::tunnel::WireFormat;
 use crate::topology::{Backend, Ipv4Net, Node, Stage, Topology, TUNNEL_PORT, VXLAN_PORT, VXLAN_VNI};
@@ -16,7 +16,7 @@ use crate::netlink::RouteSpec;
 /// Where a step runs: the node itself, or inside one of its containers (a named netns).
 pub type Netns = Option<String>;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Step {
     AddNetns { name: String },

@@ -21,6 +21,29 @@ pub fn is_cnet_process(pid: u32, words: &[&str]) -> bool {
     exe_is_cnet && words.iter().all(|w| cmdline.split(|b| *b == 0).any(|a| a == w.as_bytes()))
 }
 
+/// The tunnels `cnet up` started in this network namespace, found by their marks alone:
+/// cnet's binary, `tunnel` with `--stats` at cnet's own counters file, and this very network
+/// namespace (lab nodes share a PID namespace but not a network one). A `cnet tunnel` a user
+/// runs by hand does not write there, and is left alone.
+pub fn cnet_tunnels_here() -> Vec<u32> {
+    let stats = crate::tunnel::launch::stats_path();
+    let stats = stats.to_string_lossy();
+    let here = ns::ns_id(Path::new("/proc/self/ns/net"));
+    let me = std::process::id();
+    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| here.is_some() && ns::ns_id(Path::new(&format!("/proc/{pid}/ns/net"))) == here)
+        .filter(|pid| {
+            let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.contains(&b"tunnel".as_slice())
+                && args.windows(2).any(|w| w[0] == b"--stats" && w[1] == stats.as_bytes())
+                && is_cnet_process(*pid, &["tunnel"])
+        })
+        .collect()
+}
+
 fn gone(pid: u32) -> bool {
     // A zombie has exited; its parent (not us) reaps it.
     fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -4,18 +4,52 @@
 //! A node's record is a journal: a header line (the options it was built with), then one
 //! line per finished step, appended as it finishes. Appending keeps the cost per step
 //! constant (1000 containers are ~10,000 steps), and a killed `up` leaves a journal that
-//! `down` can still undo exactly: a torn last line is ignored. The lab's record is one small
-//! JSON file, written to a temporary name and renamed.
+//! `down` can still undo exactly: a torn last line is ignored. The header holds the steps
+//! themselves, so that `down` undoes what was done as it was written down then, not a plan
+//! recomputed by whatever cnet build runs it. The lab's record is one small JSON file,
+//! written to a temporary name and renamed.
+//!
+//! A record that cannot be read (deleted, truncated, garbled, from an older format) is an
+//! [`UnusableRecord`]: `down` then removes what carries cnet's marks instead (sweep.rs).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::plan::Step;
 use crate::topology::Options;
+
+/// The node record's format. 1 (no field): steps recomputed from the options at `down`;
+/// 2: the steps recorded in the header.
+pub const RECORD_FORMAT: u32 = 2;
+
+/// A record that exists but cannot be used: `down` falls back on cnet's marks.
+#[derive(Debug)]
+pub struct UnusableRecord {
+    pub path: PathBuf,
+    pub why: String,
+}
+
+impl std::fmt::Display for UnusableRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is unusable: {}", self.path.display(), self.why)
+    }
+}
+
+impl std::error::Error for UnusableRecord {}
+
+fn unusable(path: &Path, why: impl Into<String>) -> anyhow::Error {
+    UnusableRecord { path: path.to_path_buf(), why: why.into() }.into()
+}
+
+/// Whether an error is an [`UnusableRecord`].
+pub fn is_unusable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<UnusableRecord>())
+}
 
 pub const RUN_DIR: &str = "/run/cnet";
 
@@ -23,9 +57,12 @@ pub fn run_dir() -> PathBuf {
     PathBuf::from(RUN_DIR)
 }
 
-/// Who built a node and with what: enough to recompute its plan.
+/// Who built a node, with what, and the steps of its plan.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct NodeHeader {
+    /// [`RECORD_FORMAT`] when written; 0 when absent (format 1).
+    #[serde(default)]
+    pub format: u32,
     pub options: Options,
     pub node: u32,
     pub underlay: String,
@@ -40,6 +77,9 @@ pub struct NodeHeader {
     /// no namespace is left there.
     #[serde(default)]
     pub made_netns_mount: bool,
+    /// The plan's steps as `up` ran them; a done line's `step` indexes this list.
+    #[serde(default)]
+    pub steps: Vec<Step>,
 }
 
 /// One finished step and what is needed to undo it.
@@ -113,36 +153,50 @@ impl NodeJournal {
         self.file.write_all(&line).with_context(|| format!("cannot record a step in {}", self.path.display()))
     }
 
-    /// The header and the steps done so far, or None if nothing is up.
+    /// The header and the steps done so far; None if nothing is up; an [`UnusableRecord`]
+    /// if the file is there but cannot be trusted.
     pub fn read() -> Result<Option<NodeRecord>> {
         let path = node_journal_path();
-        let f = match File::open(&path) {
-            Ok(f) => f,
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let mut lines = BufReader::new(f).lines();
-        let Some(first) = lines.next() else { return Ok(None) };
-        let header: NodeHeader = serde_json::from_str(&first?)
-            .with_context(|| format!("{} is not a cnet state record; remove it if nothing is up", path.display()))?;
-        let mut done = Vec::new();
-        let mut started_until = 0;
-        for line in lines {
-            match serde_json::from_str::<Line>(&line?) {
-                Ok(Line::Done(d)) => {
-                    started_until = started_until.max(d.step + 1);
-                    done.push(d);
-                }
-                Ok(Line::Started { started: (_, to) }) => started_until = started_until.max(to),
-                Err(_) => break, // a torn last line from a killed `up`
-            }
-        }
-        Ok(Some(NodeRecord { header, done, started_until }))
+        parse_journal(&path, &bytes).map(Some)
     }
 
     pub fn remove() -> Result<()> {
         remove_if_exists(&node_journal_path())
     }
+}
+
+/// A journal's bytes: the header line, then done and started lines up to the first torn one.
+fn parse_journal(path: &Path, bytes: &[u8]) -> Result<NodeRecord> {
+    let mut lines = bytes.split(|b| *b == b'\n');
+    let first = lines.next().unwrap_or_default();
+    if first.is_empty() {
+        return Err(unusable(path, "it is empty"));
+    }
+    let header: NodeHeader = serde_json::from_slice(first).map_err(|e| unusable(path, format!("its header is not a cnet record ({e})")))?;
+    if header.format != RECORD_FORMAT {
+        return Err(unusable(path, format!("it was written by another cnet version (record format {}, this one reads {RECORD_FORMAT})", header.format.max(1))));
+    }
+    if header.steps.is_empty() {
+        return Err(unusable(path, "it records no steps"));
+    }
+    let mut done = Vec::new();
+    let mut started_until = 0;
+    for line in lines {
+        match serde_json::from_slice::<Line>(line) {
+            Ok(Line::Done(d)) if d.step < header.steps.len() => {
+                started_until = started_until.max(d.step + 1);
+                done.push(d);
+            }
+            Ok(Line::Started { started: (_, to) }) => started_until = started_until.max(to.min(header.steps.len())),
+            _ => break, // a torn last line from a killed `up` (or the end)
+        }
+    }
+    Ok(NodeRecord { header, done, started_until })
 }
 
 pub fn remove_if_exists(p: &Path) -> Result<()> {
@@ -174,7 +228,7 @@ pub fn lab_dir() -> PathBuf {
     run_dir().join("lab")
 }
 
-fn lab_state_path() -> PathBuf {
+pub fn lab_state_path() -> PathBuf {
     run_dir().join("lab.json")
 }
 
@@ -182,7 +236,7 @@ impl LabState {
     pub fn read() -> Result<Option<LabState>> {
         let p = lab_state_path();
         match fs::read(&p) {
-            Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| format!("{} is not a cnet lab record", p.display()))?)),
+            Ok(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| unusable(&p, format!("it is not a cnet lab record ({e})")))?)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
         }

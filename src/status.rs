@@ -108,7 +108,8 @@ pub struct NodeStatus {
 /// Read this node back. None when nothing is up.
 pub async fn node_status() -> Result<Option<NodeStatus>> {
     let Some(crate::state::NodeRecord { header, done, .. }) = NodeJournal::read()? else { return Ok(None) };
-    let (topo, plan) = crate::node::plan_of(&header)?;
+    let topo = crate::node::topology_of(&header)?;
+    let plan = &header.steps;
     let nl = Netlink::here(&header.netns_dir)?;
     let node_snap = snapshot(&nl.node_handle()).await?;
     let mut namespaces: Vec<String> = std::fs::read_dir(&header.netns_dir)
@@ -125,8 +126,8 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
     }
     // Name each cnet veth's other end (the kernel reports only its index, in another namespace).
     let mut node_snap = node_snap;
-    for s in &plan.steps {
-        if let Step::AddVeth { name, peer, peer_netns } = &s.step {
+    for s in plan {
+        if let Step::AddVeth { name, peer, peer_netns } = s {
             let present = containers.get(peer_netns).is_some_and(|c| c.links.iter().any(|l| &l.name == peer));
             if let Some(l) = node_snap.links.iter_mut().find(|l| &l.name == name) {
                 l.peer = Some(if present { format!("{peer_netns}:{peer}") } else { format!("{peer_netns}:{peer} (missing)") });
@@ -137,12 +138,12 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
     let mut checked = 0;
     let mut missing = Vec::new();
     let mut tunnel = None;
-    for s in &plan.steps {
+    for s in plan {
         let snap = |netns: &Option<String>| match netns {
             None => Some(&node_snap),
             Some(n) => containers.get(n),
         };
-        let ok = match &s.step {
+        let ok = match s {
             Step::AddNetns { name } => Some(nl.netns_path(name).exists()),
             Step::AddVeth { name, .. } | Step::AddBridge { name } | Step::AddTun { name } | Step::AddVxlan { name, .. } => {
                 Some(node_snap.link(name).is_some())
@@ -166,7 +167,7 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
         };
         if let Some(ok) = ok {
             checked += 1;
-            if ok { verified += 1 } else { missing.push(s.command.clone()) }
+            if ok { verified += 1 } else { missing.push(s.command()) }
         }
     }
     Ok(Some(NodeStatus {

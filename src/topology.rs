@@ -42,6 +42,42 @@ impl Ipv4Net {
     pub fn host_count(&self) -> u64 {
         (1u64 << (32 - self.prefix)).saturating_sub(2)
     }
+    /// Whether `other` lies wholly inside this prefix.
+    pub fn contains_net(&self, other: &Ipv4Net) -> bool {
+        other.prefix >= self.prefix && (u32::from(other.addr) & self.mask()) == u32::from(self.network())
+    }
+    /// Whether the two prefixes share any address (one then holds the other).
+    pub fn overlaps(&self, other: &Ipv4Net) -> bool {
+        self.contains_net(other) || other.contains_net(self)
+    }
+}
+
+/// Address ranges a pod subnet can never be: each would break the node's own networking
+/// or cannot be routed to a container at all.
+const UNUSABLE_POD_NETS: [(Ipv4Net, &str); 5] = [
+    (Ipv4Net::new(Ipv4Addr::new(0, 0, 0, 0), 8), "'this network' (0.0.0.0/8)"),
+    (Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8), "loopback (127.0.0.0/8)"),
+    (Ipv4Net::new(Ipv4Addr::new(169, 254, 0, 0), 16), "link-local (169.254.0.0/16)"),
+    (Ipv4Net::new(Ipv4Addr::new(224, 0, 0, 0), 4), "multicast (224.0.0.0/4)"),
+    (Ipv4Net::new(Ipv4Addr::new(240, 0, 0, 0), 4), "reserved (240.0.0.0/4, broadcast included)"),
+];
+
+/// Refuse a pod subnet that cannot work: the default route, a special range, or one that
+/// overlaps the nodes' own network (the node could no longer tell its neighbours from its
+/// containers). One line, before anything is built.
+pub fn check_pod_net(net: &Ipv4Net, underlay: &Ipv4Net) -> Result<()> {
+    if net.prefix == 0 {
+        bail!("pod subnet {net} is the whole address space (the default route): give a private prefix such as 172.16.0.0/24");
+    }
+    for (bad, what) in UNUSABLE_POD_NETS {
+        if bad.overlaps(net) {
+            bail!("pod subnet {net} lies in {what}, which no container can use: give a private prefix such as 172.16.0.0/24");
+        }
+    }
+    if net.overlaps(&underlay.trunc()) {
+        bail!("pod subnet {net} overlaps the nodes' network {}: the node could not tell its neighbours from its containers; give one apart from it, such as 172.16.0.0/24", underlay.trunc());
+    }
+    Ok(())
 }
 
 impl fmt::Display for Ipv4Net {
@@ -194,10 +230,19 @@ impl Options {
 }
 
 pub const UNDERLAY_DEV: &str = "enp0s8";
+/// Node i gets 10.0.0.(10·i) on the underlay /24: 25 nodes is the last that fits.
+pub const MAX_NODES: u32 = 25;
+/// Containers per node: con1..con9999.
+pub const MAX_CONTAINERS: u32 = 9999;
 pub const UNDERLAY_PREFIX: u8 = 24;
 pub const TUNNEL_PORT: u16 = 9000;
 pub const VXLAN_PORT: u16 = 4789;
 pub const VXLAN_VNI: u32 = 1;
+
+/// Node i's pod subnet, 172.16.(i−1).0/24, as the talk gives node 1 and node 2.
+pub fn multi_node_pod_net(i: u32) -> Ipv4Net {
+    Ipv4Net::new(Ipv4Addr::new(172, 16, (i - 1) as u8, 0), 24)
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Container {
@@ -261,7 +306,7 @@ impl Topology {
             bail!("--pod-cidr applies to stage 2 (single-node) only; stages 3 and 4 give node i 172.16.(i-1).0/24");
         }
         let node_count = if stage.is_multi_node() { options.nodes } else { 1 };
-        if stage.is_multi_node() && !(2..=25).contains(&node_count) {
+        if stage.is_multi_node() && !(2..=MAX_NODES).contains(&node_count) {
             // Node i gets 10.0.0.(10*i): 25 nodes is the last that fits 10.0.0.0/24.
             bail!("--nodes must be 2..25 (node i gets 10.0.0.(10*i) on the underlay /24)");
         }
@@ -290,11 +335,12 @@ impl Topology {
                 _ => {
                     let pod_net = match options.pod_cidr {
                         Some(c) => c.trunc(),
-                        None => Ipv4Net::new(Ipv4Addr::new(172, 16, (i - 1) as u8, 0), 24),
+                        None => multi_node_pod_net(i),
                     };
                     if pod_net.prefix > 30 {
                         bail!("pod subnet {pod_net} is too small: it needs the bridge and at least one container");
                     }
+                    check_pod_net(&pod_net, &ip)?;
                     // .1 is the bridge, containers from .2; stage 4 keeps .100 for tun0.
                     let mut reserved = vec![1u32];
                     if stage == Stage::Overlay {
@@ -302,13 +348,19 @@ impl Topology {
                     }
                     let usable = pod_net.host_count() as u32;
                     let fits = usable.saturating_sub(reserved.iter().filter(|r| **r <= usable).count() as u32);
-                    if options.containers > fits || options.containers > 9999 {
-                        bail!(
-                            "{} containers do not fit the pod subnet {pod_net} (room for {}): use fewer{}",
-                            options.containers,
-                            fits.min(9999),
-                            if stage == Stage::SingleNode { " or a larger --pod-cidr, e.g. 172.16.0.0/20" } else { "" }
-                        );
+                    if options.containers > MAX_CONTAINERS {
+                        bail!("{} containers: a node holds at most {MAX_CONTAINERS} (con1..con{MAX_CONTAINERS})", options.containers);
+                    }
+                    if options.containers > fits {
+                        // The smallest prefix that holds them all, with the bridge and tun0's .100.
+                        let need = u64::from(options.containers) + reserved.len() as u64 + 2;
+                        let prefix = 32 - need.next_power_of_two().trailing_zeros() as u8;
+                        let hint = if stage == Stage::SingleNode {
+                            format!(" or a larger --pod-cidr, e.g. {}", Ipv4Net::new(pod_net.addr, prefix).trunc())
+                        } else {
+                            String::new()
+                        };
+                        bail!("{} containers do not fit the pod subnet {pod_net} (room for {fits}): use fewer{hint}", options.containers);
                     }
                     let mut containers = Vec::new();
                     let mut host = 2u32;
@@ -451,6 +503,34 @@ mod tests {
         let t = Topology::new(o).unwrap();
         assert!(t.nodes[0].containers.iter().all(|c| c.addr.addr != Ipv4Addr::new(172, 16, 0, 100)));
         assert_eq!(t.nodes[0].containers[98].addr.addr, Ipv4Addr::new(172, 16, 0, 101));
+    }
+
+    #[test]
+    fn unworkable_pod_cidrs_are_refused() {
+        for bad in ["10.0.0.0/24", "10.0.0.0/16", "10.0.0.128/25", "10.0.0.0/8", "127.0.0.0/24", "224.0.0.0/24", "0.0.0.0/0", "169.254.1.0/24", "255.255.255.0/24"] {
+            let mut o = Options::new(Stage::SingleNode);
+            o.pod_cidr = Some(bad.parse().unwrap());
+            let err = Topology::new(o).unwrap_err().to_string();
+            assert!(err.contains(bad) || err.contains(&bad.parse::<Ipv4Net>().unwrap().trunc().to_string()), "{bad}: {err}");
+        }
+        for good in ["172.16.0.0/24", "192.168.7.0/24", "10.1.0.0/16"] {
+            let mut o = Options::new(Stage::SingleNode);
+            o.pod_cidr = Some(good.parse().unwrap());
+            assert!(Topology::new(o).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn too_many_containers_hint_fits() {
+        let mut o = Options::new(Stage::SingleNode);
+        o.containers = 1000;
+        o.pod_cidr = Some("172.16.0.0/24".parse().unwrap());
+        let err = Topology::new(o.clone()).unwrap_err().to_string();
+        assert!(err.contains("172.16.0.0/22"), "{err}");
+        o.containers = 100000;
+        o.pod_cidr = Some("172.0.0.0/8".parse().unwrap());
+        let err = Topology::new(o).unwrap_err().to_string();
+        assert!(err.contains("at most 9999"), "{err}");
     }
 
     #[test]

@@ -114,6 +114,19 @@ pub fn ensure_mount_dir(dir: &Path, shared: bool) -> Result<bool> {
     Ok(true)
 }
 
+/// Whether `dir` is a bind mount of itself (what [`ensure_mount_dir`] makes), read from
+/// /proc/self/mountinfo: its top mount's root is a sub-directory named as `dir` is, not the
+/// root of a file system of its own (a tmpfs, say, whose root is "/").
+pub fn is_bound_onto_itself(dir: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Some(name) = dir.file_name() else { return false };
+    let top = info.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(4).map(Path::new) == Some(dir)).then(|| f.get(3).copied()).flatten()
+    }).last();
+    top.is_some_and(|root| root != "/" && Path::new(root).file_name() == Some(name))
+}
+
 /// Undo [`ensure_mount_dir`]'s bind mount.
 pub fn unmount_dir(dir: &Path) -> Result<()> {
     match umount2(dir, MntFlags::MNT_DETACH) {
@@ -287,6 +300,15 @@ pub fn lock_file(path: &Path, on_wait: impl FnOnce()) -> Result<File> {
         return Err(io::Error::last_os_error()).with_context(|| format!("cannot lock {}", path.display()));
     }
     Ok(f)
+}
+
+/// Whether another process holds the lock [`lock_file`] takes on `path` (a cnet command
+/// that changes the machine is running).
+pub fn is_locked(path: &Path) -> bool {
+    let Ok(f) = File::open(path) else { return false };
+    // SAFETY: flock on a descriptor we own; released when `f` closes.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    r != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
 }
 
 /// Whether the caller may administer networks (CAP_NET_ADMIN and CAP_SYS_ADMIN in its

@@ -68,6 +68,18 @@ impl TunFd {
         Ok(tun)
     }
 
+    /// Whether the attached device is persistent (TUNGETIFF's IFF_PERSIST): one that `cnet
+    /// up` made is; one that TUNSETIFF has just created, because the name did not exist, is not.
+    pub fn is_persistent(&self) -> io::Result<bool> {
+        // SAFETY: ifreq is plain old data; all-zero is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        // SAFETY: valid fd; req is a live ifreq that TUNGETIFF fills.
+        cvt(unsafe { libc::ioctl(self.raw(), libc::TUNGETIFF, &mut req as *mut libc::ifreq) })?;
+        // SAFETY: TUNGETIFF sets the flags member of the union.
+        let flags = unsafe { req.ifr_ifru.ifru_flags } as libc::c_int;
+        Ok(flags & libc::IFF_PERSIST != 0)
+    }
+
     pub fn has_vnet_hdr(&self) -> bool {
         self.vnet_hdr
     }

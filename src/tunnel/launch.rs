@@ -2,13 +2,17 @@
 //! node runner runs there), with its log, counters and pid under /run/cnet.
 
 use std::fs;
+use std::io::{Read, Write};
 use std::net::SocketAddrV4;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::state::run_dir;
 use crate::topology::Ipv4Net;
@@ -26,20 +30,29 @@ pub fn pid_path() -> PathBuf {
     run_dir().join("tunnel.pid")
 }
 
-/// Start the tunnel and wait until it is ready (its first counters written: device
-/// attached, socket bound). On failure the process is stopped again. The wait is async so
-/// that a Ctrl-C during it is seen at once; if `up` is cancelled here, the process is
-/// stopped as well.
+/// How long a starting tunnel may take to say it is ready.
+const READY_WITHIN: Duration = Duration::from_secs(5);
+
+/// Start the tunnel and wait until it is ready (device attached, socket bound), over a
+/// socket pair that is its stdin (see [`Handshake`]). On failure the process is stopped
+/// again. The wait is async so that a Ctrl-C during it is seen at once; if `up` is
+/// cancelled here, the process is stopped as well.
+///
+/// The order is what makes an orphan impossible: spawn, record the pid, and only then let
+/// the tunnel start. Killed before the pid is recorded, this process closes its end of the
+/// pair and the tunnel, still waiting for the go-ahead, exits without having bound or
+/// attached anything; killed after, `down` finds the pid.
 pub async fn start(dev: &str, local: SocketAddrV4, peers: &[(SocketAddrV4, Ipv4Net)], wire: WireFormat) -> Result<u32> {
     let log = fs::File::create(log_path()).context("cannot create the tunnel's log")?;
     let stats = stats_path();
     let _ = fs::remove_file(&stats);
+    let (ours, theirs) = UnixStream::pair().context("cannot create the tunnel's handshake socket")?;
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg("tunnel").arg("--dev").arg(dev).arg("--local").arg(local.to_string());
     for (addr, net) in peers {
         cmd.arg("--peer").arg(format!("{addr}={net}"));
     }
-    cmd.arg("--stats").arg(&stats);
+    cmd.arg("--stats").arg(&stats).arg("--handshake");
     // Only when not the default, so that the command line reads as `explain` prints it.
     if wire != WireFormat::Raw {
         cmd.arg("--wire").arg(wire.name());
@@ -48,7 +61,7 @@ pub async fn start(dev: &str, local: SocketAddrV4, peers: &[(SocketAddrV4, Ipv4N
     if std::env::var_os("CNET_TUNNEL_NO_OFFLOAD").is_some() {
         cmd.arg("--no-offload");
     }
-    cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    cmd.stdin(Stdio::from(OwnedFd::from(theirs))).stdout(log.try_clone()?).stderr(log);
     // Its own process group: a Ctrl-C at the terminal that ran `up` must not stop it.
     cmd.process_group(0);
     // Until it is ready, the tunnel is stopped if anything goes wrong here or `up` is
@@ -57,23 +70,58 @@ pub async fn start(dev: &str, local: SocketAddrV4, peers: &[(SocketAddrV4, Ipv4N
     let mut child = StopUnlessReady(Some(cmd.spawn().context("cannot start the tunnel process")?));
     let pid = child.id();
     fs::write(pid_path(), pid.to_string()).context("cannot record the tunnel's pid")?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let failure = loop {
-        if let Some(status) = child.try_wait()? {
+    let mut ours = tokio::net::UnixStream::from_std({
+        ours.set_nonblocking(true)?;
+        ours
+    })?;
+    ours.write_all(GO).await.context("cannot tell the tunnel to start")?;
+    let mut said = [0u8; READY.len()];
+    let answer = tokio::time::timeout(READY_WITHIN, ours.read_exact(&mut said)).await;
+    // "ready", or the end of the stream: the tunnel exited (failed) before saying it.
+    match answer {
+        Ok(Ok(_)) if said == READY => {
+            child.0 = None;
+            Ok(pid)
+        }
+        Ok(_) => {
+            let status = child.wait()?;
             let log = fs::read_to_string(log_path()).unwrap_or_default();
             let last = log.lines().last().unwrap_or("no output").to_string();
-            break anyhow!("the tunnel exited at start ({status}): {last}");
+            Err(anyhow!("the tunnel exited at start ({status}): {last}"))
         }
-        if stats.exists() {
-            child.0 = None;
-            return Ok(pid);
+        Err(_) => Err(anyhow!("the tunnel did not start within {} s (see {})", READY_WITHIN.as_secs(), log_path().display())),
+    }
+}
+
+const GO: &[u8] = b"go";
+const READY: &[u8] = b"ready";
+
+/// The tunnel's side of the start handshake (`cnet tunnel --handshake`): its stdin is a
+/// socket to the `cnet up` that started it.
+pub struct Handshake(fs::File);
+
+impl Handshake {
+    /// Block until the starter says go; None if it went away first (it then never recorded
+    /// this process, so the tunnel must not start).
+    pub fn wait_for_go() -> Result<Option<Handshake>> {
+        let stdin = std::io::stdin();
+        let mut got = [0u8; GO.len()];
+        match stdin.lock().read_exact(&mut got) {
+            Ok(()) if got == GO => {}
+            Ok(()) => bail!("unexpected handshake {got:?} on stdin"),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e.into()),
         }
-        if Instant::now() > deadline {
-            break anyhow!("the tunnel did not start within 5 s (see {})", log_path().display());
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
-    Err(failure)
+        // A second handle on the same socket, to answer on.
+        let fd = stdin.as_fd().try_clone_to_owned().context("cannot duplicate stdin")?;
+        Ok(Some(Handshake(fs::File::from(fd))))
+    }
+
+    /// Tell the starter the tunnel is ready.
+    pub fn ready(mut self) -> Result<()> {
+        self.0.write_all(READY)?;
+        Ok(())
+    }
 }
 
 /// A starting tunnel process, killed and reaped on drop unless taken out (ready).
@@ -83,8 +131,11 @@ impl StopUnlessReady {
     fn id(&self) -> u32 {
         self.0.as_ref().map_or(0, |c| c.id())
     }
-    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
-        self.0.as_mut().map_or(Ok(None), |c| c.try_wait())
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match self.0.take() {
+            Some(mut c) => c.wait(),
+            None => Err(std::io::Error::other("no process")),
+        }
     }
 }
 

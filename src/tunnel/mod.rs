@@ -82,6 +82,9 @@ pub struct TunnelConfig {
     /// Datagram framing: the bare inner packet by default (`Raw`); `TunPi` interoperates
     /// with the talk's exact socat command (which prefixes the 4-byte TUN header).
     pub wire: WireFormat,
+    /// Started by `cnet up` (see [`launch::Handshake`]): wait for the go-ahead, report
+    /// readiness, and attach only to the device `up` made.
+    pub handshake: bool,
 }
 
 /// Socket buffer size: room for a few dozen 64 KB trains in flight.
@@ -119,6 +122,18 @@ pub fn create_persistent_tun(name: &str) -> Result<()> {
 /// Must be called before any other thread exists that could take those signals.
 pub fn run(cfg: &TunnelConfig) -> Result<()> {
     let peers = PeerTable::new(&cfg.peers)?;
+    // Before anything is bound or attached: the starter records our pid, then says go. If
+    // it died first, nothing would ever stop us, so we do not start at all.
+    let handshake = match cfg.handshake {
+        true => match launch::Handshake::wait_for_go().context("waiting for the starter's go-ahead")? {
+            Some(h) => Some(h),
+            None => {
+                tracing::info!("the starter went away before recording this tunnel: not starting");
+                return Ok(());
+            }
+        },
+        false => None,
+    };
     // Block the signals before spawning so the worker inherits the mask and only this
     // thread ever sees SIGTERM/SIGINT; and before the offloads are switched on, so that a
     // failure here cannot leave them on.
@@ -138,6 +153,12 @@ pub fn run(cfg: &TunnelConfig) -> Result<()> {
         check_gso_paths(cfg)?;
     }
     let (tun, offload) = open_datapath(&cfg.dev, cfg.offload, cfg.wire, &sock)?;
+    // TUNSETIFF creates a device that does not exist: if `down` (or a user) deleted tun0
+    // before we attached, we have just made a new, unmarked one that nobody would remove.
+    // Dropping our fd takes it away again.
+    if cfg.handshake && !tun.is_persistent().context("reading the TUN device's flags")? {
+        bail!("{} is gone (deleted before the tunnel attached): not starting", cfg.dev);
+    }
     let datapath = match (offload, cfg.wire) {
         (true, WireFormat::Gso) => DATAPATH_SUPER,
         (true, _) => DATAPATH_OFFLOAD,
@@ -146,7 +167,22 @@ pub fn run(cfg: &TunnelConfig) -> Result<()> {
     tracing::info!(dev = %cfg.dev, local = %cfg.local, peers = cfg.peers.len(), datapath, wire = ?cfg.wire, "tunnel running");
 
     let sh = Shared { tun, sock, peers, offload, wire: cfg.wire, counters: Counters::default(), stop: AtomicBool::new(false) };
+    if let Some(p) = &cfg.stats_path {
+        stats::write_stats(p, &sh.counters.snapshot(datapath))?;
+    }
+    if let Some(h) = handshake {
+        h.ready().context("telling the starter the tunnel is ready")?;
+    }
     let result = thread::scope(|s| supervise(s, &sh, &signals, cfg.stats_path.as_deref(), datapath));
+    // The device deleted under us (`down`, or `ip link del tun0`): nothing is left to carry,
+    // so the tunnel ends, and ends cleanly — a tunnel never outlives its tun0.
+    let result = match result {
+        Err(e) if device_gone(&e) => {
+            tracing::info!("{} was deleted: the tunnel stops", cfg.dev);
+            Ok(())
+        }
+        r => r,
+    };
 
     if offload {
         // Leave a persistent device as we found it: a later plain reader (socat) must not
@@ -193,6 +229,12 @@ fn supervise<'s>(
     sh.stop.store(true, Relaxed);
     let r = worker.join().map_err(|_| anyhow!("the forwarding thread panicked")).and_then(|r| r.context("forwarding"));
     outcome.and(r)
+}
+
+/// Whether forwarding stopped because the TUN device was deleted (reads and writes on its
+/// fd then fail with EBADFD).
+fn device_gone(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(libc::EBADFD))
 }
 
 /// The gso wire's datagrams reach 65535 bytes (IP) with DF set: on a smaller path every

@@ -25,7 +25,7 @@ pub const GSO_FRAME_HDR: usize = GSO_MAGIC.len() + vnet::LEN;
 /// TUN packet-info header for IPv4 (struct tun_pi: u16 flags, be16 proto = ETH_P_IP).
 pub const PI_IPV4: [u8; 4] = [0, 0, 0x08, 0x00];
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WireFormat {
     /// 4-byte TUN PI header + IP packet: what the talk's exact socat command sends, for
