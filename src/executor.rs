@@ -10,7 +10,7 @@ use anyhow::Result;
 use crate::netlink::{link_view, Netlink, RouteSpec, ALIAS_PREFIX, CNET_GROUP};
 use crate::plan::{Step, Undo};
 use crate::process::{is_cnet_process, stop_process, Members};
-use crate::state::Done;
+use crate::state::{Done, SysctlChange, SysctlLog};
 use crate::sys::ns;
 use crate::{sysctl, tunnel};
 
@@ -78,14 +78,12 @@ pub async fn apply(nl: &Netlink, index: usize, step: &Step, stage: &str) -> Resu
         Step::AddVeth { name, peer, peer_netns } => nl.add_veth(name, peer, peer_netns, &tag, true).await?,
         Step::AddBridge { name } => nl.add_bridge(name, &tag).await?,
         Step::AddTun { name } => {
-            // The ioctl cannot put the device in cnet's group: marking it is a second
-            // request, and until it is done nothing says tun0 is cnet's. So a failed mark
-            // takes the device away again rather than leave one `down` must not touch.
-            crate::tunnel::create_persistent_tun(name)?;
-            if let Err(e) = nl.mark(name, &tag).await {
-                let _ = nl.del_link(name).await;
-                return Err(e);
-            }
+            // The ioctl cannot put the device in cnet's group, so it is marked over netlink
+            // while only this process holds it, and made persistent after that: killed or
+            // failed before then, the device goes with the process, never left unmarked.
+            let tun = crate::tunnel::create_tun(name)?;
+            nl.mark(name, &tag).await?;
+            tun.keep(name)?;
         }
         Step::AddVxlan { name, vni, local, underlay, port } => nl.add_vxlan(name, *vni, *local, underlay, *port, &tag).await?,
         Step::SetMaster { dev, master, addrgen_none } => nl.set_master(dev, master, *addrgen_none).await?,
@@ -97,8 +95,10 @@ pub async fn apply(nl: &Netlink, index: usize, step: &Step, stage: &str) -> Resu
         }
         Step::AddFdb { dev, dst } => nl.add_fdb(dev, *dst).await?,
         Step::Sysctl { key, value } => {
-            done.old = Some(sysctl::read(key)?);
+            let old = sysctl::read(key)?;
+            SysctlLog::append(&SysctlChange { key: key.clone(), old: old.clone(), set: value.clone() })?;
             sysctl::write(key, value)?;
+            done.old = Some(old);
         }
         Step::StartTunnel { dev, local, peers, wire } => done.pid = Some(tunnel::launch::start(dev, *local, peers, *wire).await?),
     }

@@ -299,7 +299,7 @@ async fn fail(nl: &Netlink, header: &NodeHeader, plan: &NodePlan, done: &[Done],
     let started_until = done.iter().map(|d| d.step + 1).max().unwrap_or(0).max(ran_until);
     let errors = executor::teardown(nl, &header.steps, done, started_until, stage).await;
     let undo = if errors.is_empty() {
-        match NodeJournal::remove().and_then(|()| release_netns_mount(header)) {
+        match NodeJournal::remove().and_then(|()| crate::state::SysctlLog::remove()).and_then(|()| release_netns_mount(header)) {
             Ok(()) => "the steps already done were undone".to_string(),
             Err(r) => format!("the steps already done were undone, but {r:#}"),
         }
@@ -348,10 +348,12 @@ pub async fn down(quiet: bool, in_lab: bool) -> Result<bool> {
         errors = executor::teardown(&nl, &r.header.steps, &r.done, r.started_until, r.header.options.stage.name()).await;
     }
     sweep::remove(&nl, &marks, &mut errors).await;
+    let restored = if record.is_none() { sweep::restore_sysctls(&mut errors) } else { Some(0) };
     if !errors.is_empty() {
         bail!("could not remove everything: {}; fix that and run `cnet down` again", join_errors(&errors));
     }
     NodeJournal::remove()?;
+    crate::state::SysctlLog::remove()?;
     crate::tunnel::launch::remove_files()?;
     if let Some(r) = &record {
         release_netns_mount(&r.header)?;
@@ -365,7 +367,11 @@ pub async fn down(quiet: bool, in_lab: bool) -> Result<bool> {
             Some(e) => format!("{e:#}"),
             None => format!("there is no record ({} is missing)", crate::state::node_journal_path().display()),
         };
-        let sysctls = if in_lab { "" } else { "; sysctls cnet may have set (ip_forward, rp_filter) are left as they are" };
+        let sysctls = match (in_lab, restored) {
+            (true, _) | (false, Some(0)) => String::new(),
+            (false, Some(n)) => format!("; {n} sysctl(s) put back as they were, from {}", crate::state::SysctlLog::describe()),
+            (false, None) => format!("; sysctls cnet set (ip_forward, rp_filter) are left as they are ({} is gone too)", crate::state::SysctlLog::describe()),
+        };
         tell!("cnet: {}: {why}; removed what carries cnet's marks instead ({marks}){sysctls}", hostname());
     }
     Ok(true)

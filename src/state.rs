@@ -207,6 +207,48 @@ pub fn remove_if_exists(p: &Path) -> Result<()> {
     }
 }
 
+/// Every sysctl `up` changed, with the value it had, in a file of its own: the one thing
+/// cnet changes that carries no mark in the kernel, so that `down` can still put it back
+/// when the journal itself is lost or damaged (the sweep's case). One line per change.
+pub struct SysctlLog;
+
+#[derive(Serialize, Deserialize)]
+pub struct SysctlChange {
+    pub key: String,
+    pub old: String,
+    pub set: String,
+}
+
+impl SysctlLog {
+    fn path() -> PathBuf {
+        run_dir().join("sysctls.jsonl")
+    }
+
+    /// Where it is, for messages.
+    pub fn describe() -> String {
+        Self::path().display().to_string()
+    }
+
+    pub fn append(change: &SysctlChange) -> Result<()> {
+        let mut line = serde_json::to_vec(change)?;
+        line.push(b'\n');
+        let p = Self::path();
+        OpenOptions::new().create(true).append(true).open(&p).and_then(|mut f| f.write_all(&line))
+            .with_context(|| format!("cannot record a sysctl in {}", p.display()))
+    }
+
+    /// The changes in the order they were made (a torn line ends the list); None if there
+    /// is no log.
+    pub fn read() -> Option<Vec<SysctlChange>> {
+        let bytes = fs::read(Self::path()).ok()?;
+        Some(bytes.split(|b| *b == b'\n').map_while(|l| serde_json::from_slice(l).ok()).collect())
+    }
+
+    pub fn remove() -> Result<()> {
+        remove_if_exists(&Self::path())
+    }
+}
+
 /// The lab: which VM-like nodes exist and where their namespaces are persisted.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct LabState {

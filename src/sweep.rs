@@ -100,6 +100,25 @@ async fn holds_marked_link(path: &Path) -> bool {
     }
 }
 
+/// Put back the sysctls `up` changed, from their own log (state::SysctlLog), when the
+/// journal that also holds them cannot be used: each one still at the value cnet set goes
+/// back to the value it had; one changed since is left as it is. Returns how many, or None
+/// when that log is gone too.
+pub fn restore_sysctls(errors: &mut Vec<anyhow::Error>) -> Option<usize> {
+    let log = crate::state::SysctlLog::read()?;
+    let mut restored = 0;
+    for c in log.iter().rev() {
+        match crate::sysctl::read(&c.key) {
+            Ok(now) if now == c.set && now != c.old => match crate::sysctl::write(&c.key, &c.old) {
+                Ok(()) => restored += 1,
+                Err(e) => errors.push(e),
+            },
+            _ => {} // changed by someone since, already back, or its interface is gone
+        }
+    }
+    Some(restored)
+}
+
 /// Remove what `survey` found and is still there; errors are collected, not fatal.
 pub async fn remove(nl: &Netlink, marks: &Marks, errors: &mut Vec<anyhow::Error>) {
     // The tunnels first (they hold tun0), each checked again to be cnet's tunnel here.

@@ -104,9 +104,13 @@ struct Shared {
     stop: AtomicBool,
 }
 
-/// TUNSETIFF + TUNSETPERSIST(1) with IFF_TUN|IFF_NO_PI: create `name` so that it outlives
-/// this process and can be configured over netlink before the tunnel attaches to it.
-pub fn create_persistent_tun(name: &str) -> Result<()> {
+/// A TUN device just created and not yet persistent: it exists only while this process
+/// holds it, so a `cnet up` killed now takes it away. [`NewTun::keep`] makes it outlive us
+/// (after the caller has marked it as cnet's).
+pub struct NewTun(TunFd);
+
+/// TUNSETIFF with IFF_TUN|IFF_NO_PI: create `name`, held by this process only.
+pub fn create_tun(name: &str) -> Result<NewTun> {
     let tun = TunFd::open(name, false).map_err(|e| match e.raw_os_error() {
         // The device file is missing, or no driver answers it: the machine's, not the request's.
         Some(libc::ENOENT | libc::ENODEV | libc::ENXIO) => crate::commands::Failure::environment(format!(
@@ -114,8 +118,20 @@ pub fn create_persistent_tun(name: &str) -> Result<()> {
         )),
         _ => anyhow::Error::new(e).context(format!("creating TUN device {name}")),
     })?;
-    tun.set_persist(true).with_context(|| format!("making {name} persistent"))?;
-    Ok(())
+    // TUNSETIFF attaches to a persistent device of that name instead of creating one: that
+    // one is not ours to take.
+    if tun.is_persistent().with_context(|| format!("reading {name}'s flags"))? {
+        bail!("a TUN device named {name} already exists");
+    }
+    Ok(NewTun(tun))
+}
+
+impl NewTun {
+    /// TUNSETPERSIST(1): the device now outlives this process, to be configured over netlink
+    /// and attached to by the tunnel.
+    pub fn keep(self, name: &str) -> Result<()> {
+        self.0.set_persist(true).with_context(|| format!("making {name} persistent"))
+    }
 }
 
 /// Run the tunnel until SIGTERM or SIGINT, then write final stats and return Ok.
