@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::topology::{Backend, Ipv4Net, Stage};
+use crate::model::topology::{Backend, Ipv4Net, Stage};
 
 #[derive(Parser, Debug)]
 #[command(name = "cnet", version, about = "Build the topologies of \"Container Networking From Scratch\" (KubeCon 2018), step by step",
@@ -15,8 +15,21 @@ pub struct Cli {
     /// More detail on stderr (-v, -vv).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Colour: auto (on a terminal, unless NO_COLOR is set), always, never.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true)]
+    pub color: ColorChoice,
+    /// (internal) Report a failure as JSON on this descriptor, for the cnet that started us.
+    #[arg(long, hide = true, global = true)]
+    pub report_fd: Option<i32>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Subcommand, Debug)]

@@ -6,84 +6,16 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::check::{self, NodeChecks};
+use crate::observe::check::{self, NodeChecks};
 use crate::cli::*;
-use crate::lab::{self, Verbosity};
-use crate::netlink::Netlink;
-use crate::node::{self, NodeRequest, Pace, NETNS_DIR};
-use crate::plan::node_plan;
-use crate::state::NodeJournal;
-use crate::status::{self, NodeStatus};
-use crate::topology::{Options, Topology};
-
-/// Failures whose kind sets the exit code (everything else is the request's: 1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailureKind {
-    /// The machine, not the request: not root, no kernel support (exit code 2).
-    Environment,
-    /// `up` was stopped by Ctrl-C (exit code 130, as shells report it).
-    Interrupted,
-}
-
-/// A one-line failure of a given kind.
-#[derive(Debug)]
-pub struct Failure {
-    pub kind: FailureKind,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn environment(message: impl Into<String>) -> anyhow::Error {
-        Failure { kind: FailureKind::Environment, message: message.into() }.into()
-    }
-    pub fn interrupted(message: impl Into<String>) -> anyhow::Error {
-        Failure { kind: FailureKind::Interrupted, message: message.into() }.into()
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-impl std::error::Error for Failure {}
-
-fn kind_of(e: &anyhow::Error) -> Option<FailureKind> {
-    e.downcast_ref::<Failure>().map(|f| f.kind)
-}
-
-/// The exit code for a failed command: 130 interrupted, 2 the machine's fault, 1 otherwise.
-pub fn exit_code(e: &anyhow::Error) -> u8 {
-    if kind_of(e) == Some(FailureKind::Interrupted) {
-        130
-    } else if is_environment(e) {
-        2
-    } else {
-        1
-    }
-}
-
-/// An error about the machine rather than the request: not root, no kernel support.
-pub fn is_environment(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<Failure>().is_some_and(|f| f.kind == FailureKind::Environment)
-            || c.downcast_ref::<std::io::Error>().and_then(|io| io.raw_os_error()).is_some_and(|code| {
-                [libc::EPERM, libc::EACCES, libc::EOPNOTSUPP, libc::EAFNOSUPPORT, libc::EPROTONOSUPPORT].contains(&code)
-            })
-    })
-}
-
-/// `message` as an error of the same kind as `cause` (the machine's fault or not), for
-/// callers that fold a cause into one line of text: the exit code must survive that.
-pub fn same_kind(cause: &anyhow::Error, message: String) -> anyhow::Error {
-    if kind_of(cause) == Some(FailureKind::Interrupted) {
-        Failure::interrupted(message)
-    } else if is_environment(cause) {
-        Failure::environment(message)
-    } else {
-        anyhow::anyhow!(message)
-    }
-}
+use crate::error::Failure;
+use crate::run::lab::{self, Verbosity};
+use crate::apply::netlink::Netlink;
+use crate::run::node::{self, NodeRequest, Pace, NETNS_DIR};
+use crate::model::plan::node_plan;
+use crate::apply::state::NodeJournal;
+use crate::observe::status::{self, NodeStatus};
+use crate::model::topology::{Options, Topology};
 
 pub fn require_admin() -> Result<()> {
     if !crate::sys::ns::has_admin_caps() {
@@ -112,7 +44,7 @@ pub fn up(a: &UpArgs) -> Result<()> {
     let topo = Topology::new(opts.clone())?;
     if a.dry_run {
         say!("Dry run: nothing is changed.\n");
-        crate::explain::print_text(&topo);
+        crate::observe::explain::print_text(&topo);
         return Ok(());
     }
     require_admin()?;
@@ -167,7 +99,7 @@ where
 /// One cnet command at a time changes the machine: the lock is taken on /run/cnet itself,
 /// so that no lock file is left behind. A second command waits, and says so.
 fn lock() -> Result<std::fs::File> {
-    let dir = crate::state::run_dir();
+    let dir = crate::apply::state::run_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     crate::sys::ns::lock_file(&dir, || tell!("cnet: waiting for another cnet command to finish..."))
 }
@@ -189,24 +121,24 @@ pub fn down(a: &DownArgs) -> Result<()> {
 pub fn collect_statuses(host: bool) -> Result<Vec<NodeStatus>> {
     if !host && lab::is_up() {
         let mut v = Vec::new();
-        for (i, out) in lab::in_every_node(&["status", "--host", "--json"])? {
-            if !out.status.success() {
-                bail!("node{i}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        for (i, status, stdout) in lab::in_every_node(&["status", "--host", "--json"])? {
+            if !status.success() {
+                bail!("node{i}: cnet status ended with {status} without saying why");
             }
-            let mut list: Vec<NodeStatus> = serde_json::from_slice(&out.stdout).with_context(|| format!("node{i} answered no status"))?;
+            let mut list: Vec<NodeStatus> = serde_json::from_slice(&stdout).with_context(|| format!("node{i} answered no status"))?;
             v.append(&mut list);
         }
         Ok(v)
     } else {
         let rt = runtime()?;
         let status = rt.block_on(status::node_status()).map_err(|e| {
-            if crate::state::is_unusable(&e) { anyhow!("{e:#}: run `cnet down` to remove what carries cnet's marks") } else { e }
+            if crate::apply::state::is_unusable(&e) { anyhow!("{e:#}: run `cnet down` to remove what carries cnet's marks") } else { e }
         })?;
         if status.is_none() {
             // No record: say so if cnet's marks are here all the same.
             let marks = rt.block_on(async {
                 let nl = Netlink::here(&PathBuf::from(NETNS_DIR))?;
-                crate::sweep::survey(&nl, &PathBuf::from(NETNS_DIR), &Default::default(), false).await
+                crate::apply::sweep::survey(&nl, &PathBuf::from(NETNS_DIR), &Default::default(), false).await
             })?;
             if !marks.is_empty() {
                 bail!("found what carries cnet's marks here ({marks}) but no record of the build: run `cnet down` to remove it");
@@ -224,9 +156,9 @@ pub fn status(a: &StatusArgs) -> Result<()> {
     } else if statuses.is_empty() {
         println!("nothing is up");
     } else {
-        let busy = crate::sys::ns::is_locked(&crate::state::run_dir());
+        let busy = crate::sys::ns::is_locked(&crate::apply::state::run_dir());
         if !a.host {
-            if let Some(s) = crate::state::LabState::read()? {
+            if let Some(s) = crate::apply::state::LabState::read()? {
                 let note = match (s.complete, busy) {
                     (true, _) => "",
                     (false, true) => " (being built or removed: a cnet up or down is running)",
@@ -253,9 +185,10 @@ pub fn test(a: &TestArgs) -> Result<bool> {
         let mut all = Vec::new();
         let args = ["test", "--host", "--json", "--timeout-ms", &a.timeout_ms.to_string()].map(String::from);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        for (i, out) in lab::in_every_node(&args)? {
-            let mut r: Vec<NodeChecks> = serde_json::from_slice(&out.stdout)
-                .map_err(|_| anyhow!("node{i}: {}", String::from_utf8_lossy(&out.stderr).trim()))?;
+        for (i, status, stdout) in lab::in_every_node(&args)? {
+            // Exit 1 with an answer: some checks failed, which the answer says.
+            let mut r: Vec<NodeChecks> =
+                serde_json::from_slice(&stdout).map_err(|_| anyhow!("node{i}: cnet test ended with {status} and no answer"))?;
             all.append(&mut r);
         }
         let multi = all.len() > 1;
@@ -300,7 +233,7 @@ pub fn test(a: &TestArgs) -> Result<bool> {
 /// The topology this machine has up (from its record), or the stage given on the command line.
 async fn host_topology(a: &TestArgs) -> Result<(Topology, u32)> {
     if let Some(r) = NodeJournal::read()? {
-        return Ok((node::topology_of(&r.header)?, r.header.node));
+        return Ok((r.header.topology()?, r.header.node));
     }
     let Some(stage) = a.stage else {
         bail!("nothing is up: start a stage with `cnet up <stage>`, or check a machine built another way with `cnet test --host <stage>`")
@@ -330,11 +263,11 @@ pub fn shell(a: &ShellArgs) -> Result<()> {
 pub fn explain(a: &ExplainArgs) -> Result<()> {
     let topo = Topology::new(options(&a.topo))?;
     match a.format {
-        ExplainFormat::Text => crate::explain::print_text(&topo),
-        ExplainFormat::Sh => print!("{}", crate::explain::shell_script(&topo)),
-        ExplainFormat::ShDown => print!("{}", crate::explain::shell_down_script(&topo)),
+        ExplainFormat::Text => crate::observe::explain::print_text(&topo),
+        ExplainFormat::Sh => print!("{}", crate::observe::explain::shell_script(&topo)),
+        ExplainFormat::ShDown => print!("{}", crate::observe::explain::shell_down_script(&topo)),
         ExplainFormat::Json => {
-            let plans: Vec<_> = topo.nodes.iter().map(|n| node_plan(&topo, n, crate::topology::UNDERLAY_DEV)).collect();
+            let plans: Vec<_> = topo.nodes.iter().map(|n| node_plan(&topo, n, crate::model::topology::UNDERLAY_DEV)).collect();
             println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "topology": topo, "plans": plans }))?);
         }
     }
@@ -351,16 +284,16 @@ pub fn hold() -> Result<()> {
 pub fn capture(a: &CaptureArgs) -> Result<()> {
     require_admin()?;
     if a.node == "host" || a.node == "." {
-        let opts = crate::capture::CaptureOptions {
+        let opts = crate::observe::capture::CaptureOptions {
             iface: a.iface.clone(),
             count: a.count,
             pcap: a.pcap.clone(),
-            tunnel_ports: vec![crate::topology::TUNNEL_PORT],
+            tunnel_ports: vec![crate::model::topology::TUNNEL_PORT],
             timeout: a.timeout.map(Duration::from_secs_f64),
             only: a.only.clone(),
         };
         let mut out = std::io::stdout().lock();
-        crate::capture::run(&opts, &mut out).with_context(|| format!("capture on {}", a.iface))?;
+        crate::observe::capture::run(&opts, &mut out).with_context(|| format!("capture on {}", a.iface))?;
         return Ok(());
     }
     // In a lab node (or node/container): run this same command there, as `host`.
@@ -379,9 +312,7 @@ pub fn capture(a: &CaptureArgs) -> Result<()> {
         let abs = std::path::absolute(p).with_context(|| format!("bad path {}", p.display()))?;
         args.extend(["--pcap".into(), abs.to_string_lossy().into_owned()]);
     }
-    let mut cmd = lab::command_in(&a.node, "/proc/self/exe", &args)?;
-    let err = cmd.exec();
-    Err(anyhow!("cannot capture in {}: {err}", a.node))
+    Err(lab::cnet_in(&a.node, &args)?.exec())
 }
 
 pub fn diagram(a: &DiagramArgs) -> Result<()> {
@@ -393,9 +324,9 @@ pub fn diagram(a: &DiagramArgs) -> Result<()> {
     };
     let live_stage = live.first().and_then(|s| s.stage.parse().ok());
     let d = match (a.stage, live_stage) {
-        (Some(want), Some(up)) if want != up => crate::diagram::from_plan(&Topology::new(Options::new(want))?),
-        (_, Some(_)) => crate::diagram::from_status(&live)?,
-        (Some(want), None) => crate::diagram::from_plan(&Topology::new(Options::new(want))?),
+        (Some(want), Some(up)) if want != up => crate::observe::diagram::from_plan(&Topology::new(Options::new(want))?),
+        (_, Some(_)) => crate::observe::diagram::from_status(&live)?,
+        (Some(want), None) => crate::observe::diagram::from_plan(&Topology::new(Options::new(want))?),
         (None, None) => bail!("nothing is up: name a stage to draw its plan, e.g. `cnet diagram overlay`"),
     };
     match a.format {
@@ -425,7 +356,7 @@ pub fn tunnel(a: &TunnelArgs) -> Result<()> {
 fn parse_endpoint(s: &str) -> Result<std::net::SocketAddrV4> {
     match s.parse() {
         Ok(a) => Ok(a),
-        Err(_) => Ok(std::net::SocketAddrV4::new(s.parse()?, crate::topology::TUNNEL_PORT)),
+        Err(_) => Ok(std::net::SocketAddrV4::new(s.parse()?, crate::model::topology::TUNNEL_PORT)),
     }
 }
 
@@ -435,7 +366,7 @@ fn parse_peer(s: &str) -> Result<crate::tunnel::Peer> {
     let addr = parse_endpoint(addr).map_err(|_| anyhow!("--peer {s}: '{addr}' is not an IPv4 address (with an optional :port)"))?;
     let subnets = nets
         .split(',')
-        .map(|n| n.parse::<crate::topology::Ipv4Net>().map(|n| (n.trunc().addr, n.prefix)))
+        .map(|n| n.parse::<crate::model::topology::Ipv4Net>().map(|n| (n.trunc().addr, n.prefix)))
         .collect::<Result<Vec<_>>>()?;
     Ok(crate::tunnel::Peer { addr, subnets })
 }

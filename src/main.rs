@@ -17,26 +17,18 @@ macro_rules! tell {
     }};
 }
 
-mod capture;
-mod check;
+// From the ground up: each layer uses only those listed before it.
 mod checksum;
+mod error;
+mod out;
+mod sys;
+mod model;
+mod tunnel;
+mod apply;
+mod run;
+mod observe;
 mod cli;
 mod commands;
-mod diagram;
-mod executor;
-mod explain;
-mod lab;
-mod netlink;
-mod node;
-mod plan;
-mod process;
-mod state;
-mod status;
-mod sweep;
-mod sys;
-mod sysctl;
-mod topology;
-mod tunnel;
 
 use std::process::ExitCode;
 
@@ -60,12 +52,29 @@ fn run() -> ExitCode {
     if !matches!(cli.command, Command::Up(_) | Command::Down(_) | Command::Tunnel(_) | Command::Hold) {
         sys::signal::default_sigpipe();
     }
+    // A report channel from the cnet that started us (in a lab node): taken first, so that
+    // nothing we start inherits it.
+    let mut report = match cli.report_fd.map(sys::ns::take_report_channel).transpose() {
+        Ok(r) => r,
+        Err(e) => {
+            tell!("cnet: error: cannot take the report channel: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let color = match cli.color {
+        cli::ColorChoice::Always => true,
+        cli::ColorChoice::Never => false,
+        cli::ColorChoice::Auto => {
+            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::IsTerminal::is_terminal(&std::io::stdout())
+        }
+    };
+    out::init(out::Settings { verbose: cli.verbose, color });
     let level = match cli.verbose { 0 => "warn", 1 => "info", _ => "debug" };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CNET_LOG").unwrap_or_else(|_| level.into()))
-        .with_writer(std::io::stderr)
+        .with_writer(|| QuietStderr)
         // Colour codes only for a terminal: a log file or a pipe gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(color && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .init();
     let result = match &cli.command {
@@ -88,13 +97,30 @@ fn run() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let line = format!("{e:#}");
-            tell!("cnet: error: {line}");
-            ExitCode::from(commands::exit_code(&e))
+            // To the cnet that started us, as data (it says where it happened); else one line.
+            let reported = report.as_mut().is_some_and(|r| run::enter::report_failure(r, &e).is_ok());
+            if !reported {
+                tell!("cnet: error: {e:#}");
+            }
+            ExitCode::from(error::exit_code(&e))
         }
     }
 }
 
+
+/// stderr for log lines, where a closed stderr is not an error: tracing-subscriber reports
+/// a failed write with `eprintln!`, which panics on a closed pipe (`cnet up 2>&1 | head`).
+struct QuietStderr;
+
+impl std::io::Write for QuietStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 fn main() -> ExitCode {
     run()

@@ -9,7 +9,7 @@
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -206,6 +206,12 @@ pub fn is_ns_file(path: &Path) -> bool {
     }
 }
 
+/// Whether `path` is what a namespace deletion cut short leaves: an empty regular file
+/// with nothing bound on it.
+pub fn is_dead_ns_file(path: &Path) -> bool {
+    !is_ns_file(path) && fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0)
+}
+
 pub fn cpu_count() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
@@ -229,18 +235,47 @@ pub struct NodeNs {
     pub uts: PathBuf,
 }
 
-/// Set up `cmd` to run inside a lab node (its network, UTS and mount namespaces), and
-/// optionally inside one of that node's containers (a file under the node's /run/netns).
-pub fn enter_node(cmd: &mut Command, node: &NodeNs, container: Option<&str>) -> Result<()> {
+/// What a process started inside a lab node gets besides the node's namespaces.
+#[derive(Default)]
+pub struct Entry {
+    /// Enter this container's network namespace too (a file under the node's /run/netns).
+    pub container: Option<String>,
+    /// Hand this descriptor to the child as fd [`REPORT_FD`] (its error report channel).
+    pub report: Option<OwnedFd>,
+    /// Kill the child if the process that started it dies (a killed `up` must not leave a
+    /// node runner building on its own).
+    pub die_with_parent: bool,
+}
+
+/// The descriptor a child started with [`Entry::report`] finds its report channel on.
+pub const REPORT_FD: RawFd = 3;
+
+/// Set up `cmd` to run inside a lab node (its network, UTS and mount namespaces), and as
+/// `entry` says.
+pub fn enter_node(cmd: &mut Command, node: &NodeNs, entry: Entry) -> Result<()> {
     let open = |p: &Path| File::open(p).with_context(|| format!("cannot open {} (is the lab up?)", p.display()));
     let net: OwnedFd = open(&node.net)?.into();
     let uts: OwnedFd = open(&node.uts)?.into();
     let mnt: OwnedFd = open(&node.mnt)?.into();
-    let con = container.map(|c| CString::new(format!("/run/netns/{c}"))).transpose()?;
+    let con = entry.container.map(|c| CString::new(format!("/run/netns/{c}"))).transpose()?;
     let root = CString::new("/")?;
-    // SAFETY: in the forked child: only setns/open/chdir/close on data prepared above.
+    let report = entry.report;
+    let die_with_parent = entry.die_with_parent;
+    // This process, as the child will see its parent (compared after the prctl).
+    let parent = nix::unistd::getpid().as_raw();
+    // SAFETY: in the forked child: only prctl/getppid/setns/open/chdir/dup2/close on data
+    // prepared above.
     unsafe {
         cmd.pre_exec(move || {
+            if die_with_parent {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The parent may have died before the prctl took effect.
+                if libc::getppid() != parent {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+            }
             for (fd, kind) in [(&net, libc::CLONE_NEWNET), (&uts, libc::CLONE_NEWUTS), (&mnt, libc::CLONE_NEWNS)] {
                 if libc::setns(fd.as_raw_fd(), kind) != 0 {
                     return Err(io::Error::last_os_error());
@@ -260,10 +295,27 @@ pub fn enter_node(cmd: &mut Command, node: &NodeNs, container: Option<&str>) -> 
                     return Err(io::Error::last_os_error());
                 }
             }
+            // dup2 clears close-on-exec on the copy: the channel survives into the child.
+            if let Some(fd) = &report {
+                if libc::dup2(fd.as_raw_fd(), REPORT_FD) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
     Ok(())
+}
+
+/// The report channel a parent handed this process as fd `fd` (see [`Entry::report`]),
+/// made close-on-exec at once so that nothing this process starts (the tunnel) inherits it
+/// and keeps the parent waiting.
+pub fn take_report_channel(fd: RawFd) -> io::Result<File> {
+    // SAFETY: the parent put an open descriptor there for us alone (dup2 in enter_node);
+    // we take sole ownership of it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+    Ok(File::from(owned))
 }
 
 /// A route-netlink socket opened in the calling thread's network namespace. Handed to the

@@ -21,7 +21,7 @@ mod stats;
 mod tx;
 mod vnet;
 mod wire;
-pub mod launch;
+pub mod handshake;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -38,7 +38,7 @@ use peers::PeerTable;
 use stats::{Counters, DATAPATH_OFFLOAD, DATAPATH_PLAIN, DATAPATH_SUPER};
 
 pub use stats::Stats;
-pub use wire::{GSO_FRAME_HDR, GSO_MAGIC, WireFormat};
+use crate::model::wire::WireFormat;
 
 /// A remote node: where its tunnel listens and which inner subnets live behind it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,7 +82,7 @@ pub struct TunnelConfig {
     /// Datagram framing: the bare inner packet by default (`Raw`); `TunPi` interoperates
     /// with the talk's exact socat command (which prefixes the 4-byte TUN header).
     pub wire: WireFormat,
-    /// Started by `cnet up` (see [`launch::Handshake`]): wait for the go-ahead, report
+    /// Started by `cnet up` (see [`handshake`]): wait for the go-ahead, report
     /// readiness, and attach only to the device `up` made.
     pub handshake: bool,
 }
@@ -113,7 +113,7 @@ pub struct NewTun(TunFd);
 pub fn create_tun(name: &str) -> Result<NewTun> {
     let tun = TunFd::open(name, false).map_err(|e| match e.raw_os_error() {
         // The device file is missing, or no driver answers it: the machine's, not the request's.
-        Some(libc::ENOENT | libc::ENODEV | libc::ENXIO) => crate::commands::Failure::environment(format!(
+        Some(libc::ENOENT | libc::ENODEV | libc::ENXIO) => crate::error::Failure::environment(format!(
             "cannot create TUN device {name}: this machine has no TUN support (/dev/net/tun: {e}); load the tun module (modprobe tun)"
         )),
         _ => anyhow::Error::new(e).context(format!("creating TUN device {name}")),
@@ -141,7 +141,7 @@ pub fn run(cfg: &TunnelConfig) -> Result<()> {
     // Before anything is bound or attached: the starter records our pid, then says go. If
     // it died first, nothing would ever stop us, so we do not start at all.
     let handshake = match cfg.handshake {
-        true => match launch::Handshake::wait_for_go().context("waiting for the starter's go-ahead")? {
+        true => match handshake::Handshake::wait_for_go().context("waiting for the starter's go-ahead")? {
             Some(h) => Some(h),
             None => {
                 tracing::info!("the starter went away before recording this tunnel: not starting");

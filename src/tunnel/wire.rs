@@ -1,4 +1,5 @@
-//! Framing of an inner packet inside its UDP datagram.
+//! Framing of an inner packet inside its UDP datagram: reading it back (the formats
+//! themselves are model::wire's, shared with the plan and the capture).
 //!
 //! The talk's `socat TUN:...,iff-up UDP:...` opens the TUN *without* IFF_NO_PI, so every
 //! datagram it sends starts with the 4-byte TUN packet-information header
@@ -16,70 +17,7 @@
 
 use super::packet::Invalid;
 use super::vnet;
-
-/// First bytes of a `Gso` frame: a marker byte, "GS", and the framing version.
-pub const GSO_MAGIC: [u8; 4] = [0xC0, b'G', b'S', 1];
-/// Bytes in front of the inner packet in a `Gso` frame.
-pub const GSO_FRAME_HDR: usize = GSO_MAGIC.len() + vnet::LEN;
-
-/// TUN packet-info header for IPv4 (struct tun_pi: u16 flags, be16 proto = ETH_P_IP).
-pub const PI_IPV4: [u8; 4] = [0, 0, 0x08, 0x00];
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum WireFormat {
-    /// 4-byte TUN PI header + IP packet: what the talk's exact socat command sends, for
-    /// talking to it (tun0's MTU must then be underlay − 32).
-    TunPi,
-    /// Bare IP packet, one per datagram (the default, TALK.md's format; tun0's MTU is
-    /// underlay − 28): socat with `iff-no-pi` speaks it; the capture shows the inner packet
-    /// as the whole UDP payload.
-    #[default]
-    Raw,
-    /// cnet to cnet only, over an underlay that carries 64 KB datagrams: whole TCP
-    /// super-packets with their virtio_net_hdr (see the module comment). Whatever cannot
-    /// go whole (too big for one datagram) goes as `Raw` packets, which both ends accept.
-    Gso,
-}
-
-impl WireFormat {
-    /// The name `--wire` takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            WireFormat::TunPi => "pi",
-            WireFormat::Raw => "raw",
-            WireFormat::Gso => "gso",
-        }
-    }
-
-    /// Bytes written in front of every inner packet on send.
-    pub fn prefix(self) -> &'static [u8] {
-        match self {
-            WireFormat::TunPi => &PI_IPV4,
-            WireFormat::Raw | WireFormat::Gso => &[],
-        }
-    }
-
-    /// Underlay bytes per inner packet: outer IPv4 (20) + UDP (8) + framing. The TUN MTU
-    /// must be `underlay MTU - overhead()` (1468 for PI framing, 1472 for raw, on a 1500
-    /// underlay), or full-size packets cannot be sent without fragmenting.
-    pub fn overhead(self) -> u32 {
-        let framing = if self == WireFormat::Gso { GSO_FRAME_HDR } else { self.prefix().len() };
-        20 + 8 + framing as u32
-    }
-}
-
-impl std::str::FromStr for WireFormat {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        match s {
-            "pi" | "tun-pi" => Ok(WireFormat::TunPi),
-            "raw" => Ok(WireFormat::Raw),
-            "gso" => Ok(WireFormat::Gso),
-            _ => Err(anyhow::anyhow!("wire format must be 'pi', 'raw' or 'gso', not {s:?}")),
-        }
-    }
-}
+pub use crate::model::wire::{GSO_MAGIC, WireFormat};
 
 /// What one received datagram carries.
 #[derive(Debug, PartialEq, Eq)]
@@ -123,14 +61,6 @@ mod tests {
         assert_eq!(unframe(&[0, 0, 0x86, 0xdd, 0x60]), Err(Invalid::NotIpv4));
         assert_eq!(unframe(b"garbage"), Ok(&b"garbage"[..]));
         assert_eq!(unframe(&[]), Ok(&[][..]));
-    }
-
-    #[test]
-    fn overhead_sets_the_tun_mtu() {
-        assert_eq!(1500 - WireFormat::TunPi.overhead(), 1468);
-        assert_eq!(1500 - WireFormat::Raw.overhead(), 1472);
-        // The lab's 64 KB cables: the largest datagram is 65535 - 28 bytes.
-        assert_eq!(65535 - WireFormat::Gso.overhead(), 65535 - 28 - 14);
     }
 
     #[test]

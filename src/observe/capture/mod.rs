@@ -85,7 +85,7 @@ impl Default for CaptureOptions {
             iface: String::new(),
             count: None,
             pcap: None,
-            tunnel_ports: vec![crate::topology::TUNNEL_PORT],
+            tunnel_ports: vec![crate::model::topology::TUNNEL_PORT],
             timeout: None,
             only: None,
         }

@@ -3,15 +3,15 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use rtnetlink::Handle;
 use serde::{Deserialize, Serialize};
 
-use crate::process::is_cnet_process;
-use crate::netlink::{addr_views, dump_addrs, dump_links, dump_routes, link_view, route_views, Netlink};
-use crate::plan::Step;
-use crate::state::NodeJournal;
-use crate::topology::Ipv4Net;
+use crate::apply::process::is_cnet_process;
+use crate::apply::netlink::{addr_views, dump_addrs, dump_links, dump_routes, link_view, route_views, Netlink};
+use crate::model::plan::Step;
+use crate::apply::state::NodeJournal;
+use crate::model::topology::Ipv4Net;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LinkState {
@@ -88,6 +88,12 @@ pub async fn snapshot(h: &Handle) -> Result<NsSnapshot> {
     })
 }
 
+/// Read a container's state with a fresh handle.
+async fn container_snapshot(nl: &Netlink, name: &str) -> Result<NsSnapshot> {
+    let h = nl.handle(Some(name)).with_context(|| format!("container {name}"))?;
+    snapshot(&h).await
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub node: u32,
@@ -107,8 +113,8 @@ pub struct NodeStatus {
 
 /// Read this node back. None when nothing is up.
 pub async fn node_status() -> Result<Option<NodeStatus>> {
-    let Some(crate::state::NodeRecord { header, done, .. }) = NodeJournal::read()? else { return Ok(None) };
-    let topo = crate::node::topology_of(&header)?;
+    let Some(crate::apply::state::NodeRecord { header, done, .. }) = NodeJournal::read()? else { return Ok(None) };
+    let topo = header.topology()?;
     let plan = &header.steps;
     let nl = Netlink::here(&header.netns_dir)?;
     let node_snap = snapshot(&nl.node_handle()).await?;
@@ -119,7 +125,7 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
     let mut containers = BTreeMap::new();
     for c in &topo.node(header.node)?.containers {
         if nl.netns_path(&c.name).exists() {
-            if let Ok(s) = crate::node::container_snapshot(&nl, &c.name).await {
+            if let Ok(s) = container_snapshot(&nl, &c.name).await {
                 containers.insert(c.name.clone(), s);
             }
         }
@@ -158,10 +164,10 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
             }
             // The bridge FDB is not part of the snapshot; the checks prove it.
             Step::AddFdb { .. } => None,
-            Step::Sysctl { key, value } => Some(crate::sysctl::read(key).ok().as_deref() == Some(value.as_str())),
+            Step::Sysctl { key, value } => Some(crate::apply::sysctl::read(key).ok().as_deref() == Some(value.as_str())),
             Step::StartTunnel { local, .. } => {
                 let pid = done.iter().find_map(|d| d.pid);
-                tunnel = std::fs::read(crate::tunnel::launch::stats_path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+                tunnel = std::fs::read(crate::apply::launch::stats_path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
                 Some(pid.is_some_and(|p| is_cnet_process(p, &["tunnel", &local.to_string()])))
             }
         };
@@ -172,7 +178,7 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
     }
     Ok(Some(NodeStatus {
         node: header.node,
-        hostname: crate::node::hostname(),
+        hostname: crate::run::node::hostname(),
         stage: topo.stage().name().to_string(),
         namespaces,
         links: node_snap.links,

@@ -9,9 +9,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use serde::{Deserialize, Serialize};
 
-use crate::tunnel::WireFormat;
-use crate::topology::{Backend, Ipv4Net, Node, Stage, Topology, TUNNEL_PORT, VXLAN_PORT, VXLAN_VNI};
-use crate::netlink::RouteSpec;
+use crate::model::wire::WireFormat;
+use crate::model::topology::{Backend, Ipv4Net, Node, Stage, Topology, TUNNEL_PORT, VXLAN_PORT, VXLAN_VNI};
 
 /// Where a step runs: the node itself, or inside one of its containers (a named netns).
 pub type Netns = Option<String>;
@@ -40,6 +39,21 @@ pub enum Step {
     AddFdb { dev: String, dst: Ipv4Addr },
     Sysctl { key: String, value: String },
     StartTunnel { dev: String, local: SocketAddrV4, peers: Vec<(SocketAddrV4, Ipv4Net)>, wire: WireFormat },
+}
+
+/// A route as the plan states it.
+#[derive(Clone, Debug)]
+pub struct RouteSpec {
+    pub dst: Option<Ipv4Net>,
+    pub via: Option<Ipv4Addr>,
+    pub dev: String,
+    pub onlink: bool,
+}
+
+impl RouteSpec {
+    pub fn dst_text(&self) -> String {
+        self.dst.map_or("default".into(), |d| d.to_string())
+    }
 }
 
 /// A step and the talk's words for it.
@@ -397,7 +411,7 @@ fn rp_filter(b: &mut Builder, underlay: &str, overlay: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::{Options, Stage, UNDERLAY_DEV};
+    use crate::model::topology::{Options, Stage, UNDERLAY_DEV};
 
     /// As on a kernel with IPv6, whatever the build machine has.
     fn plan(stage: Stage, node: u32) -> NodePlan {
@@ -466,7 +480,7 @@ mod tests {
     /// mode (with "master") before it is raised.
     #[test]
     fn link_local_is_switched_off_before_any_carrier() {
-        use crate::topology::Backend;
+        use crate::model::topology::Backend;
         for (stage, backend) in [(Stage::SingleNode, Backend::Udp), (Stage::MultiNode, Backend::Udp), (Stage::Overlay, Backend::Udp), (Stage::Overlay, Backend::Vxlan), (Stage::Overlay, Backend::UdpGso)] {
             let mut o = Options::new(stage);
             o.containers = 5;

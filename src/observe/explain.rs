@@ -3,8 +3,8 @@
 
 use std::fmt::Write as _;
 
-use crate::plan::{node_plan, node_plan_with, NodePlan};
-use crate::topology::{Backend, Topology, GSO_UNDERLAY_MTU, UNDERLAY_DEV};
+use crate::model::plan::{node_plan, node_plan_with, NodePlan};
+use crate::model::topology::{Backend, Topology, GSO_UNDERLAY_MTU, UNDERLAY_DEV};
 
 fn plans(topo: &Topology) -> Vec<NodePlan> {
     topo.nodes.iter().map(|n| node_plan(topo, n, UNDERLAY_DEV)).collect()
@@ -16,7 +16,7 @@ pub fn print_text(topo: &Topology) {
     for (n, p) in topo.nodes.iter().zip(plans(topo)) {
         say!("\n== {} ({}): {} on {UNDERLAY_DEV}, pods {} ==", n.short_name(), n.hostname, n.ip, n.pod_net);
         for (i, s) in p.steps.iter().enumerate() {
-            crate::node::print_step(i, p.steps.len(), &s.why, &s.command);
+            crate::out::print_step(i, p.steps.len(), &s.why, &s.command);
         }
     }
 }

@@ -2,21 +2,20 @@
 //! node runner runs there), with its log, counters and pid under /run/cnet.
 
 use std::fs;
-use std::io::{Read, Write};
 use std::net::SocketAddrV4;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::state::run_dir;
-use crate::topology::Ipv4Net;
-use super::WireFormat;
+use crate::apply::state::run_dir;
+use crate::model::topology::Ipv4Net;
+use crate::model::wire::WireFormat;
 
 pub fn stats_path() -> PathBuf {
     run_dir().join("tunnel.json")
@@ -34,7 +33,7 @@ pub fn pid_path() -> PathBuf {
 const READY_WITHIN: Duration = Duration::from_secs(5);
 
 /// Start the tunnel and wait until it is ready (device attached, socket bound), over a
-/// socket pair that is its stdin (see [`Handshake`]). On failure the process is stopped
+/// socket pair that is its stdin (see tunnel::handshake). On failure the process is stopped
 /// again. The wait is async so that a Ctrl-C during it is seen at once; if `up` is
 /// cancelled here, the process is stopped as well.
 ///
@@ -93,36 +92,7 @@ pub async fn start(dev: &str, local: SocketAddrV4, peers: &[(SocketAddrV4, Ipv4N
     }
 }
 
-const GO: &[u8] = b"go";
-const READY: &[u8] = b"ready";
-
-/// The tunnel's side of the start handshake (`cnet tunnel --handshake`): its stdin is a
-/// socket to the `cnet up` that started it.
-pub struct Handshake(fs::File);
-
-impl Handshake {
-    /// Block until the starter says go; None if it went away first (it then never recorded
-    /// this process, so the tunnel must not start).
-    pub fn wait_for_go() -> Result<Option<Handshake>> {
-        let stdin = std::io::stdin();
-        let mut got = [0u8; GO.len()];
-        match stdin.lock().read_exact(&mut got) {
-            Ok(()) if got == GO => {}
-            Ok(()) => bail!("unexpected handshake {got:?} on stdin"),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(e.into()),
-        }
-        // A second handle on the same socket, to answer on.
-        let fd = stdin.as_fd().try_clone_to_owned().context("cannot duplicate stdin")?;
-        Ok(Some(Handshake(fs::File::from(fd))))
-    }
-
-    /// Tell the starter the tunnel is ready.
-    pub fn ready(mut self) -> Result<()> {
-        self.0.write_all(READY)?;
-        Ok(())
-    }
-}
+use crate::tunnel::handshake::{GO, READY};
 
 /// A starting tunnel process, killed and reaped on drop unless taken out (ready).
 struct StopUnlessReady(Option<std::process::Child>);
@@ -156,7 +126,7 @@ pub fn recorded_pid() -> Option<u32> {
 /// Remove the tunnel's files once it has stopped.
 pub fn remove_files() -> Result<()> {
     for f in [stats_path(), log_path(), pid_path()] {
-        crate::state::remove_if_exists(&f)?;
+        crate::apply::state::remove_if_exists(&f)?;
     }
     Ok(())
 }

@@ -26,7 +26,7 @@ pub fn is_cnet_process(pid: u32, words: &[&str]) -> bool {
 /// namespace (lab nodes share a PID namespace but not a network one). A `cnet tunnel` a user
 /// runs by hand does not write there, and is left alone.
 pub fn cnet_tunnels_here() -> Vec<u32> {
-    let stats = crate::tunnel::launch::stats_path();
+    let stats = crate::apply::launch::stats_path();
     let stats = stats.to_string_lossy();
     let here = ns::ns_id(Path::new("/proc/self/ns/net"));
     let me = std::process::id();

@@ -23,7 +23,8 @@ use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
 use crate::sys::ns;
-use crate::topology::Ipv4Net;
+use crate::model::plan::RouteSpec;
+use crate::model::topology::Ipv4Net;
 
 /// The link group of every link cnet creates ("cnet" in ASCII).
 pub const CNET_GROUP: u32 = 0x636e_6574;
@@ -391,21 +392,6 @@ impl Netlink {
 
     pub fn node_handle(&self) -> Handle {
         self.node.clone()
-    }
-}
-
-/// A route as the plan states it.
-#[derive(Clone, Debug)]
-pub struct RouteSpec {
-    pub dst: Option<Ipv4Net>,
-    pub via: Option<Ipv4Addr>,
-    pub dev: String,
-    pub onlink: bool,
-}
-
-impl RouteSpec {
-    fn dst_text(&self) -> String {
-        self.dst.map_or("default".into(), |d| d.to_string())
     }
 }
 

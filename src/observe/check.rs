@@ -14,7 +14,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::sys::{icmp::IcmpSocket, ns};
-use crate::topology::Topology;
+use crate::model::topology::Topology;
 
 /// Above this many checks per node, run the bounded plan instead of the full matrix.
 pub const FULL_MATRIX_LIMIT: usize = 200;
@@ -261,8 +261,8 @@ pub fn print_table(n: &NodeChecks, multi: bool) {
 
 /// Count of checks the talk lists for a stage (per node), for messages and tests.
 #[cfg(test)]
-pub fn talk_count(stage: crate::topology::Stage) -> usize {
-    use crate::topology::Stage;
+pub fn talk_count(stage: crate::model::topology::Stage) -> usize {
+    use crate::model::topology::Stage;
     match stage {
         Stage::Namespace => 4,
         Stage::SingleNode => 12,
@@ -273,7 +273,7 @@ pub fn talk_count(stage: crate::topology::Stage) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::{Options, Stage};
+    use crate::model::topology::{Options, Stage};
 
     fn checks(stage: Stage, node: u32) -> Vec<Check> {
         node_checks(&Topology::new(Options::new(stage)).unwrap(), node).0

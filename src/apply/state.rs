@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::plan::Step;
-use crate::topology::Options;
+use crate::model::plan::Step;
+use crate::model::topology::Options;
 
 /// The node record's format. 1 (no field): steps recomputed from the options at `down`;
 /// 2: the steps recorded in the header.
@@ -80,6 +80,20 @@ pub struct NodeHeader {
     /// The plan's steps as `up` ran them; a done line's `step` indexes this list.
     #[serde(default)]
     pub steps: Vec<Step>,
+}
+
+impl NodeHeader {
+    /// The topology this node was built with (addresses as resolved at `up`).
+    pub fn topology(&self) -> Result<crate::model::topology::Topology> {
+        let mut topo = crate::model::topology::Topology::new(self.options.clone())?;
+        if !self.node_ip.is_unspecified() {
+            topo.set_node_ip(self.node, self.node_ip);
+        }
+        for (i, ip) in &self.peers {
+            topo.set_node_ip(*i, *ip);
+        }
+        Ok(topo)
+    }
 }
 
 /// One finished step and what is needed to undo it.

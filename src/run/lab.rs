@@ -8,13 +8,15 @@
 //! one code path. The host's own network namespace is never touched.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitStatus, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
-use crate::netlink::Netlink;
-use crate::state::{lab_dir, run_dir, LabState};
+use crate::apply::netlink::Netlink;
+use crate::apply::state::{lab_dir, run_dir, LabState};
+use crate::run::enter;
 use crate::sys::ns::{self, NodeNs};
-use crate::topology::{Ipv4Net, Options, Topology, UNDERLAY_DEV};
+use crate::model::topology::{Ipv4Net, Options, Topology, UNDERLAY_DEV};
 
 const SWITCH_BRIDGE: &str = "underlay";
 const LAB_ALIAS: &str = "cnet:lab";
@@ -62,7 +64,7 @@ pub async fn up(opts: &Options, v: Verbosity) -> Result<()> {
     match LabState::read() {
         Ok(Some(s)) => bail!("the lab is already up with stage {}: run `cnet down` first", s.options.stage),
         Ok(None) => {}
-        Err(e) if crate::state::is_unusable(&e) => bail!("a lab's record is here but {e:#}: run `cnet down` first (it removes what carries cnet's marks)"),
+        Err(e) if crate::apply::state::is_unusable(&e) => bail!("a lab's record is here but {e:#}: run `cnet down` first (it removes what carries cnet's marks)"),
         Err(e) => return Err(e),
     }
     if let Some(r) = remains() {
@@ -81,7 +83,7 @@ pub async fn up(opts: &Options, v: Verbosity) -> Result<()> {
             Ok(()) => "the lab was removed".to_string(),
             Err(u) => format!("removing the lab also failed ({u:#}); run `cnet down`"),
         };
-        return Err(crate::commands::same_kind(&e, format!("{e:#}; {undo}")));
+        return Err(crate::error::same_kind(&e, format!("{e:#}; {undo}")));
     }
     state.complete = true;
     state.write()
@@ -97,31 +99,15 @@ async fn build(topo: &Topology, state: &mut LabState, v: Verbosity) -> Result<()
         if !matches!(v, Verbosity::Quiet) {
             say!("== {} ({}): {} ==", n.short_name(), n.hostname, n.ip);
         }
-        let mut cmd = Command::new("/proc/self/exe");
-        // stdin too: `--step` reads Enter there (output() would otherwise give it none).
-        cmd.args(node_runner_args(&topo.options, n.index, v)).stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::piped());
-        ns::enter_node(&mut cmd, &node_ns(n.index), None)?;
+        let place = format!("{} ({})", n.short_name(), n.hostname);
+        let mut runner = enter::cnet(&node_ns(n.index), &place, None, &node_runner_args(&topo.options, n.index, v), true)?;
+        // stdin too: `--step` reads Enter there.
+        runner.command().stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
         // Awaited, not waited for: a Ctrl-C must be able to stop the build (the runner is
         // killed and the lab's `down` removes what it had made).
-        let mut cmd = tokio::process::Command::from(cmd);
-        cmd.kill_on_drop(true);
-        // spawn + wait_with_output, not output(): that would capture stdout too.
-        let child = cmd.spawn().with_context(|| format!("cannot enter {}", n.hostname))?;
-        let out = child.wait_with_output().await.with_context(|| format!("cannot enter {}", n.hostname))?;
-        let err = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
-            use std::os::unix::process::ExitStatusExt;
-            let reason = match (err.lines().rev().find(|l| !l.trim().is_empty()), out.status.signal()) {
-                (Some(line), _) => line.trim_start_matches("cnet: error: ").to_string(),
-                (None, Some(sig)) => format!("its builder was stopped by signal {sig}"),
-                (None, None) => format!("its builder failed ({}) without saying why", out.status),
-            };
-            let message = format!("{} ({}): {reason}", n.short_name(), n.hostname);
-            // The runner's exit code says whose fault it was (2: the machine's).
-            return Err(if out.status.code() == Some(2) { crate::commands::Failure::environment(message) } else { anyhow!(message) });
-        }
-        if !err.is_empty() {
-            tell!("{}", err.trim_end());
+        let status = runner.run_async().await?;
+        if !status.success() {
+            bail!("{place}: its builder failed ({status}) without saying why");
         }
     }
     Ok(())
@@ -214,7 +200,7 @@ fn remains() -> Option<LabState> {
         return None;
     }
     Some(LabState {
-        options: Options::new(crate::topology::Stage::Namespace),
+        options: Options::new(crate::model::topology::Stage::Namespace),
         nodes,
         complete: false,
         // Only a bind of /run/cnet onto itself is cnet's to undo (a tmpfs there is not).
@@ -241,10 +227,10 @@ pub async fn down(quiet: bool) -> Result<bool> {
         Ok(None) => {
             let Some(state) = remains() else { return Ok(false) };
             down_lab(&state).await?;
-            tell!("cnet: the lab had no record ({} is missing): removed its {} node(s), found under {}", crate::state::lab_state_path().display(), state.nodes.len(), lab_dir().display());
+            tell!("cnet: the lab had no record ({} is missing): removed its {} node(s), found under {}", crate::apply::state::lab_state_path().display(), state.nodes.len(), lab_dir().display());
             return Ok(true);
         }
-        Err(e) if crate::state::is_unusable(&e) => {
+        Err(e) if crate::apply::state::is_unusable(&e) => {
             let state = remains().unwrap_or_else(remains_none);
             down_lab(&state).await?;
             tell!("cnet: {e:#}; removed the lab's {} node(s) found under {} instead", state.nodes.len(), lab_dir().display());
@@ -261,7 +247,7 @@ pub async fn down(quiet: bool) -> Result<bool> {
 
 /// An empty lab, for a record that names nothing that is left.
 fn remains_none() -> LabState {
-    LabState { options: Options::new(crate::topology::Stage::Namespace), nodes: Vec::new(), complete: false, made_run_mount: false, made_netns_dir: false }
+    LabState { options: Options::new(crate::model::topology::Stage::Namespace), nodes: Vec::new(), complete: false, made_run_mount: false, made_netns_dir: false }
 }
 
 async fn down_lab(state: &LabState) -> Result<()> {
@@ -272,36 +258,30 @@ async fn down_lab(state: &LabState) -> Result<()> {
     for index in state.nodes.iter().rev() {
         let nsp = node_ns(*index);
         if ns::is_ns_file(&nsp.net) && ns::is_ns_file(&nsp.mnt) {
-            let mut cmd = Command::new("/proc/self/exe");
-            cmd.args(["down", "--host", "--quiet", "--in-lab"]).stdout(Stdio::null()).stderr(Stdio::piped());
+            let args = ["down", "--host", "--quiet", "--in-lab"].map(String::from);
+            let mut remover = match enter::cnet(&nsp, &format!("node{index}"), None, &args, false) {
+                Ok(r) => r,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
             // Their own process group: a second Ctrl-C at the terminal must not cut the
-            // removal short half-way.
-            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-            if ns::enter_node(&mut cmd, &nsp, None).is_ok() {
-                match cmd.spawn() {
-                    Ok(child) => running.push((*index, child)),
-                    Err(e) => errors.push(anyhow!("node{index}: {e}")),
-                }
+            // removal short half-way. What they say on stderr (a record they found unusable)
+            // reaches the user as it is.
+            remover.command().stdout(Stdio::null()).process_group(0);
+            match remover.spawn() {
+                Ok(r) => running.push(r),
+                Err(e) => errors.push(e),
             }
         }
     }
-    for (index, child) in running {
-        match child.wait_with_output() {
-            Ok(o) if !o.status.success() => {
-                let said = String::from_utf8_lossy(&o.stderr).trim().to_string();
-                let why = if said.is_empty() { format!("its removal ended with {}", o.status) } else { said };
-                errors.push(anyhow!("node{index}: {why}"));
-            }
-            // What a node had to say on the way (its record was unusable, say) is passed on.
-            Ok(o) => {
-                for line in String::from_utf8_lossy(&o.stderr).lines().filter(|l| !l.trim().is_empty()) {
-                    tell!("{line}");
-                }
-            }
-            Err(e) => errors.push(anyhow!("node{index}: {e}")),
+    for r in running {
+        if let Err(e) = r.wait() {
+            errors.push(e);
         }
     }
-    let (mnt, net) = (crate::process::Members::scan("mnt"), crate::process::Members::scan("net"));
+    let (mnt, net) = (crate::apply::process::Members::scan("mnt"), crate::apply::process::Members::scan("net"));
     for index in state.nodes.iter().rev() {
         let nsp = node_ns(*index);
         // Whatever still runs in the node (a demo server, a shell) goes with the VM.
@@ -310,7 +290,7 @@ async fn down_lab(state: &LabState) -> Result<()> {
         pids.sort_unstable();
         pids.dedup();
         for pid in pids {
-            if let Err(e) = crate::process::stop_process(pid) {
+            if let Err(e) = crate::apply::process::stop_process(pid) {
                 errors.push(e.context(format!("node{index}")));
             }
         }
@@ -340,10 +320,10 @@ async fn down_lab(state: &LabState) -> Result<()> {
     let _ = std::fs::remove_dir(switch_ns().parent().unwrap());
     let _ = std::fs::remove_dir(lab_dir());
     if !errors.is_empty() {
-        return Err(anyhow!(crate::node::join_errors(&errors)));
+        return Err(anyhow!(crate::error::join_errors(&errors)));
     }
     LabState::remove()?;
-    let _ = std::fs::remove_file(crate::state::lab_state_path().with_extension("tmp"));
+    let _ = std::fs::remove_file(crate::apply::state::lab_state_path().with_extension("tmp"));
     if state.made_run_mount {
         ns::unmount_dir(&run_dir())?;
     }
@@ -360,10 +340,10 @@ fn lab_in_use() -> Result<LabState> {
         Ok(Some(s)) => Ok(s),
         Ok(None) if remains().is_some() => bail!(
             "a lab's namespaces are here with no record ({} is missing): run `cnet down` to remove them",
-            crate::state::lab_state_path().display()
+            crate::apply::state::lab_state_path().display()
         ),
         Ok(None) => bail!("no lab is up: start one with `cnet up <stage>`"),
-        Err(e) if crate::state::is_unusable(&e) => bail!("{e:#}: run `cnet down` to remove the lab by its marks"),
+        Err(e) if crate::apply::state::is_unusable(&e) => bail!("{e:#}: run `cnet down` to remove the lab by its marks"),
         Err(e) => Err(e),
     }
 }
@@ -379,8 +359,8 @@ pub fn find_node(name: &str) -> Result<(LabState, u32)> {
     Ok((state, n.index))
 }
 
-/// A command that runs inside a lab node (and optionally one of its containers).
-pub fn command_in(target: &str, program: &str, args: &[String]) -> Result<Command> {
+/// Split `node1/con1` into the lab node and a container of it, checked against the lab.
+fn target(target: &str) -> Result<(u32, Option<String>)> {
     let (node, container) = match target.split_once('/') {
         Some((n, c)) => (n, Some(c)),
         None => (target, None),
@@ -393,29 +373,40 @@ pub fn command_in(target: &str, program: &str, args: &[String]) -> Result<Comman
                 topo.node(index)?.containers.iter().map(|x| x.name.as_str()).take(5).collect::<Vec<_>>().join(", "));
         }
     }
-    let mut cmd = Command::new(program);
-    cmd.args(args);
-    ns::enter_node(&mut cmd, &node_ns(index), container)?;
-    Ok(cmd)
+    Ok((index, container.map(str::to_string)))
 }
 
-/// Run the same cnet subcommand inside every node and gather each one's JSON answer.
-pub fn in_every_node(args: &[&str]) -> Result<Vec<(u32, std::process::Output)>> {
+/// A program that runs inside a lab node, or one of its containers (`node1/con1`).
+pub fn command_in(target_name: &str, program: &str, args: &[String]) -> Result<Command> {
+    let (index, container) = target(target_name)?;
+    enter::command_in(&node_ns(index), container.as_deref(), program, args)
+}
+
+/// cnet itself inside a lab node or one of its containers (`cnet capture node1 ...`).
+pub fn cnet_in(target_name: &str, args: &[String]) -> Result<enter::CnetInNode> {
+    let (index, container) = target(target_name)?;
+    enter::cnet(&node_ns(index), target_name, container.as_deref(), args, false)
+}
+
+/// Run the same cnet subcommand inside every node and gather each one's exit status and
+/// stdout (a JSON answer); a node's failure comes back as an error naming the node.
+pub fn in_every_node(args: &[&str]) -> Result<Vec<(u32, ExitStatus, Vec<u8>)>> {
     let state = lab_in_use()?;
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let mut out = Vec::new();
     for index in &state.nodes {
         if !ns::is_ns_file(&node_ns(*index).net) {
             bail!("the lab is incomplete (node{index} is gone): run `cnet down` to remove the rest");
         }
-        let mut cmd = Command::new("/proc/self/exe");
-        cmd.args(args);
-        ns::enter_node(&mut cmd, &node_ns(*index), None)?;
-        out.push((*index, cmd.output().with_context(|| format!("cannot run cnet inside node{index}"))?));
+        let mut c = enter::cnet(&node_ns(*index), &format!("node{index}"), None, &args, false)?;
+        c.command().stdin(Stdio::null());
+        let (status, stdout) = c.run()?;
+        out.push((*index, status, stdout));
     }
     Ok(out)
 }
 
 /// Whether a lab is here: its record, or what is left of one.
 pub fn is_up() -> bool {
-    crate::state::lab_state_path().exists() || remains().is_some()
+    crate::apply::state::lab_state_path().exists() || remains().is_some()
 }

@@ -7,13 +7,15 @@ use std::io::{BufRead, Write};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
-use crate::{executor, sweep};
-use crate::netlink::{addr_views, dump_addrs, dump_links, dump_routes, link_view, route_views, Netlink};
-use crate::plan::{node_plan, NodePlan, Step};
-use crate::state::{Done, NodeHeader, NodeJournal};
-use crate::topology::{Backend, GSO_UNDERLAY_MTU, Ipv4Net, Options, Stage, Topology, UNDERLAY_DEV};
+use crate::error::join_errors;
+
+use crate::apply::{executor, sweep};
+use crate::apply::netlink::{addr_views, dump_addrs, dump_links, dump_routes, link_view, route_views, Netlink};
+use crate::model::plan::{node_plan, NodePlan, Step};
+use crate::apply::state::{Done, NodeHeader, NodeJournal};
+use crate::model::topology::{Backend, GSO_UNDERLAY_MTU, Ipv4Net, Options, Stage, Topology, UNDERLAY_DEV};
 
 /// What the user asked of this node.
 #[derive(Clone, Debug)]
@@ -45,7 +47,7 @@ pub async fn resolve(req: &NodeRequest, nl: &Netlink) -> Result<(Topology, NodeH
     resolve_with(req, nl, &links).await
 }
 
-async fn resolve_with(req: &NodeRequest, nl: &Netlink, links: &[crate::netlink::LinkView]) -> Result<(Topology, NodeHeader)> {
+async fn resolve_with(req: &NodeRequest, nl: &Netlink, links: &[crate::apply::netlink::LinkView]) -> Result<(Topology, NodeHeader)> {
     let mut topo = Topology::new(req.options.clone())?;
     let me = topo.node(req.node)?.clone();
     let addrs = addr_views(&dump_addrs(&nl.node_handle()).await?);
@@ -101,7 +103,7 @@ async fn resolve_with(req: &NodeRequest, nl: &Netlink, links: &[crate::netlink::
         topo.set_node_ip(req.node, ip);
     }
     let header = NodeHeader {
-        format: crate::state::RECORD_FORMAT,
+        format: crate::apply::state::RECORD_FORMAT,
         options: topo.options.clone(),
         node: req.node,
         underlay: underlay.clone().unwrap_or_default(),
@@ -118,14 +120,14 @@ async fn resolve_with(req: &NodeRequest, nl: &Netlink, links: &[crate::netlink::
 /// Refuse pod subnets (and stage 4's overlay /16) that overlap an address this machine
 /// already has, its underlay's first: the node could not tell its neighbours from its
 /// containers. cnet's own links are left to the conflict check (they mean a stage is up).
-fn check_pod_nets_against(topo: &Topology, addrs: &[crate::netlink::AddrView], links: &[crate::netlink::LinkView]) -> Result<()> {
+fn check_pod_nets_against(topo: &Topology, addrs: &[crate::apply::netlink::AddrView], links: &[crate::apply::netlink::LinkView]) -> Result<()> {
     let mut ours: Vec<Ipv4Net> = topo.nodes.iter().filter(|n| n.bridge.is_some()).map(|n| n.pod_net).collect();
     if topo.stage() == Stage::Overlay {
         ours.extend(topo.nodes.first().map(|n| n.tun_addr().trunc()));
     }
     for a in addrs {
         let Some(dev) = links.iter().find(|l| l.index == a.dev) else { continue };
-        if dev.group == crate::netlink::CNET_GROUP || a.addr.addr.is_loopback() {
+        if dev.group == crate::apply::netlink::CNET_GROUP || a.addr.addr.is_loopback() {
             continue;
         }
         if let Some(p) = ours.iter().find(|p| p.overlaps(&a.addr.trunc())) {
@@ -135,30 +137,19 @@ fn check_pod_nets_against(topo: &Topology, addrs: &[crate::netlink::AddrView], l
     Ok(())
 }
 
-/// Rebuild the topology a journal header describes (addresses as resolved at `up`).
-pub fn topology_of(h: &NodeHeader) -> Result<Topology> {
-    let mut topo = Topology::new(h.options.clone())?;
-    if !h.node_ip.is_unspecified() {
-        topo.set_node_ip(h.node, h.node_ip);
-    }
-    for (i, ip) in &h.peers {
-        topo.set_node_ip(*i, *ip);
-    }
-    Ok(topo)
-}
 
 /// Refuse, changing nothing, when anything the plan would create already exists.
-async fn check_conflicts(nl: &Netlink, plan: &NodePlan, links: &[crate::netlink::LinkView]) -> Result<()> {
+async fn check_conflicts(nl: &Netlink, plan: &NodePlan, links: &[crate::apply::netlink::LinkView]) -> Result<()> {
     match NodeJournal::read() {
         Ok(Some(r)) => bail!("stage {} is already up here: run `cnet down` first", r.header.options.stage),
         Ok(None) => {}
-        Err(e) if crate::state::is_unusable(&e) => bail!("an earlier build's record is here but {e:#}: run `cnet down` first (it removes what carries cnet's marks)"),
+        Err(e) if crate::apply::state::is_unusable(&e) => bail!("an earlier build's record is here but {e:#}: run `cnet down` first (it removes what carries cnet's marks)"),
         Err(e) => return Err(e),
     }
-    if let Some(pid) = crate::process::cnet_tunnels_here().first() {
+    if let Some(pid) = crate::apply::process::cnet_tunnels_here().first() {
         bail!("a tunnel started by an earlier cnet run is still running here (pid {pid}): run `cnet down` first");
     }
-    let marked: Vec<&str> = links.iter().filter(|l| l.group == crate::netlink::CNET_GROUP).map(|l| l.name.as_str()).collect();
+    let marked: Vec<&str> = links.iter().filter(|l| l.group == crate::apply::netlink::CNET_GROUP).map(|l| l.name.as_str()).collect();
     if !marked.is_empty() {
         bail!("links an earlier cnet run made are still here with no record ({}): run `cnet down` first", marked.join(", "));
     }
@@ -181,7 +172,7 @@ async fn check_conflicts(nl: &Netlink, plan: &NodePlan, links: &[crate::netlink:
         if let Some(name) = s.step.created_link() {
             if let Some(l) = links.iter().find(|l| l.name == name) {
                 let whose = match &l.alias {
-                    Some(a) if a.starts_with(crate::netlink::ALIAS_PREFIX) => "left by an earlier cnet run; `cnet down` removes it".to_string(),
+                    Some(a) if a.starts_with(crate::apply::netlink::ALIAS_PREFIX) => "left by an earlier cnet run; `cnet down` removes it".to_string(),
                     _ => "not cnet's".to_string(),
                 };
                 bail!("an interface named {name} already exists ({whose})");
@@ -191,11 +182,6 @@ async fn check_conflicts(nl: &Netlink, plan: &NodePlan, links: &[crate::netlink:
     Ok(())
 }
 
-pub fn print_step(i: usize, total: usize, why: &str, command: &str) {
-    let w = total.to_string().len();
-    say!("[{:>w$}/{total}] {why}", i + 1);
-    say!("{:w$}    $ {command}", "", w = 2 * w + 1);
-}
 
 /// Wait for Enter (or `q`). The read runs on a blocking thread so that the runtime stays
 /// free to notice a Ctrl-C meanwhile.
@@ -211,7 +197,7 @@ async fn wait_for_enter() -> Result<()> {
     })
     .await??;
     if line.trim() == "q" {
-        bail!("stopped at your request");
+        return Err(crate::error::Failure::stopped("stopped at your request"));
     }
     Ok(())
 }
@@ -245,7 +231,7 @@ pub async fn up(req: &NodeRequest, pace: Pace) -> Result<()> {
         }
         if pace != Pace::Quiet {
             for j in i..end {
-                print_step(j, total, &plan.steps[j].why, &plan.steps[j].command);
+                crate::out::print_step(j, total, &plan.steps[j].why, &plan.steps[j].command);
             }
         }
         if pace == Pace::Step {
@@ -299,15 +285,19 @@ async fn fail(nl: &Netlink, header: &NodeHeader, plan: &NodePlan, done: &[Done],
     let started_until = done.iter().map(|d| d.step + 1).max().unwrap_or(0).max(ran_until);
     let errors = executor::teardown(nl, &header.steps, done, started_until, stage).await;
     let undo = if errors.is_empty() {
-        match NodeJournal::remove().and_then(|()| crate::state::SysctlLog::remove()).and_then(|()| release_netns_mount(header)) {
+        match NodeJournal::remove().and_then(|()| crate::apply::state::SysctlLog::remove()).and_then(|()| release_netns_mount(header)) {
             Ok(()) => "the steps already done were undone".to_string(),
             Err(r) => format!("the steps already done were undone, but {r:#}"),
         }
     } else {
         format!("undoing the steps already done also failed ({}); run `cnet down`", join_errors(&errors))
     };
-    let message = format!("step {} ({}) failed: {e:#}; {undo}", step + 1, plan.steps[step].command);
-    crate::commands::same_kind(&e, message)
+    let message = if crate::error::kind(&e) == Some(crate::error::FailureKind::Stopped) {
+        format!("stopped at your request before step {} ({}); {undo}", step + 1, plan.steps[step].command)
+    } else {
+        format!("step {} ({}) failed: {e:#}; {undo}", step + 1, plan.steps[step].command)
+    };
+    crate::error::same_kind(&e, message)
 }
 
 /// Unmount the /run/netns mount `up` made (as `ip netns add` would have), once empty.
@@ -328,7 +318,7 @@ fn release_netns_mount(header: &NodeHeader) -> Result<()> {
 pub async fn down(quiet: bool, in_lab: bool) -> Result<bool> {
     let (record, unusable) = match NodeJournal::read() {
         Ok(r) => (r, None),
-        Err(e) if crate::state::is_unusable(&e) => (None, Some(e)),
+        Err(e) if crate::apply::state::is_unusable(&e) => (None, Some(e)),
         Err(e) => return Err(e),
     };
     let netns_dir = record.as_ref().map_or_else(|| PathBuf::from(NETNS_DIR), |r| r.header.netns_dir.clone());
@@ -352,11 +342,14 @@ pub async fn down(quiet: bool, in_lab: bool) -> Result<bool> {
     if !errors.is_empty() {
         bail!("could not remove everything: {}; fix that and run `cnet down` again", join_errors(&errors));
     }
-    NodeJournal::remove()?;
-    crate::state::SysctlLog::remove()?;
-    crate::tunnel::launch::remove_files()?;
+    // The journal last: a `down` killed before it is done finds it again.
     if let Some(r) = &record {
         release_netns_mount(&r.header)?;
+    }
+    crate::apply::state::SysctlLog::remove()?;
+    crate::apply::launch::remove_files()?;
+    NodeJournal::remove()?;
+    if let Some(r) = &record {
         if !quiet {
             say!("{}: stage {} removed ({} steps undone)", hostname(), r.header.options.stage, r.done.len());
         }
@@ -365,12 +358,12 @@ pub async fn down(quiet: bool, in_lab: bool) -> Result<bool> {
         // put back without the record, and the user should know.
         let why = match &unusable {
             Some(e) => format!("{e:#}"),
-            None => format!("there is no record ({} is missing)", crate::state::node_journal_path().display()),
+            None => format!("there is no record ({} is missing)", crate::apply::state::node_journal_path().display()),
         };
         let sysctls = match (in_lab, restored) {
             (true, _) | (false, Some(0)) => String::new(),
-            (false, Some(n)) => format!("; {n} sysctl(s) put back as they were, from {}", crate::state::SysctlLog::describe()),
-            (false, None) => format!("; sysctls cnet set (ip_forward, rp_filter) are left as they are ({} is gone too)", crate::state::SysctlLog::describe()),
+            (false, Some(n)) => format!("; {n} sysctl(s) put back as they were, from {}", crate::apply::state::SysctlLog::describe()),
+            (false, None) => format!("; sysctls cnet set (ip_forward, rp_filter) are left as they are ({} is gone too)", crate::apply::state::SysctlLog::describe()),
         };
         tell!("cnet: {}: {why}; removed what carries cnet's marks instead ({marks}){sysctls}", hostname());
     }
@@ -381,10 +374,6 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
-/// Several errors as one line, each with its causes.
-pub fn join_errors(errors: &[anyhow::Error]) -> String {
-    errors.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("; ")
-}
 
 /// The talk's demo commands for the stage, to try next.
 pub fn print_next_steps(topo: &Topology, node: u32, in_lab: bool) {
@@ -414,10 +403,4 @@ pub fn print_next_steps(topo: &Topology, node: u32, in_lab: bool) {
             say!("  cnet test");
         }
     }
-}
-
-/// Read a container's state with a fresh handle (status, test).
-pub async fn container_snapshot(nl: &Netlink, name: &str) -> Result<crate::status::NsSnapshot> {
-    let h = nl.handle(Some(name)).with_context(|| format!("container {name}"))?;
-    crate::status::snapshot(&h).await
 }

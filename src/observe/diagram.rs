@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 
-use crate::plan::{node_plan, Step};
-use crate::status::NodeStatus;
-use crate::topology::{Ipv4Net, Stage, Topology, UNDERLAY_DEV};
+use crate::model::plan::{node_plan, Step};
+use crate::observe::status::NodeStatus;
+use crate::model::topology::{Ipv4Net, Stage, Topology, UNDERLAY_DEV};
 
 pub struct Iface {
     pub name: String,
@@ -202,7 +202,7 @@ impl Diagram {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::Options;
+    use crate::model::topology::Options;
 
     #[test]
     fn plan_diagram_shows_the_talks_names_and_routes() {
@@ -218,7 +218,7 @@ mod tests {
 
     #[test]
     fn overlay_device_and_routes_follow_the_backend() {
-        use crate::topology::Backend;
+        use crate::model::topology::Backend;
         let text = |b| from_plan(&Topology::new(Options::new(Stage::Overlay).with_backend(b)).unwrap()).text();
         let vxlan = text(Backend::Vxlan);
         for want in ["vxlan0   172.16.0.100/16", "172.16.1.0/24 via 172.16.1.100 dev vxlan0 onlink", "172.16.0.0/16 dev vxlan0"] {

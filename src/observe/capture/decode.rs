@@ -3,7 +3,7 @@
 //! tunnel. No I/O, no allocation beyond the summary, no panics on any input: every read is
 //! bounds-checked and a frame that ends early is reported as a `problem`, not an error.
 //!
-//! See the module documentation of [`crate::capture`] for the line format.
+//! See the module documentation of [`crate::observe::capture`] for the line format.
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -577,8 +577,8 @@ fn tunnel_payload(b: &[u8]) -> Option<(&[u8], &'static str)> {
         return Some((b, ""));
     }
     // cnet's gso wire (--backend udp-gso): magic, virtio_net_hdr, then the packet.
-    if b.starts_with(&crate::tunnel::GSO_MAGIC) {
-        let ip = b.get(crate::tunnel::GSO_FRAME_HDR..)?;
+    if b.starts_with(&crate::model::wire::GSO_MAGIC) {
+        let ip = b.get(crate::model::wire::GSO_FRAME_HDR..)?;
         return looks_like_ip(ip).then_some((ip, ", gso frame"));
     }
     let ip = b.get(4..)?;

@@ -15,10 +15,11 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::netlink::{dump_links, dump_routes, link_view, route_views, Netlink, RouteSpec, ALIAS_PREFIX, CNET_GROUP};
-use crate::process::{cnet_tunnels_here, stop_process, Members};
+use crate::apply::netlink::{dump_links, dump_routes, link_view, route_views, Netlink, ALIAS_PREFIX, CNET_GROUP};
+use crate::model::plan::RouteSpec;
+use crate::apply::process::{cnet_tunnels_here, stop_process, Members};
 use crate::sys::ns;
-use crate::topology::{multi_node_pod_net, Stage, MAX_NODES};
+use crate::model::topology::{multi_node_pod_net, Stage, MAX_NODES};
 
 /// What was found carrying cnet's marks in this network namespace.
 #[derive(Debug, Default)]
@@ -105,11 +106,11 @@ async fn holds_marked_link(path: &Path) -> bool {
 /// back to the value it had; one changed since is left as it is. Returns how many, or None
 /// when that log is gone too.
 pub fn restore_sysctls(errors: &mut Vec<anyhow::Error>) -> Option<usize> {
-    let log = crate::state::SysctlLog::read()?;
+    let log = crate::apply::state::SysctlLog::read()?;
     let mut restored = 0;
     for c in log.iter().rev() {
-        match crate::sysctl::read(&c.key) {
-            Ok(now) if now == c.set && now != c.old => match crate::sysctl::write(&c.key, &c.old) {
+        match crate::apply::sysctl::read(&c.key) {
+            Ok(now) if now == c.set && now != c.old => match crate::apply::sysctl::write(&c.key, &c.old) {
                 Ok(()) => restored += 1,
                 Err(e) => errors.push(e),
             },
@@ -130,7 +131,7 @@ pub async fn remove(nl: &Netlink, marks: &Marks, errors: &mut Vec<anyhow::Error>
     }
     for r in &marks.routes {
         if let Err(e) = nl.del_route(None, r).await {
-            if !crate::netlink::is_gone(&e) {
+            if !crate::apply::netlink::is_gone(&e) {
                 errors.push(e.context(format!("cannot delete the route to {}", r.dst.map_or("default".into(), |d| d.to_string()))));
             }
         }

@@ -190,10 +190,10 @@ impl Backend {
     }
 
     /// The tunnel's datagram framing, for the backends that run cnet's tunnel.
-    pub fn wire(self) -> Option<crate::tunnel::WireFormat> {
+    pub fn wire(self) -> Option<crate::model::wire::WireFormat> {
         match self {
-            Backend::Udp => Some(crate::tunnel::WireFormat::Raw),
-            Backend::UdpGso => Some(crate::tunnel::WireFormat::Gso),
+            Backend::Udp => Some(crate::model::wire::WireFormat::Raw),
+            Backend::UdpGso => Some(crate::model::wire::WireFormat::Gso),
             Backend::Vxlan => None,
         }
     }

@@ -165,7 +165,7 @@ fn udp_tunnel_carries_inner_ip() {
 #[test]
 fn udp_tunnel_gso_frame() {
     // cnet's gso wire: magic, a 10-byte virtio_net_hdr, then the packet
-    let mut payload = crate::tunnel::GSO_MAGIC.to_vec();
+    let mut payload = crate::model::wire::GSO_MAGIC.to_vec();
     payload.extend_from_slice(&[0; 10]);
     payload.extend_from_slice(&inner_ping());
     let outer = ipv4(NODE1, NODE2, 17, 64, &udp(9000, 9000, &payload));

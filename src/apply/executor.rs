@@ -7,12 +7,14 @@ use std::collections::HashSet;
 
 use anyhow::Result;
 
-use crate::netlink::{link_view, Netlink, RouteSpec, ALIAS_PREFIX, CNET_GROUP};
-use crate::plan::{Step, Undo};
-use crate::process::{is_cnet_process, stop_process, Members};
-use crate::state::{Done, SysctlChange, SysctlLog};
+use crate::apply::netlink::{link_view, Netlink, ALIAS_PREFIX, CNET_GROUP};
+use crate::model::plan::RouteSpec;
+use crate::model::plan::{Step, Undo};
+use crate::apply::process::{is_cnet_process, stop_process, Members};
+use crate::apply::state::{Done, SysctlChange, SysctlLog};
 use crate::sys::ns;
-use crate::{sysctl, tunnel};
+use crate::apply::sysctl;
+
 
 pub fn alias(stage: &str) -> String {
     format!("{ALIAS_PREFIX}{stage}")
@@ -100,7 +102,7 @@ pub async fn apply(nl: &Netlink, index: usize, step: &Step, stage: &str) -> Resu
             sysctl::write(key, value)?;
             done.old = Some(old);
         }
-        Step::StartTunnel { dev, local, peers, wire } => done.pid = Some(tunnel::launch::start(dev, *local, peers, *wire).await?),
+        Step::StartTunnel { dev, local, peers, wire } => done.pid = Some(crate::apply::launch::start(dev, *local, peers, *wire).await?),
     }
     Ok(done)
 }
@@ -129,7 +131,7 @@ pub async fn teardown(nl: &Netlink, plan: &[Step], done: &[Done], started_until:
 
     // 1. The tunnel first (it holds tun0): by its recorded pid, or the pid file it left.
     if let Some(local) = undos.iter().find_map(|(u, _)| match u { Undo::StopTunnel { local, .. } => Some(local.to_string()), _ => None }) {
-        let pid = steps.iter().find_map(|(_, d)| d.pid).or_else(tunnel::launch::recorded_pid);
+        let pid = steps.iter().find_map(|(_, d)| d.pid).or_else(crate::apply::launch::recorded_pid);
         // This node's tunnel only: lab nodes share a PID namespace, so a stale or reused
         // pid could name another node's.
         if let Some(pid) = pid.filter(|p| is_cnet_process(*p, &["tunnel", &local])) {
@@ -137,7 +139,7 @@ pub async fn teardown(nl: &Netlink, plan: &[Step], done: &[Done], started_until:
                 errors.push(e.context("cannot stop the tunnel"));
             }
         }
-        if let Err(e) = tunnel::launch::remove_files() {
+        if let Err(e) = crate::apply::launch::remove_files() {
             errors.push(e);
         }
     }
@@ -147,7 +149,7 @@ pub async fn teardown(nl: &Netlink, plan: &[Step], done: &[Done], started_until:
     for (u, _) in undos.iter().rev() {
         if let Undo::DeleteRoute { route, added_by } = u {
             if let Err(e) = nl.del_route(None, route).await {
-                if !crate::netlink::is_gone(&e) {
+                if !crate::apply::netlink::is_gone(&e) {
                     errors.push(e.context(format!("cannot delete the route {}", added_by.command())));
                 }
             }
@@ -187,6 +189,14 @@ pub async fn teardown(nl: &Netlink, plan: &[Step], done: &[Done], started_until:
         if !path.exists() {
             continue;
         }
+        // An empty file where the namespace was bound: a deletion cut short between unmount
+        // and unlink (a killed `down`). Nothing lives there any more; finish the job.
+        if ns::is_dead_ns_file(&path) {
+            if let Err(e) = ns::delete_ns_file(&path) {
+                errors.push(e);
+            }
+            continue;
+        }
         if id.is_some() && ns::ns_id(&path) != id {
             tracing::warn!("the namespace now named '{name}' is not the one cnet made: left alone");
             continue;
@@ -217,7 +227,7 @@ async fn delete_links(nl: &Netlink, created: &HashSet<&str>, stage: &str, errors
     };
     // cnet's: in its group (set atomically at creation), with this stage's alias or none yet
     // (an interrupted `up` may not have set it).
-    let ours = |l: &crate::netlink::LinkView| l.group == CNET_GROUP && l.alias.as_deref().is_none_or(|a| a == tag);
+    let ours = |l: &crate::apply::netlink::LinkView| l.group == CNET_GROUP && l.alias.as_deref().is_none_or(|a| a == tag);
     let in_group: Vec<_> = links.iter().filter(|l| l.group == CNET_GROUP).collect();
     if !in_group.is_empty() && in_group.iter().all(|l| created.contains(l.name.as_str()) && ours(l)) {
         if let Err(e) = nl.del_cnet_group().await {
@@ -232,7 +242,7 @@ async fn delete_links(nl: &Netlink, created: &HashSet<&str>, stage: &str, errors
         }
         // Each failure is reported, and the other links still go.
         match nl.del_link(&l.name).await {
-            Err(e) if !crate::netlink::is_gone(&e) => errors.push(e.context(format!("cannot delete {}", l.name))),
+            Err(e) if !crate::apply::netlink::is_gone(&e) => errors.push(e.context(format!("cannot delete {}", l.name))),
             _ => {}
         }
     }
