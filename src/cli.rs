@@ -1,16 +1,23 @@
-//! The command line (clap derive only; no logic here).
+//! The command line: clap's derive, and the value parsers that turn its words into the
+//! model's types (no other logic here).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::model::topology::{Backend, Ipv4Net, Stage};
+use crate::model::topology::{Backend, Ipv4Net, Stage, TUNNEL_PORT};
+use crate::model::wire::WireFormat;
+use crate::tunnel::Peer;
 
 #[derive(Parser, Debug)]
-#[command(name = "cnet", version, about = "Build the topologies of \"Container Networking From Scratch\" (KubeCon 2018), step by step",
+#[command(
+    name = "cnet",
+    version,
+    about = "Build the topologies of \"Container Networking From Scratch\" (KubeCon 2018), step by step",
     long_about = "Build the topologies of the talk \"Container Networking From Scratch\" step by step, in a lab of \
-VM-like nodes made of namespaces (default) or on the machine itself (--host).\n\nStages: namespace (1), single-node (2), multi-node (3), overlay (4).")]
+VM-like nodes made of namespaces (default) or on the machine itself (--host).\n\nStages: namespace (1), single-node (2), multi-node (3), overlay (4)."
+)]
 pub struct Cli {
     /// More detail on stderr (-v, -vv).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -54,6 +61,10 @@ pub enum Command {
     Capture(CaptureArgs),
     /// Draw a stage's topology: live state when it is up, the plan otherwise.
     Diagram(DiagramArgs),
+    /// Print a shell completion script: `cnet completions bash > /etc/bash_completion.d/cnet`.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff): `cnet man | man -l -`.
+    Man,
     /// (internal) Hold new namespaces until stdin closes.
     #[command(name = "__hold", hide = true)]
     Hold,
@@ -187,12 +198,12 @@ pub struct TunnelArgs {
     #[arg(long, default_value = "tun0")]
     pub dev: String,
     /// Local UDP address to bind, e.g. 10.0.0.10:9000 (the port defaults to 9000).
-    #[arg(long)]
-    pub local: String,
+    #[arg(long, value_parser = parse_endpoint)]
+    pub local: SocketAddrV4,
     /// A peer and the pod subnet(s) it owns: 10.0.0.20:9000=172.16.1.0/24 (repeat; the
     /// port defaults to 9000).
-    #[arg(long = "peer", required = true)]
-    pub peers: Vec<String>,
+    #[arg(long = "peer", required = true, value_parser = parse_peer)]
+    pub peers: Vec<Peer>,
     /// Write counters (JSON) here about once a second.
     #[arg(long)]
     pub stats: Option<PathBuf>,
@@ -203,8 +214,8 @@ pub struct TunnelArgs {
     /// packet-info header first, as the talk's socat sends without `iff-no-pi`); both are
     /// accepted on receive. `gso` (cnet to cnet, over an underlay that carries 64 KB
     /// datagrams): TCP super-packets cross whole, not cut into MTU-sized packets.
-    #[arg(long, default_value = "raw")]
-    pub wire: String,
+    #[arg(long, default_value = "raw", value_parser = parse_wire)]
+    pub wire: WireFormat,
     /// (internal, for `cnet up`) Stdin is a socket to the starter: wait for its go-ahead
     /// there before touching anything (so the starter has recorded our pid first), say
     /// "ready" there once attached and bound, and attach only to an existing device.
@@ -232,6 +243,12 @@ pub struct CaptureArgs {
     pub only: Option<String>,
 }
 
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    pub shell: clap_complete::Shell,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum DiagramFormat {
     Text,
@@ -244,4 +261,27 @@ pub struct DiagramArgs {
     pub stage: Option<Stage>,
     #[arg(long, value_enum, default_value_t = DiagramFormat::Text)]
     pub format: DiagramFormat,
+}
+
+/// `10.0.0.20:9000` or `10.0.0.20` (the talk's port 9000).
+fn parse_endpoint(s: &str) -> Result<SocketAddrV4, String> {
+    s.parse()
+        .or_else(|_| s.parse().map(|ip| SocketAddrV4::new(ip, TUNNEL_PORT)))
+        .map_err(|_| format!("'{s}' is not an IPv4 address with an optional :port, such as 10.0.0.10:9000"))
+}
+
+/// `10.0.0.20:9000=172.16.1.0/24[,172.16.9.0/24]`
+fn parse_peer(s: &str) -> Result<Peer, String> {
+    let (addr, nets) =
+        s.split_once('=').ok_or_else(|| format!("'{s}': give ADDR:PORT=SUBNET/LEN, such as 10.0.0.20:9000=172.16.1.0/24"))?;
+    let addr = parse_endpoint(addr)?;
+    let subnets = nets
+        .split(',')
+        .map(|n| n.parse::<Ipv4Net>().map(|n| (n.trunc().addr, n.prefix)).map_err(|e| format!("{e:#}")))
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Peer { addr, subnets })
+}
+
+fn parse_wire(s: &str) -> Result<WireFormat, String> {
+    s.parse().map_err(|e: anyhow::Error| format!("{e:#}"))
 }

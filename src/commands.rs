@@ -4,22 +4,24 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 
-use crate::observe::check::{self, NodeChecks};
+use crate::apply::netlink::Netlink;
+use crate::apply::state::NodeJournal;
 use crate::cli::*;
 use crate::error::Failure;
-use crate::run::lab::{self, Verbosity};
-use crate::apply::netlink::Netlink;
-use crate::run::node::{self, NodeRequest, Pace, NETNS_DIR};
 use crate::model::plan::node_plan;
-use crate::apply::state::NodeJournal;
-use crate::observe::status::{self, NodeStatus};
 use crate::model::topology::{Options, Topology};
+use crate::observe::check::{self, NodeChecks};
+use crate::observe::status::{self, NodeStatus};
+use crate::run::lab::{self, Verbosity};
+use crate::run::node::{self, NETNS_DIR, NodeRequest, Pace};
 
 pub fn require_admin() -> Result<()> {
     if !crate::sys::ns::has_admin_caps() {
-        return Err(Failure::environment("cnet needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to build namespaces and links: run it with sudo"));
+        return Err(Failure::environment(
+            "cnet needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to build namespaces and links: run it with sudo",
+        ));
     }
     Ok(())
 }
@@ -53,8 +55,15 @@ pub fn up(a: &UpArgs) -> Result<()> {
     }
     let rt = runtime()?;
     if a.host {
-        let req = NodeRequest { options: opts, node: a.node, underlay: a.underlay.clone(), peers: a.peers.clone(), in_lab: a.in_lab };
-        let pace = if a.quiet { Pace::Quiet } else if a.step { Pace::Step } else { Pace::Run };
+        let req =
+            NodeRequest { options: opts, node: a.node, underlay: a.underlay.clone(), peers: a.peers.clone(), in_lab: a.in_lab };
+        let pace = if a.quiet {
+            Pace::Quiet
+        } else if a.step {
+            Pace::Step
+        } else {
+            Pace::Run
+        };
         let _lock = lock()?;
         let result = rt.block_on(interruptible(node::up(&req, pace), || node::down(true, a.in_lab)));
         // Not a plain drop: that would wait for a `--step` prompt's read of stdin, which
@@ -62,12 +71,21 @@ pub fn up(a: &UpArgs) -> Result<()> {
         rt.shutdown_background();
         result
     } else {
-        let v = if a.quiet { Verbosity::Quiet } else if a.step { Verbosity::Interactive } else { Verbosity::Steps };
+        let v = if a.quiet {
+            Verbosity::Quiet
+        } else if a.step {
+            Verbosity::Interactive
+        } else {
+            Verbosity::Steps
+        };
         let _lock = lock()?;
         rt.block_on(interruptible(lab::up(&opts, v), || lab::down(true)))?;
         if !a.quiet {
-            say!("\nThe lab is up: stage {} on {} node(s). Enter a node with `cnet shell node1`; check it with `cnet test`; remove it with `cnet down`.",
-                topo.stage(), topo.nodes.len());
+            say!(
+                "\nThe lab is up: stage {} on {} node(s). Enter a node with `cnet shell node1`; check it with `cnet test`; remove it with `cnet down`.",
+                topo.stage(),
+                topo.nodes.len()
+            );
         }
         Ok(())
     }
@@ -82,8 +100,8 @@ where
     F: std::future::Future<Output = Result<bool>>,
 {
     // Registered before `up` takes its first step, so that no Ctrl-C is missed.
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .context("cannot catch Ctrl-C")?;
+    let mut interrupt =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).context("cannot catch Ctrl-C")?;
     tokio::select! {
         r = up => r,
         _ = interrupt.recv() => {
@@ -98,10 +116,10 @@ where
 
 /// One cnet command at a time changes the machine: the lock is taken on /run/cnet itself,
 /// so that no lock file is left behind. A second command waits, and says so.
-fn lock() -> Result<std::fs::File> {
+fn lock() -> Result<nix::fcntl::Flock<std::fs::File>> {
     let dir = crate::apply::state::run_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    crate::sys::ns::lock_file(&dir, || tell!("cnet: waiting for another cnet command to finish..."))
+    crate::sys::process::lock_file(&dir, || tell!("cnet: waiting for another cnet command to finish..."))
 }
 
 pub fn down(a: &DownArgs) -> Result<()> {
@@ -125,14 +143,19 @@ pub fn collect_statuses(host: bool) -> Result<Vec<NodeStatus>> {
             if !status.success() {
                 bail!("node{i}: cnet status ended with {status} without saying why");
             }
-            let mut list: Vec<NodeStatus> = serde_json::from_slice(&stdout).with_context(|| format!("node{i} answered no status"))?;
+            let mut list: Vec<NodeStatus> =
+                serde_json::from_slice(&stdout).with_context(|| format!("node{i} answered no status"))?;
             v.append(&mut list);
         }
         Ok(v)
     } else {
         let rt = runtime()?;
         let status = rt.block_on(status::node_status()).map_err(|e| {
-            if crate::apply::state::is_unusable(&e) { anyhow!("{e:#}: run `cnet down` to remove what carries cnet's marks") } else { e }
+            if crate::apply::state::is_unusable(&e) {
+                anyhow!("{e:#}: run `cnet down` to remove what carries cnet's marks")
+            } else {
+                e
+            }
         })?;
         if status.is_none() {
             // No record: say so if cnet's marks are here all the same.
@@ -156,7 +179,7 @@ pub fn status(a: &StatusArgs) -> Result<()> {
     } else if statuses.is_empty() {
         println!("nothing is up");
     } else {
-        let busy = crate::sys::ns::is_locked(&crate::apply::state::run_dir());
+        let busy = crate::sys::process::is_locked(&crate::apply::state::run_dir());
         if !a.host {
             if let Some(s) = crate::apply::state::LabState::read()? {
                 let note = match (s.complete, busy) {
@@ -236,7 +259,9 @@ async fn host_topology(a: &TestArgs) -> Result<(Topology, u32)> {
         return Ok((r.header.topology()?, r.header.node));
     }
     let Some(stage) = a.stage else {
-        bail!("nothing is up: start a stage with `cnet up <stage>`, or check a machine built another way with `cnet test --host <stage>`")
+        bail!(
+            "nothing is up: start a stage with `cnet up <stage>`, or check a machine built another way with `cnet test --host <stage>`"
+        )
     };
     let options = Options::new(stage).with_backend(a.backend);
     let req = NodeRequest { options, node: a.node, underlay: None, peers: Vec::new(), in_lab: false };
@@ -339,34 +364,27 @@ pub fn diagram(a: &DiagramArgs) -> Result<()> {
 /// `cnet tunnel`: the data plane in the foreground until SIGINT/SIGTERM.
 pub fn tunnel(a: &TunnelArgs) -> Result<()> {
     require_admin()?;
-    let peers = a.peers.iter().map(|p| parse_peer(p)).collect::<Result<Vec<_>>>()?;
     let cfg = crate::tunnel::TunnelConfig {
         dev: a.dev.clone(),
-        local: parse_endpoint(&a.local).map_err(|_| anyhow!("--local {}: not an IPv4 address (with an optional :port)", a.local))?,
-        peers,
+        local: a.local,
+        peers: a.peers.clone(),
         stats_path: a.stats.clone(),
         offload: if a.no_offload { crate::tunnel::OffloadMode::Off } else { crate::tunnel::OffloadMode::Auto },
-        wire: a.wire.parse()?,
+        wire: a.wire,
         handshake: a.handshake,
     };
     crate::tunnel::run(&cfg)
 }
 
-/// `10.0.0.20:9000` or `10.0.0.20` (the talk's port 9000).
-fn parse_endpoint(s: &str) -> Result<std::net::SocketAddrV4> {
-    match s.parse() {
-        Ok(a) => Ok(a),
-        Err(_) => Ok(std::net::SocketAddrV4::new(s.parse()?, crate::model::topology::TUNNEL_PORT)),
-    }
+/// `cnet completions SHELL`: clap_complete's script for the whole command line.
+pub fn completions(a: &CompletionsArgs) -> Result<()> {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(a.shell, &mut cmd, "cnet", &mut std::io::stdout());
+    Ok(())
 }
 
-/// `10.0.0.20:9000=172.16.1.0/24[,172.16.9.0/24]`
-fn parse_peer(s: &str) -> Result<crate::tunnel::Peer> {
-    let (addr, nets) = s.split_once('=').ok_or_else(|| anyhow!("--peer {s}: give ADDR:PORT=SUBNET/LEN, e.g. 10.0.0.20:9000=172.16.1.0/24"))?;
-    let addr = parse_endpoint(addr).map_err(|_| anyhow!("--peer {s}: '{addr}' is not an IPv4 address (with an optional :port)"))?;
-    let subnets = nets
-        .split(',')
-        .map(|n| n.parse::<crate::model::topology::Ipv4Net>().map(|n| (n.trunc().addr, n.prefix)))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(crate::tunnel::Peer { addr, subnets })
+/// `cnet man`: the manual page, from the same definitions as `--help`.
+pub fn man() -> Result<()> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).context("cannot write the manual page")
 }

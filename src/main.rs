@@ -18,17 +18,17 @@ macro_rules! tell {
 }
 
 // From the ground up: each layer uses only those listed before it.
-mod checksum;
-mod error;
-mod out;
-mod sys;
-mod model;
-mod tunnel;
 mod apply;
-mod run;
-mod observe;
+mod checksum;
 mod cli;
 mod commands;
+mod error;
+mod model;
+mod observe;
+mod out;
+mod run;
+mod sys;
+mod tunnel;
 
 use std::process::ExitCode;
 
@@ -69,7 +69,11 @@ fn run() -> ExitCode {
         }
     };
     out::init(out::Settings { verbose: cli.verbose, color });
-    let level = match cli.verbose { 0 => "warn", 1 => "info", _ => "debug" };
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CNET_LOG").unwrap_or_else(|_| level.into()))
         .with_writer(|| QuietStderr)
@@ -93,6 +97,8 @@ fn run() -> ExitCode {
         Command::Diagram(a) => commands::diagram(a),
         Command::Tunnel(a) => commands::tunnel(a),
         Command::Hold => commands::hold(),
+        Command::Completions(a) => commands::completions(a),
+        Command::Man => commands::man(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,7 +112,6 @@ fn run() -> ExitCode {
         }
     }
 }
-
 
 /// stderr for log lines, where a closed stderr is not an error: tracing-subscriber reports
 /// a failed write with `eprintln!`, which panics on a closed pipe (`cnet up 2>&1 | head`).

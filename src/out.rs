@@ -35,3 +35,13 @@ pub fn print_step(i: usize, total: usize, why: &str, command: &str) {
     say!("[{:>w$}/{total}] {why}", i + 1);
     say!("{:w$}    $ {command}", "", w = 2 * w + 1);
 }
+
+/// `text` in green (good) or red (bad) when colour is on, as it is.
+pub fn verdict(text: &str, good: bool) -> String {
+    use clap::builder::styling::{AnsiColor, Style};
+    if !settings().color {
+        return text.to_string();
+    }
+    let style = Style::new().fg_color(Some(if good { AnsiColor::Green } else { AnsiColor::Red }.into())).bold();
+    format!("{}{text}{}", style.render(), style.render_reset())
+}

@@ -5,15 +5,15 @@ mod common;
 use common::*;
 
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn stage1_namespace_lab() {
-    if !privileged() {
-        return;
-    }
-    let r = sandbox(&format!(r#"
+    require_root();
+    let r = sandbox(&format!(
+        r#"
 mark up
 cnet up namespace
 mark test
-cnet test
+cnet test --json
 mark hostname
 cnet exec node1 -- hostname
 mark netns
@@ -26,15 +26,22 @@ mark route
 cnet exec node1 -- ip route
 mark down
 cnet down
-{LEFTOVERS}"#));
+{LEFTOVERS}"#
+    ));
     r.ok();
     // `up` prints each step as the talk's script did: the explanation, then the command.
     let up = r.section("up");
-    for want in ["== node1 (1-network-namespace): 10.0.0.10/24 ==", "[1/8] Create the network namespace 'con'", "$ ip netns add con",
-        "$ ip link add veth1 type veth peer name veth2 netns con", "$ ip -n con route add default via 172.16.0.1 dev veth2", "Try this next:"] {
+    for want in [
+        "== node1 (1-network-namespace): 10.0.0.10/24 ==",
+        "[1/8] Create the network namespace 'con'",
+        "$ ip netns add con",
+        "$ ip link add veth1 type veth peer name veth2 netns con",
+        "$ ip -n con route add default via 172.16.0.1 dev veth2",
+        "Try this next:",
+    ] {
         assert!(up.contains(want), "missing {want:?} in:\n{up}");
     }
-    assert!(r.section("test").contains("4/4 checks passed"), "{}", r.stdout);
+    assert!(Checks::parse(&r.section("test")).all_passed(4), "{}", r.stdout);
     assert_eq!(r.section("hostname").trim(), "1-network-namespace");
     assert!(r.section("netns").starts_with("con"), "{}", r.section("netns"));
     assert_eq!(ping_ttls(&r.section("ping-node")), vec![64]);
@@ -45,12 +52,12 @@ cnet down
 }
 
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn stage1_http_demo_and_down_stops_the_server() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     // The talk's demo: a web server inside `con`, fetched from the node.
-    let r = sandbox(&format!(r#"
+    let r = sandbox(&format!(
+        r#"
 cnet up 1 -q
 cnet exec node1 -- sh -c 'ip netns exec con python3 -m http.server 8000 >/dev/null 2>&1 & echo $! > $T/server.pid'
 i=0; until cnet exec node1 -- python3 -c 'import urllib.request; print(urllib.request.urlopen("http://172.16.0.1:8000/").status)' 2>/dev/null; do i=$((i+1)); [ $i -lt 50 ] || exit 1; sleep 0.1; done
@@ -62,7 +69,8 @@ case $(state) in Z|gone) echo "server not running" ;; *) echo "server running" ;
 cnet down -q
 mark server
 case $(state) in Z|gone) echo "server stopped" ;; *) echo "server still running" ;; esac
-{LEFTOVERS}"#));
+{LEFTOVERS}"#
+    ));
     r.ok();
     assert!(r.stdout.starts_with("200"), "{}", r.stdout);
     // The match is shown to find the server before `down`, so its absence after means something.
@@ -72,14 +80,14 @@ case $(state) in Z|gone) echo "server stopped" ;; *) echo "server still running"
 }
 
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn stage2_single_node_lab() {
-    if !privileged() {
-        return;
-    }
-    let r = sandbox(&format!(r#"
+    require_root();
+    let r = sandbox(&format!(
+        r#"
 cnet up single-node > /dev/null
 mark test
-cnet test
+cnet test --json
 mark json
 cnet test --json
 mark netns
@@ -104,9 +112,10 @@ mark down
 cnet down
 mark down-again
 cnet down
-{LEFTOVERS}"#));
+{LEFTOVERS}"#
+    ));
     r.ok();
-    assert!(r.section("test").contains("12/12 checks passed"), "{}", r.stdout);
+    assert!(Checks::parse(&r.section("test")).all_passed(12), "{}", r.stdout);
     let json: serde_json::Value = serde_json::from_str(&r.section("json")).unwrap();
     assert_eq!(json[0]["results"].as_array().unwrap().len(), 12);
     let netns = r.section("netns");
@@ -130,27 +139,28 @@ cnet down
 }
 
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn twenty_up_down_cycles() {
-    if !privileged() {
-        return;
-    }
-    let r = sandbox(&format!(r#"
+    require_root();
+    let r = sandbox(&format!(
+        r#"
 i=0
 while [ $i -lt 20 ]; do cnet up 2 -q; cnet down -q; i=$((i+1)); done
 echo cycles=$i
-{LEFTOVERS}"#));
+{LEFTOVERS}"#
+    ));
     r.ok();
     assert!(r.stdout.contains("cycles=20"));
     assert_nothing_left(&r);
 }
 
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn step_mode_waits_for_enter_in_the_lab() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     // `--step`: each step shown, then nothing happens until Enter.
-    let r = sandbox(&format!(r#"
+    let r = sandbox(&format!(
+        r#"
 mkfifo $T/keys
 cnet up namespace --step < $T/keys > $T/out 2>&1 &
 exec 3> $T/keys
@@ -165,22 +175,27 @@ wait
 mark done
 cnet status | head -3
 cnet down -q
-{LEFTOVERS}"#));
+{LEFTOVERS}"#
+    ));
     r.ok();
     let after_two = r.section("after-two");
-    assert_eq!(after_two.split_whitespace().collect::<Vec<_>>(), ["3", "1"], "two Enters run two steps and show the third: {after_two}");
+    assert_eq!(
+        after_two.split_whitespace().collect::<Vec<_>>(),
+        ["3", "1"],
+        "two Enters run two steps and show the third: {after_two}"
+    );
     assert!(r.section("done").contains("matches the plan (8/8 steps verified)"), "{}", r.section("done"));
     assert_nothing_left(&r);
 }
 
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn up_with_its_output_closed_still_builds_everything() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     // Nobody reads `up`'s output (stdout, then stderr too with debug logging on): every
     // write fails, and `up` must neither die half-way nor leave a mess.
-    let r = sandbox(&format!(r#"
+    let r = sandbox(&format!(
+        r#"
 {{ cnet up multi-node; echo $? > $T/code1; }} | (exec 0<&-)
 mark status1
 cat $T/code1
@@ -191,7 +206,8 @@ mark status2
 cat $T/code2
 cnet status
 cnet down -q
-{LEFTOVERS}"#));
+{LEFTOVERS}"#
+    ));
     r.ok();
     for s in ["status1", "status2"] {
         let st = r.section(s);

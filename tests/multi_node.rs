@@ -6,10 +6,11 @@ use common::*;
 /// The talk's 24 checks on each node, with the system `ping` inside the nodes and their
 /// containers, and cnet's own `cnet test`; then `down` leaves nothing.
 fn lab_stage(args: &str, overlay_dev: Option<&str>) {
-    let r = sandbox(&format!(r#"
+    let r = sandbox(&format!(
+        r#"
 cnet up {args} > /dev/null
 mark test
-cnet test
+cnet test --json
 mark con-con
 cnet exec node1 -- ip netns exec con1 ping -c1 -W2 172.16.1.2
 mark node-con
@@ -21,13 +22,14 @@ cnet exec 2 -- ping -c1 -W2 10.0.0.10
 mark routes
 cnet exec node1 -- ip route
 mark status
-cnet status
+cnet status --json
 mark down
 cnet down
-{LEFTOVERS}"#));
+{LEFTOVERS}"#
+    ));
     r.ok();
-    let t = r.section("test");
-    assert!(t.contains("(node1): 24/24 checks passed") && t.contains("(node2): 24/24 checks passed") && t.contains("48/48"), "{t}");
+    let t = Checks::parse(&r.section("test"));
+    assert_eq!(t.nodes, vec![(1, 24, 24), (2, 24, 24)], "{:?}", t.failed);
     assert_eq!(ping_ttls(&r.section("con-con")), vec![62], "two routers: both nodes");
     assert_eq!(ping_ttls(&r.section("node-con")), vec![63]);
     assert_eq!(ping_ttls(&r.section("con-node")), vec![63]);
@@ -40,30 +42,29 @@ cnet down
             assert!(!routes.contains("via 10.0.0.20"), "no static route in stage 4: {routes}");
         }
     }
-    let st = r.section("status");
-    assert_eq!(st.matches("matches the plan").count(), 2, "{st}");
+    assert!(status_matches(&r.section("status")), "{}", r.section("status"));
     assert_nothing_left(&r);
 }
 
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn stage3_multi_node_lab() {
-    if privileged() {
-        lab_stage("multi-node", None);
-    }
+    require_root();
+    lab_stage("multi-node", None);
 }
 
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn stage4_vxlan_lab() {
-    if privileged() {
-        lab_stage("overlay --backend vxlan", Some("vxlan0"));
-    }
+    require_root();
+    lab_stage("overlay --backend vxlan", Some("vxlan0"));
 }
 
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn stage4_udp_tunnel_lab() {
-    if privileged() {
-        lab_stage("overlay", Some("tun0"));
-    }
+    require_root();
+    lab_stage("overlay", Some("tun0"));
 }
 
 /// Two sandboxes playing the talk's VMs, joined by a veth (their enp0s8), each running
@@ -91,7 +92,7 @@ vm() {  # vm INDEX OTHER: one VM's whole session
     fi
     touch $T/ready.'$1'
     i=0; while [ ! -e $T/ready.'$2' ]; do i=$((i+1)); [ $i -lt 1200 ] || { echo "vm'$2' never got ready" >&2; exit 1; }; sleep 0.05; done
-    if [ -n "$SCRIPT" ]; then cnet test --host $ARGS --node '$1' > $T/test.'$1' 2>&1 || true; else cnet test --host > $T/test.'$1' 2>&1 || true; fi
+    if [ -n "$SCRIPT" ]; then cnet test --host $ARGS --node '$1' --json > $T/test.'$1' 2>$T/test.'$1'.err || true; else cnet test --host --json > $T/test.'$1' 2>$T/test.'$1'.err || true; fi
     ip netns exec con1 ping -c1 -W2 172.16.$(( '$2' - 1 )).2 > $T/ping.'$1' 2>&1 || true
     touch $T/tested.'$1'
     i=0; while [ ! -e $T/tested.'$2' ]; do i=$((i+1)); [ $i -lt 1200 ] || { echo "vm'$2' never finished its tests" >&2; exit 1; }; sleep 0.05; done
@@ -121,7 +122,7 @@ fn assert_vms(r: &Run) {
     r.ok();
     for i in ["1", "2"] {
         let t = r.section(&format!("test.{i}"));
-        assert!(t.contains("24/24 checks passed"), "vm{i}:\n{t}\nup:\n{}", r.section(&format!("up.{i}")));
+        assert!(Checks::parse(&t).all_passed(24), "vm{i}:\n{t}\nup:\n{}", r.section(&format!("up.{i}")));
         assert_eq!(ping_ttls(&r.section(&format!("ping.{i}"))), vec![62], "vm{i}");
         assert!(r.section(&format!("down.{i}")).contains("removed"));
         assert!(r.section(&format!("left.{i}")).trim().is_empty(), "vm{i} left: {}", r.section(&format!("left.{i}")));
@@ -129,41 +130,40 @@ fn assert_vms(r: &Run) {
 }
 
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn stage3_on_two_host_vms() {
-    if privileged() {
-        assert_vms(&two_vms("multi-node"));
-    }
+    require_root();
+    assert_vms(&two_vms("multi-node"));
 }
 
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn stage4_vxlan_on_two_host_vms() {
-    if privileged() {
-        assert_vms(&two_vms("overlay --backend vxlan"));
-    }
+    require_root();
+    assert_vms(&two_vms("overlay --backend vxlan"));
 }
 
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn stage4_udp_on_two_host_vms() {
-    if privileged() {
-        assert_vms(&two_vms("overlay"));
-    }
+    require_root();
+    assert_vms(&two_vms("overlay"));
 }
 
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn explain_sh_builds_stages_3_and_4_on_two_vms() {
-    if privileged() {
-        assert_vms(&two_vms_by_script("multi-node"));
-        assert_vms(&two_vms_by_script("overlay --backend vxlan"));
-        // `ip tuntap add dev tun0 mode tun`, then `cnet tunnel ... &` attaching to it.
-        assert_vms(&two_vms_by_script("overlay"));
-    }
+    require_root();
+    assert_vms(&two_vms_by_script("multi-node"));
+    assert_vms(&two_vms_by_script("overlay --backend vxlan"));
+    // `ip tuntap add dev tun0 mode tun`, then `cnet tunnel ... &` attaching to it.
+    assert_vms(&two_vms_by_script("overlay"));
 }
 
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn udp_gso_is_refused_on_an_ethernet_underlay() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     // Real machines' enp0s8 carries 1500 bytes: the 64 KB datagrams could not cross. Both
     // `cnet up` and the script `cnet explain` prints refuse before building anything.
     for (r, says) in [

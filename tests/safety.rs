@@ -22,10 +22,9 @@ fn bad_input_is_refused() {
 }
 
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn not_root_exits_2_with_one_line() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     let o = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
         .arg(cnet_bin())
@@ -39,11 +38,11 @@ fn not_root_exits_2_with_one_line() {
 }
 
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn conflicts_change_nothing() {
-    if !privileged() {
-        return;
-    }
-    let r = sandbox(r#"
+    require_root();
+    let r = sandbox(
+        r#"
 ip link add enp0s8 type veth peer name lan0
 ip addr add 10.0.0.10/24 dev enp0s8
 ip netns add con2
@@ -67,7 +66,8 @@ mark exec-bad
 cnet exec node7 -- true 2>&1 || echo "exit=$?"
 cnet exec node1/con9 -- true 2>&1 || echo "exit=$?"
 cnet down -q
-"#);
+"#,
+    );
     r.ok();
     let n = r.section("netns-conflict");
     assert!(n.contains("'con2' already exists") && !n.contains("up succeeded"), "{n}");
@@ -81,11 +81,11 @@ cnet down -q
 }
 
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn a_second_command_waits_for_the_first() {
-    if !privileged() {
-        return;
-    }
-    let r = sandbox(r#"
+    require_root();
+    let r = sandbox(
+        r#"
 cnet up single-node -q --containers 300 --pod-cidr 172.16.0.0/22 &
 i=0; until [ -e /run/cnet/lab.json ] || [ $i -ge 1000 ]; do i=$((i+1)); sleep 0.005; done   # the first holds the lock now
 mark second
@@ -94,9 +94,15 @@ wait
 mark status
 cnet status | head -3
 cnet down -q
-"#);
+"#,
+    );
     r.ok();
     let second = r.section("second");
-    assert!(second.contains("waiting for another cnet command") && second.contains("already up with stage single-node") && second.contains("exit=1"), "{second}");
+    assert!(
+        second.contains("waiting for another cnet command")
+            && second.contains("already up with stage single-node")
+            && second.contains("exit=1"),
+        "{second}"
+    );
     assert!(r.section("status").contains("matches the plan"), "{}", r.section("status"));
 }

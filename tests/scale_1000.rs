@@ -5,11 +5,11 @@ mod common;
 use common::*;
 
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn a_thousand_containers_pass_cnet_test() {
-    if !privileged() {
-        return;
-    }
-    let r = sandbox(&format!(r#"
+    require_root();
+    let r = sandbox(&format!(
+        r#"
 cnet up single-node --containers 1000 --pod-cidr 172.16.0.0/20 -q
 # 3 s per echo, not 1: the kernel tears down the previous tests' namespaces in the
 # background (RTNL and RCU waits), which once delayed 4 of 2002 replies past 1 s in CI.
@@ -20,7 +20,8 @@ cnet exec node1 -- ip netns list | wc -l
 mark failed
 grep FAIL $T/test.out | head -20 || true
 cnet down -q
-{LEFTOVERS}"#));
+{LEFTOVERS}"#
+    ));
     r.ok();
     let t = r.section("test");
     assert!(t.starts_with("2002/2002 checks passed") && t.contains("\n1000\n"), "{t}\nfailed:\n{}", r.section("failed"));

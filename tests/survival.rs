@@ -24,11 +24,11 @@ fn vm_leftovers() -> String {
 /// the next `up` must work. (Before the tunnel waited for its pid to be recorded, about one
 /// kill in 10-25 left it running.)
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn twenty_kills_of_host_up_overlay_leave_no_orphan() {
-    if !privileged() {
-        return;
-    }
-    let r = sandbox(&format!(r#"{VM}
+    require_root();
+    let r = sandbox(&format!(
+        r#"{VM}
 # How long up takes here, to spread the kills across it (at least 20 ms).
 s=$(date +%s%N); cnet up overlay --host -q; e=$(date +%s%N); cnet down -q
 d=$(( (e - s) / 1000000 + 5 )); [ $d -ge 20 ] || d=20
@@ -45,7 +45,9 @@ done
 mark again
 cnet up overlay --host -q && echo "up works"
 cnet down -q
-{}"#, vm_leftovers()));
+{}"#,
+        vm_leftovers()
+    ));
     r.ok();
     assert_eq!(r.section("kills").trim(), "", "{}", r.stderr);
     assert!(r.section("again").contains("up works"));
@@ -54,11 +56,11 @@ cnet down -q
 
 /// The same abuse for the lab: the lab's record is a file, its nodes' namespaces the marks.
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn kills_of_lab_up_overlay_leave_nothing() {
-    if !privileged() {
-        return;
-    }
-    let r = sandbox(&format!(r#"{CNET_PROCS}
+    require_root();
+    let r = sandbox(&format!(
+        r#"{CNET_PROCS}
 mark kills
 for i in $(seq 10); do
   cnet up overlay -q 2>/dev/null & p=$!
@@ -68,7 +70,9 @@ for i in $(seq 10); do
   left=$(ip -br link | awk '{{print $1}}' | grep -vx lo | tr '\n' ' '; ls -A /run/netns | tr '\n' ' '; ls -A /run/cnet | tr '\n' ' '; cnet_procs)
   [ -z "$(echo $left)" ] || echo "left after kill $i: $left"
 done
-{}"#, LEFTOVERS));
+{}"#,
+        LEFTOVERS
+    ));
     r.ok();
     assert_eq!(r.section("kills").trim(), "", "{}", r.stderr);
     assert_nothing_left(&r);
@@ -78,11 +82,11 @@ done
 /// `down` removes all of it (tunnel, links, namespaces, routes; sysctls put back from their
 /// own log), says so in one line, and the next `up` works. Host mode.
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn host_down_without_an_intact_record() {
-    if !privileged() {
-        return;
-    }
-    let r = sandbox(&format!(r#"{VM}
+    require_root();
+    let r = sandbox(&format!(
+        r#"{VM}
 for damage in deleted truncated garbled '{{}}'; do
   for stage in multi-node overlay; do
     cnet up $stage --host -q
@@ -106,14 +110,19 @@ for damage in deleted truncated garbled '{{}}'; do
     cnet down -q
   done
 done
-{}"#, vm_leftovers()));
+{}"#,
+        vm_leftovers()
+    ));
     r.ok();
     for damage in ["deleted", "truncated", "garbled", "{}"] {
         for stage in ["multi-node", "overlay"] {
             let status = r.section(&format!("status {damage} {stage}"));
             assert!(status.contains("run `cnet down`") && !status.contains("all is well"), "{damage} {stage}: {status}");
             let down = r.section(&format!("down {damage} {stage}"));
-            assert!(down.contains("removed what carries cnet's marks") && down.contains("1 sysctl(s) put back"), "{damage} {stage}: {down}");
+            assert!(
+                down.contains("removed what carries cnet's marks") && down.contains("1 sysctl(s) put back"),
+                "{damage} {stage}: {down}"
+            );
             assert_eq!(down.lines().count(), 1, "{down}");
             let after = r.section(&format!("after {damage} {stage}"));
             assert_eq!(after.trim(), "", "{damage} {stage} left:\n{after}\n{}", r.stderr);
@@ -125,11 +134,11 @@ done
 /// The lab's record (and a node's own) lost or damaged: `down` finds the lab by the
 /// namespaces under /run/cnet/lab and removes every node, tunnels included.
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn lab_down_without_an_intact_record() {
-    if !privileged() {
-        return;
-    }
-    let r = sandbox(&format!(r#"{CNET_PROCS}
+    require_root();
+    let r = sandbox(&format!(
+        r#"{CNET_PROCS}
 for damage in deleted truncated garbled '{{}}' node-records; do
   cnet up overlay -q
   case "$damage" in
@@ -149,7 +158,9 @@ for damage in deleted truncated garbled '{{}}' node-records; do
   cnet up overlay -q || echo "next up failed"
   cnet down -q
 done
-{}"#, LEFTOVERS));
+{}"#,
+        LEFTOVERS
+    ));
     r.ok();
     for damage in ["deleted", "truncated", "garbled", "{}", "node-records"] {
         let up = r.section(&format!("up {damage}"));
@@ -164,11 +175,11 @@ done
 
 /// Pod subnets that cannot work are refused before anything is built: exit 1, one line.
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn unworkable_pod_cidrs_build_nothing() {
-    if !privileged() {
-        return;
-    }
-    let r = sandbox(&format!(r#"{VM}
+    require_root();
+    let r = sandbox(&format!(
+        r#"{VM}
 ip addr add 192.168.5.1/24 dev lan0
 for c in 10.0.0.0/24 10.0.0.0/16 10.0.0.128/25 127.0.0.0/24 224.0.0.0/24 0.0.0.0/0 169.254.0.0/24 192.168.5.0/25; do
   for mode in --host ""; do
@@ -177,9 +188,20 @@ for c in 10.0.0.0/24 10.0.0.0/16 10.0.0.128/25 127.0.0.0/24 224.0.0.0/24 0.0.0.0
     rc=0; cnet up single-node $mode -q --pod-cidr $c 2> $T/err || rc=$?; echo "exit $rc"; cat $T/err
   done
 done
-{}"#, vm_leftovers()));
+{}"#,
+        vm_leftovers()
+    ));
     r.ok();
-    for c in ["10.0.0.0/24", "10.0.0.0/16", "10.0.0.128/25", "127.0.0.0/24", "224.0.0.0/24", "0.0.0.0/0", "169.254.0.0/24", "192.168.5.0/25"] {
+    for c in [
+        "10.0.0.0/24",
+        "10.0.0.0/16",
+        "10.0.0.128/25",
+        "127.0.0.0/24",
+        "224.0.0.0/24",
+        "0.0.0.0/0",
+        "169.254.0.0/24",
+        "192.168.5.0/25",
+    ] {
         for mode in ["--host", ""] {
             if c == "192.168.5.0/25" && mode.is_empty() {
                 continue;

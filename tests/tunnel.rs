@@ -42,11 +42,11 @@ fn drops(status_json: &str) -> serde_json::Value {
 }
 
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn tunnel_drops_counts_and_keeps_forwarding() {
-    if !privileged() {
-        return;
-    }
-    let r = sandbox(&format!(r#"
+    require_root();
+    let r = sandbox(&format!(
+        r#"
 cnet up overlay -q
 cnet exec node1/con1 -- ping -c1 -W2 172.16.1.2 > /dev/null
 cat > $T/inject.py <<'PY'
@@ -67,7 +67,8 @@ mark gso-on-1500
 cnet exec node1 -- cnet tunnel --dev tun9 --local 10.0.0.10:9001 --peer 10.0.0.20:9001=172.16.1.0/24 --wire gso 2>&1 || echo "exit=$?"
 mark down
 cnet down
-{LEFTOVERS}"#));
+{LEFTOVERS}"#
+    ));
     r.ok();
     assert!(r.section("inject").contains("injected"), "{}", r.stderr);
     let d = drops(&r.section("after"));
@@ -85,17 +86,18 @@ cnet down
 }
 
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn bulk_tcp_arrives_intact() {
-    if privileged() {
-        bulk_tcp("");
-    }
+    require_root();
+    bulk_tcp("");
 }
 
 /// 300 MB from con1 on node 1 to con1 on node 2 through the tunnel; SHA-256 on both sides.
 /// Also which framing crossed the underlay: cnet's gso frames, big (super-packets crossing
 /// whole), with `--backend udp-gso`, and none of them on the default wire.
 fn bulk_tcp(backend: &str) {
-    let r = sandbox(&format!(r#"
+    let r = sandbox(&format!(
+        r#"
 cnet up overlay {backend} -q
 # Datagrams in cnet's gso framing (they start with its magic c0 47 53 01) above 20 KB; and,
 # as the control that capture works at all, any above 20 KB (UDP GSO trains qualify too).
@@ -103,18 +105,7 @@ cnet exec node1 -- timeout 20 tcpdump -l -ni enp0s8 -c 3 'udp port 9000 and udp[
 cnet exec node1 -- timeout 20 tcpdump -l -ni enp0s8 -c 3 'udp port 9000 and greater 20000' > $T/any.out 2> $T/any.err &
 wait_for 200 grep -qs listening $T/big.err
 wait_for 200 grep -qs listening $T/any.err
-cat > $T/sink.py <<'PY'
-import hashlib, socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", 7000)); s.listen(1)
-print("listening", flush=True)
-c, _ = s.accept(); h = hashlib.sha256(); n = 0
-while True:
-    b = c.recv(1 << 20)
-    if not b: break
-    h.update(b); n += len(b)
-print(n, h.hexdigest())
-PY
-cat > $T/source.py <<'PY'
+{SINK_PY}cat > $T/source.py <<'PY'
 import hashlib, random, socket
 random.seed(42); block = random.randbytes(1 << 20); h = hashlib.sha256(); n = 0
 c = socket.create_connection(("172.16.1.2", 7000))
@@ -140,11 +131,16 @@ cat $T/big.out
 mark any
 cat $T/any.out
 cnet down -q
-{LEFTOVERS}"#));
+{LEFTOVERS}"#
+    ));
     r.ok();
     let big = r.section("big");
     let any = r.section("any");
-    assert_eq!(any.lines().filter(|l| l.contains("10.0.0.10.9000 > 10.0.0.20.9000: UDP, length")).count(), 3, "capture works: {any}");
+    assert_eq!(
+        any.lines().filter(|l| l.contains("10.0.0.10.9000 > 10.0.0.20.9000: UDP, length")).count(),
+        3,
+        "capture works: {any}"
+    );
     if backend.contains("udp-gso") {
         assert_eq!(big.lines().filter(|l| l.contains("10.0.0.10.9000 > 10.0.0.20.9000: UDP, length")).count(), 3, "{big}");
     } else {
@@ -160,58 +156,48 @@ cnet down -q
 }
 
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn plain_path_is_correct_too() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     // The path the tunnel falls back to where the kernel lacks TUN offloads.
-    let r = sandbox(&format!(r#"
+    let r = sandbox(&format!(
+        r#"
 CNET_TUNNEL_NO_OFFLOAD=1 cnet up overlay -q
 mark status
 cnet status
 mark test
-cnet test
-cat > $T/sink.py <<'PY'
-import hashlib, socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", 7000)); s.listen(1)
-print("listening", flush=True)
-c, _ = s.accept(); h = hashlib.sha256()
-while True:
-    b = c.recv(1 << 20)
-    if not b: break
-    h.update(b)
-print(h.hexdigest())
-PY
-cnet exec node2/con2 -- python3 $T/sink.py > $T/sink.out &
+cnet test --json
+{SINK_PY}cnet exec node2/con2 -- python3 $T/sink.py > $T/sink.out &
 wait_for 200 grep -qs listening $T/sink.out
 mark sent
 cnet exec node1/con2 -- python3 -c '
 import hashlib, random, socket
 random.seed(7); data = random.randbytes(50 << 20)
 c = socket.create_connection(("172.16.1.3", 7000)); c.sendall(data); c.close()
-print(hashlib.sha256(data).hexdigest())'
+print(len(data), hashlib.sha256(data).hexdigest())'
 wait
 mark received
 tail -1 $T/sink.out
 cnet down -q
-{LEFTOVERS}"#));
+{LEFTOVERS}"#
+    ));
     r.ok();
     assert_eq!(r.section("status").matches("data path plain").count(), 2, "{}", r.section("status"));
-    assert!(r.section("test").contains("48/48 checks passed"), "{}", r.section("test"));
+    assert!(Checks::parse(&r.section("test")).all_passed(48), "{}", r.section("test"));
     assert_eq!(r.section("sent").trim(), r.section("received").trim(), "50 MB intact over the plain path");
     assert_nothing_left(&r);
 }
 
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn gso_wire_passes_super_packets_whole() {
-    if !privileged() {
-        return;
-    }
+    require_root();
     // The explicit same-host mode: the lab's cables carry 64 KB, tun0's MTU is 65535 - 42.
-    let r = sandbox(&format!(r#"
+    let r = sandbox(&format!(
+        r#"
 cnet up overlay --backend udp-gso -q
 mark test
-cnet test
+cnet test --json
 mark status
 cnet status
 mark ping
@@ -222,9 +208,10 @@ mark mtu-big
 cnet exec node1 -- ping -c1 -W2 -M do -s 65466 172.16.1.1 2>&1 || echo "exit=$?"
 mark down
 cnet down
-{LEFTOVERS}"#));
+{LEFTOVERS}"#
+    ));
     r.ok();
-    assert!(r.section("test").contains("48/48 checks passed"), "{}", r.section("test"));
+    assert!(Checks::parse(&r.section("test")).all_passed(48), "{}", r.section("test"));
     let st = r.section("status");
     assert_eq!(st.matches("data path offload, gso wire").count(), 2, "{st}");
     assert_eq!(st.matches("tun0       tun     up    mtu 65493").count(), 2, "{st}");
@@ -236,8 +223,8 @@ cnet down
 }
 
 #[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn gso_wire_bulk_tcp_arrives_intact() {
-    if privileged() {
-        bulk_tcp("--backend udp-gso");
-    }
+    require_root();
+    bulk_tcp("--backend udp-gso");
 }

@@ -7,14 +7,13 @@ use std::collections::HashSet;
 
 use anyhow::Result;
 
-use crate::apply::netlink::{link_view, Netlink, ALIAS_PREFIX, CNET_GROUP};
+use crate::apply::netlink::{ALIAS_PREFIX, CNET_GROUP, Netlink, link_view};
+use crate::apply::process::{Members, is_cnet_process, stop_process};
+use crate::apply::state::{Done, SysctlChange, SysctlLog};
+use crate::apply::sysctl;
 use crate::model::plan::RouteSpec;
 use crate::model::plan::{Step, Undo};
-use crate::apply::process::{is_cnet_process, stop_process, Members};
-use crate::apply::state::{Done, SysctlChange, SysctlLog};
 use crate::sys::ns;
-use crate::apply::sysctl;
-
 
 pub fn alias(stage: &str) -> String {
     format!("{ALIAS_PREFIX}{stage}")
@@ -50,11 +49,23 @@ pub async fn apply_batch(nl: &Netlink, steps: &[(usize, &Step)], stage: &str) ->
     if let Some((_, Step::AddNetns { .. })) = steps.first() {
         // Stop at an injected failure (test hook) as at a real one.
         let cut = steps.iter().position(|(i, _)| injected_failure(*i).is_err()).unwrap_or(steps.len());
-        let names: Vec<&str> = steps[..cut].iter().filter_map(|(_, s)| match s { Step::AddNetns { name } => Some(name.as_str()), _ => None }).collect();
-        let mut out: Vec<Result<Done>> = nl.add_netns_many(&names).into_iter().zip(steps)
+        let names: Vec<&str> = steps[..cut]
+            .iter()
+            .filter_map(|(_, s)| match s {
+                Step::AddNetns { name } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut out: Vec<Result<Done>> = nl
+            .add_netns_many(&names)
+            .into_iter()
+            .zip(steps)
             .map(|(r, (i, s))| {
                 r.map(|()| {
-                    let ns = match s { Step::AddNetns { name } => ns::ns_id(&nl.netns_path(name)), _ => None };
+                    let ns = match s {
+                        Step::AddNetns { name } => ns::ns_id(&nl.netns_path(name)),
+                        _ => None,
+                    };
                     Done { step: *i, ns, ..Default::default() }
                 })
             })
@@ -102,7 +113,9 @@ pub async fn apply(nl: &Netlink, index: usize, step: &Step, stage: &str) -> Resu
             sysctl::write(key, value)?;
             done.old = Some(old);
         }
-        Step::StartTunnel { dev, local, peers, wire } => done.pid = Some(crate::apply::launch::start(dev, *local, peers, *wire).await?),
+        Step::StartTunnel { dev, local, peers, wire } => {
+            done.pid = Some(crate::apply::launch::start(dev, *local, peers, *wire).await?)
+        }
     }
     Ok(done)
 }
@@ -115,29 +128,31 @@ pub async fn teardown(nl: &Netlink, plan: &[Step], done: &[Done], started_until:
     let mut errors = Vec::new();
     let recorded: HashSet<usize> = done.iter().map(|d| d.step).collect();
     let steps: Vec<(&Step, &Done)> = done.iter().filter_map(|d| plan.get(d.step).map(|s| (s, d))).collect();
-    let unrecorded: Vec<&Step> = (0..started_until.min(plan.len()))
-        .filter(|i| !recorded.contains(i))
-        .map(|i| &plan[i])
-        .collect();
+    let unrecorded: Vec<&Step> = (0..started_until.min(plan.len())).filter(|i| !recorded.contains(i)).map(|i| &plan[i]).collect();
     let all = || steps.iter().map(|(s, _)| *s).chain(unrecorded.iter().copied());
     let created_list: Vec<&str> = all().filter_map(|s| s.created_link()).collect();
     let created: HashSet<&str> = created_list.iter().copied().collect();
     // What each step takes to undo (plan::Step::undo, the rules `explain --format sh-down`
     // prints too), applied here in the order that is safe rather than strictly reversed.
-    let undos: Vec<(Undo, Option<&Done>)> = steps.iter().filter_map(|(s, d)| s.undo(&created_list).map(|u| (u, Some(*d))))
+    let undos: Vec<(Undo, Option<&Done>)> = steps
+        .iter()
+        .filter_map(|(s, d)| s.undo(&created_list).map(|u| (u, Some(*d))))
         .chain(unrecorded.iter().filter_map(|s| s.undo(&created_list).map(|u| (u, None))))
         .collect();
     let recorded_undos = || undos.iter().filter_map(|(u, d)| d.map(|d| (u, d)));
 
     // 1. The tunnel first (it holds tun0): by its recorded pid, or the pid file it left.
-    if let Some(local) = undos.iter().find_map(|(u, _)| match u { Undo::StopTunnel { local, .. } => Some(local.to_string()), _ => None }) {
+    if let Some(local) = undos.iter().find_map(|(u, _)| match u {
+        Undo::StopTunnel { local, .. } => Some(local.to_string()),
+        _ => None,
+    }) {
         let pid = steps.iter().find_map(|(_, d)| d.pid).or_else(crate::apply::launch::recorded_pid);
         // This node's tunnel only: lab nodes share a PID namespace, so a stale or reused
         // pid could name another node's.
-        if let Some(pid) = pid.filter(|p| is_cnet_process(*p, &["tunnel", &local])) {
-            if let Err(e) = stop_process(pid) {
-                errors.push(e.context("cannot stop the tunnel"));
-            }
+        if let Some(pid) = pid.filter(|p| is_cnet_process(*p, &["tunnel", &local]))
+            && let Err(e) = stop_process(pid)
+        {
+            errors.push(e.context("cannot stop the tunnel"));
         }
         if let Err(e) = crate::apply::launch::remove_files() {
             errors.push(e);
@@ -147,12 +162,11 @@ pub async fn teardown(nl: &Netlink, plan: &[Step], done: &[Done], started_until:
     //    an unrecorded one too (a request in flight when `up` was stopped may still have
     //    been carried out): `up` refused to start if a route to that destination existed.
     for (u, _) in undos.iter().rev() {
-        if let Undo::DeleteRoute { route, added_by } = u {
-            if let Err(e) = nl.del_route(None, route).await {
-                if !crate::apply::netlink::is_gone(&e) {
-                    errors.push(e.context(format!("cannot delete the route {}", added_by.command())));
-                }
-            }
+        if let Undo::DeleteRoute { route, added_by } = u
+            && let Err(e) = nl.del_route(None, route).await
+            && !crate::apply::netlink::is_gone(&e)
+        {
+            errors.push(e.context(format!("cannot delete the route {}", added_by.command())));
         }
     }
     // 3. Sysctls back to what they were — unless someone else changed them since (then
@@ -180,8 +194,12 @@ pub async fn teardown(nl: &Netlink, plan: &[Step], done: &[Done], started_until:
     }
     // 5. Container namespaces — only the very ones cnet made — after stopping what still
     //    runs in them.
-    let netns: Vec<(&str, Option<(u64, u64)>)> = undos.iter()
-        .filter_map(|(u, d)| match u { Undo::DeleteNetns(name) => Some((*name, d.and_then(|d| d.ns))), _ => None })
+    let netns: Vec<(&str, Option<(u64, u64)>)> = undos
+        .iter()
+        .filter_map(|(u, d)| match u {
+            Undo::DeleteNetns(name) => Some((*name, d.and_then(|d| d.ns))),
+            _ => None,
+        })
         .collect();
     let members = if netns.is_empty() { None } else { Some(Members::scan("net")) };
     for (name, id) in netns.into_iter().rev() {

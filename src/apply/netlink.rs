@@ -5,13 +5,14 @@
 //! `down` delete all of them in one request, so the kernel's RCU waits are paid once.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result, anyhow};
 use futures::TryStreamExt;
+use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo,
@@ -19,12 +20,11 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteType};
-use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
-use crate::sys::ns;
 use crate::model::plan::RouteSpec;
 use crate::model::topology::Ipv4Net;
+use crate::sys::ns;
 
 /// The link group of every link cnet creates ("cnet" in ASCII).
 pub const CNET_GROUP: u32 = 0x636e_6574;
@@ -99,13 +99,23 @@ impl Netlink {
     /// Handles for the namespace this process is in, with containers under `netns_dir`.
     pub fn here(netns_dir: &Path) -> Result<Netlink> {
         let fd = ns::open_netlink()?;
-        Ok(Netlink { node: connect(fd), netns_dir: netns_dir.to_path_buf(), containers: Mutex::default(), index: Mutex::default() })
+        Ok(Netlink {
+            node: connect(fd),
+            netns_dir: netns_dir.to_path_buf(),
+            containers: Mutex::default(),
+            index: Mutex::default(),
+        })
     }
 
     /// Handles for the namespace persisted at `ns_path` (a lab node or the lab's switch), with
     /// the namespaces its veth peers go into found under `netns_dir`.
     pub fn at(ns_path: &Path, netns_dir: &Path) -> Result<Netlink> {
-        Ok(Netlink { node: Self::handle_at(ns_path)?, netns_dir: netns_dir.to_path_buf(), containers: Mutex::default(), index: Mutex::default() })
+        Ok(Netlink {
+            node: Self::handle_at(ns_path)?,
+            netns_dir: netns_dir.to_path_buf(),
+            containers: Mutex::default(),
+            index: Mutex::default(),
+        })
     }
 
     /// Like [`Netlink::at`], for a namespace created here and now (its socket already open).
@@ -148,9 +158,12 @@ impl Netlink {
             .zip(made)
             .map(|(name, r)| {
                 let taken = |e: &anyhow::Error| {
-                    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::AlreadyExists))
+                    e.chain().any(|c| {
+                        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::AlreadyExists)
+                    })
                 };
-                let fd = r.map_err(|e| if taken(&e) { anyhow!("a network namespace named '{name}' already exists") } else { e })?;
+                let fd =
+                    r.map_err(|e| if taken(&e) { anyhow!("a network namespace named '{name}' already exists") } else { e })?;
                 self.containers.lock().unwrap().insert(name.to_string(), connect(fd));
                 Ok(())
             })
@@ -216,11 +229,7 @@ impl Netlink {
 
     async fn add_link(&self, msg: LinkMessage, name: &str, alias: &str) -> Result<()> {
         self.node.link().add(msg).execute().await.map_err(|e| {
-            if errno(&e) == Some(libc::EEXIST) {
-                anyhow!("a link named {name} already exists")
-            } else {
-                kernel_error(e)
-            }
+            if errno(&e) == Some(libc::EEXIST) { anyhow!("a link named {name} already exists") } else { kernel_error(e) }
         })?;
         self.mark(name, alias).await
     }
@@ -239,7 +248,8 @@ impl Netlink {
 
     /// Put a link cnet made (a TUN device, say) in cnet's group and give it cnet's alias.
     pub async fn mark(&self, name: &str, alias: &str) -> Result<()> {
-        let msg = self.set_link(None, name)
+        let msg = self
+            .set_link(None, name)
             .link_group(CNET_GROUP)
             .append_extra_attribute(LinkAttribute::IfAlias(alias.to_string()))
             .build();
@@ -287,7 +297,11 @@ impl Netlink {
         let msg = self.route_message(netns, route).await?;
         let h = self.handle(netns)?;
         h.route().add(msg).execute().await.map_err(|e| {
-            if errno(&e) == Some(libc::EEXIST) { anyhow!("a route to {} is already in the table", route.dst_text()) } else { kernel_error(e) }
+            if errno(&e) == Some(libc::EEXIST) {
+                anyhow!("a route to {} is already in the table", route.dst_text())
+            } else {
+                kernel_error(e)
+            }
         })
     }
 
@@ -319,9 +333,9 @@ impl Netlink {
     /// `bridge fdb append 00:00:00:00:00:00 dev DEV dst IP` (NLM_F_APPEND: one all-zero entry
     /// per peer, so broadcast and unknown frames go to every peer).
     pub async fn add_fdb(&self, dev: &str, dst: Ipv4Addr) -> Result<()> {
-        use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
-        use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
+        use netlink_packet_core::{NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
         use netlink_packet_route::RouteNetlinkMessage;
+        use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
         let i = self.link_index(None, dev).await?;
         let mut m = NeighbourMessage::default();
         m.header.family = AddressFamily::Bridge;
@@ -335,10 +349,10 @@ impl Netlink {
         let mut h = self.node.clone();
         let mut resp = h.request(req).map_err(kernel_error)?;
         while let Some(msg) = futures::StreamExt::next(&mut resp).await {
-            if let NetlinkPayload::Error(e) = msg.payload {
-                if e.code.is_some() {
-                    return Err(kernel_error(rtnetlink::Error::NetlinkError(e)));
-                }
+            if let NetlinkPayload::Error(e) = msg.payload
+                && e.code.is_some()
+            {
+                return Err(kernel_error(rtnetlink::Error::NetlinkError(e)));
             }
         }
         Ok(())
@@ -381,10 +395,10 @@ impl Netlink {
             if n.header.state == NeighbourState::Permanent || n.header.state == NeighbourState::Noarp {
                 continue;
             }
-            if let Err(e) = h.neighbours().del(n).execute().await {
-                if errno(&e) != Some(libc::ENOENT) {
-                    return Err(kernel_error(e));
-                }
+            if let Err(e) = h.neighbours().del(n).execute().await
+                && errno(&e) != Some(libc::ENOENT)
+            {
+                return Err(kernel_error(e));
             }
         }
         Ok(())
@@ -488,7 +502,9 @@ pub fn addr_views(msgs: &[AddressMessage]) -> Vec<AddrView> {
     msgs.iter()
         .filter_map(|m| {
             m.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Address(IpAddr::V4(ip)) => Some(AddrView { dev: m.header.index, addr: Ipv4Net::new(*ip, m.header.prefix_len) }),
+                AddressAttribute::Address(IpAddr::V4(ip)) => {
+                    Some(AddrView { dev: m.header.index, addr: Ipv4Net::new(*ip, m.header.prefix_len) })
+                }
                 _ => None,
             })
         })
@@ -516,7 +532,9 @@ pub fn route_views(msgs: &[RouteMessage]) -> Vec<RouteView> {
             let mut r = RouteView { dst: None, via: None, dev: None, by_hand };
             for a in &m.attributes {
                 match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => r.dst = Some(Ipv4Net::new(*ip, m.header.destination_prefix_length)),
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
+                        r.dst = Some(Ipv4Net::new(*ip, m.header.destination_prefix_length))
+                    }
                     RouteAttribute::Gateway(RouteAddress::Inet(ip)) => r.via = Some(*ip),
                     RouteAttribute::Oif(i) => r.dev = Some(*i),
                     _ => {}

@@ -1,14 +1,17 @@
 //! Processes cnet starts or must stop: identity checks, a bounded stop, and finding what
-//! runs inside a namespace. (Signals themselves go through `sys::ns::signal`.)
+//! runs inside a namespace. (Signals and waits themselves go through `sys::process`.)
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
+
+use nix::sys::signal::Signal;
 
 use crate::sys::ns;
+use crate::sys::process::{PidFd, signal};
 
 /// Whether `pid` is still a cnet process whose command line has every one of `words` as an
 /// argument (guards against a recorded pid that the kernel has since given to another
@@ -44,33 +47,22 @@ pub fn cnet_tunnels_here() -> Vec<u32> {
         .collect()
 }
 
-fn gone(pid: u32) -> bool {
-    // A zombie has exited; its parent (not us) reaps it.
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
-        .unwrap_or(true)
-}
-
-/// SIGTERM; after 2 s SIGKILL; an error if it is still there after 5 s (stuck in the
-/// kernel), so that `down` reports it instead of hanging.
+/// SIGTERM; after 2 s SIGKILL; an error if it is still there 3 s after that (stuck in the
+/// kernel), so that `down` reports it instead of hanging. The kernel wakes us when it exits
+/// (pidfd), no polling.
 pub fn stop_process(pid: u32) -> Result<()> {
-    if !ns::signal(pid, libc::SIGTERM) {
+    let Some(pidfd) = PidFd::open(pid)? else { return Ok(()) };
+    if !signal(pid, Signal::SIGTERM) {
         return Ok(());
     }
-    let start = Instant::now();
-    let mut killed = false;
-    while !gone(pid) {
-        let waited = start.elapsed();
-        if waited > Duration::from_secs(5) {
-            bail!("process {pid} did not stop within 5 s of SIGKILL");
-        }
-        if waited > Duration::from_secs(2) && !killed {
-            ns::signal(pid, libc::SIGKILL);
-            killed = true;
-        }
-        std::thread::sleep(Duration::from_millis(2));
+    if pidfd.wait(Duration::from_secs(2))? {
+        return Ok(());
     }
-    Ok(())
+    signal(pid, Signal::SIGKILL);
+    if pidfd.wait(Duration::from_secs(3))? {
+        return Ok(());
+    }
+    bail!("process {pid} did not stop within 3 s of SIGKILL")
 }
 
 /// Which processes are in which namespace of one kind ("net", "mnt"): one pass over /proc,

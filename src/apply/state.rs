@@ -118,7 +118,9 @@ pub struct Done {
 enum Line {
     /// Steps `[from, to)` are about to run: if `up` dies before recording them, `down`
     /// still knows they may exist.
-    Started { started: (usize, usize) },
+    Started {
+        started: (usize, usize),
+    },
     Done(Done),
 }
 
@@ -191,9 +193,16 @@ fn parse_journal(path: &Path, bytes: &[u8]) -> Result<NodeRecord> {
     if first.is_empty() {
         return Err(unusable(path, "it is empty"));
     }
-    let header: NodeHeader = serde_json::from_slice(first).map_err(|e| unusable(path, format!("its header is not a cnet record ({e})")))?;
+    let header: NodeHeader =
+        serde_json::from_slice(first).map_err(|e| unusable(path, format!("its header is not a cnet record ({e})")))?;
     if header.format != RECORD_FORMAT {
-        return Err(unusable(path, format!("it was written by another cnet version (record format {}, this one reads {RECORD_FORMAT})", header.format.max(1))));
+        return Err(unusable(
+            path,
+            format!(
+                "it was written by another cnet version (record format {}, this one reads {RECORD_FORMAT})",
+                header.format.max(1)
+            ),
+        ));
     }
     if header.steps.is_empty() {
         return Err(unusable(path, "it records no steps"));
@@ -247,7 +256,11 @@ impl SysctlLog {
         let mut line = serde_json::to_vec(change)?;
         line.push(b'\n');
         let p = Self::path();
-        OpenOptions::new().create(true).append(true).open(&p).and_then(|mut f| f.write_all(&line))
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .and_then(|mut f| f.write_all(&line))
             .with_context(|| format!("cannot record a sysctl in {}", p.display()))
     }
 
@@ -292,7 +305,9 @@ impl LabState {
     pub fn read() -> Result<Option<LabState>> {
         let p = lab_state_path();
         match fs::read(&p) {
-            Ok(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| unusable(&p, format!("it is not a cnet lab record ({e})")))?)),
+            Ok(b) => {
+                Ok(Some(serde_json::from_slice(&b).map_err(|e| unusable(&p, format!("it is not a cnet lab record ({e})")))?))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
         }
@@ -321,6 +336,9 @@ mod tests {
         let back: Done = serde_json::from_str(r#"{"step":7}"#).unwrap();
         assert_eq!(back, Done { step: 7, ..Default::default() });
         assert!(matches!(serde_json::from_str::<Line>(r#"{"started":[3,9]}"#).unwrap(), Line::Started { started: (3, 9) }));
-        assert!(matches!(serde_json::from_str::<Line>(r#"{"step":4,"ns":[1,2]}"#).unwrap(), Line::Done(Done { step: 4, ns: Some((1, 2)), .. })));
+        assert!(matches!(
+            serde_json::from_str::<Line>(r#"{"step":4,"ns":[1,2]}"#).unwrap(),
+            Line::Done(Done { step: 4, ns: Some((1, 2)), .. })
+        ));
     }
 }

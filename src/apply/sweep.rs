@@ -15,11 +15,11 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::apply::netlink::{dump_links, dump_routes, link_view, route_views, Netlink, ALIAS_PREFIX, CNET_GROUP};
+use crate::apply::netlink::{ALIAS_PREFIX, CNET_GROUP, Netlink, dump_links, dump_routes, link_view, route_views};
+use crate::apply::process::{Members, cnet_tunnels_here, stop_process};
 use crate::model::plan::RouteSpec;
-use crate::apply::process::{cnet_tunnels_here, stop_process, Members};
+use crate::model::topology::{MAX_NODES, Stage, multi_node_pod_net};
 use crate::sys::ns;
-use crate::model::topology::{multi_node_pod_net, Stage, MAX_NODES};
 
 /// What was found carrying cnet's marks in this network namespace.
 #[derive(Debug, Default)]
@@ -64,7 +64,8 @@ impl fmt::Display for Marks {
 pub async fn survey(nl: &Netlink, netns_dir: &Path, known: &HashSet<String>, infer_routes: bool) -> Result<Marks> {
     let links: Vec<_> = dump_links(&nl.node_handle()).await?.iter().map(link_view).collect();
     let ours: Vec<_> = links.iter().filter(|l| l.group == CNET_GROUP).collect();
-    let mut marks = Marks { tunnels: cnet_tunnels_here(), links: ours.iter().map(|l| l.name.clone()).collect(), ..Marks::default() };
+    let mut marks =
+        Marks { tunnels: cnet_tunnels_here(), links: ours.iter().map(|l| l.name.clone()).collect(), ..Marks::default() };
     if let Ok(dir) = std::fs::read_dir(netns_dir) {
         for entry in dir.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -84,10 +85,12 @@ pub async fn survey(nl: &Netlink, netns_dir: &Path, known: &HashSet<String>, inf
         let pod_nets: Vec<_> = (1..=MAX_NODES).map(multi_node_pod_net).collect();
         for r in route_views(&dump_routes(&nl.node_handle()).await?) {
             let (Some(dst), Some(via), Some(dev)) = (r.dst, r.via, r.dev) else { continue };
-            if r.by_hand && pod_nets.contains(&dst) && !own.contains(&dev) {
-                if let Some(dev) = name_of(dev) {
-                    marks.routes.push(RouteSpec { dst: Some(dst), via: Some(via), dev, onlink: false });
-                }
+            if r.by_hand
+                && pod_nets.contains(&dst)
+                && !own.contains(&dev)
+                && let Some(dev) = name_of(dev)
+            {
+                marks.routes.push(RouteSpec { dst: Some(dst), via: Some(via), dev, onlink: false });
             }
         }
     }
@@ -130,16 +133,16 @@ pub async fn remove(nl: &Netlink, marks: &Marks, errors: &mut Vec<anyhow::Error>
         }
     }
     for r in &marks.routes {
-        if let Err(e) = nl.del_route(None, r).await {
-            if !crate::apply::netlink::is_gone(&e) {
-                errors.push(e.context(format!("cannot delete the route to {}", r.dst.map_or("default".into(), |d| d.to_string()))));
-            }
+        if let Err(e) = nl.del_route(None, r).await
+            && !crate::apply::netlink::is_gone(&e)
+        {
+            errors.push(e.context(format!("cannot delete the route to {}", r.dst.map_or("default".into(), |d| d.to_string()))));
         }
     }
-    if !marks.links.is_empty() {
-        if let Err(e) = nl.del_cnet_group().await {
-            errors.push(e.context("cannot delete cnet's links"));
-        }
+    if !marks.links.is_empty()
+        && let Err(e) = nl.del_cnet_group().await
+    {
+        errors.push(e.context("cannot delete cnet's links"));
     }
     if !marks.namespaces.is_empty() {
         let members = Members::scan("net");

@@ -9,8 +9,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::topology::{Backend, Ipv4Net, Node, Stage, TUNNEL_PORT, Topology, VXLAN_PORT, VXLAN_VNI};
 use crate::model::wire::WireFormat;
-use crate::model::topology::{Backend, Ipv4Net, Node, Stage, Topology, TUNNEL_PORT, VXLAN_PORT, VXLAN_VNI};
 
 /// Where a step runs: the node itself, or inside one of its containers (a named netns).
 pub type Netns = Option<String>;
@@ -18,27 +18,75 @@ pub type Netns = Option<String>;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Step {
-    AddNetns { name: String },
+    AddNetns {
+        name: String,
+    },
     /// A veth pair whose peer is created straight inside `peer_netns`.
-    AddVeth { name: String, peer: String, peer_netns: String },
-    AddBridge { name: String },
+    AddVeth {
+        name: String,
+        peer: String,
+        peer_netns: String,
+    },
+    AddBridge {
+        name: String,
+    },
     /// A persistent TUN device, attached to later by the tunnel process.
-    AddTun { name: String },
-    AddVxlan { name: String, vni: u32, local: Ipv4Addr, underlay: String, port: u16 },
+    AddTun {
+        name: String,
+    },
+    AddVxlan {
+        name: String,
+        vni: u32,
+        local: Ipv4Addr,
+        underlay: String,
+        port: u16,
+    },
     /// `addrgen_none`: in the same request, no IPv6 link-local address for the port (see
     /// NO_LINK_LOCAL).
-    SetMaster { dev: String, master: String, addrgen_none: bool },
-    SetMtu { dev: String, mtu: u32 },
-    AddAddr { netns: Netns, dev: String, addr: Ipv4Net },
+    SetMaster {
+        dev: String,
+        master: String,
+        addrgen_none: bool,
+    },
+    SetMtu {
+        dev: String,
+        mtu: u32,
+    },
+    AddAddr {
+        netns: Netns,
+        dev: String,
+        addr: Ipv4Net,
+    },
     /// `addrgen_none`: in the same request, no IPv6 link-local address for this link (see
     /// NO_LINK_LOCAL).
-    LinkUp { netns: Netns, dev: String, addrgen_none: bool },
+    LinkUp {
+        netns: Netns,
+        dev: String,
+        addrgen_none: bool,
+    },
     /// `dst: None` is the default route.
-    AddRoute { netns: Netns, dst: Option<Ipv4Net>, via: Option<Ipv4Addr>, dev: String, onlink: bool },
+    AddRoute {
+        netns: Netns,
+        dst: Option<Ipv4Net>,
+        via: Option<Ipv4Addr>,
+        dev: String,
+        onlink: bool,
+    },
     /// A VXLAN forwarding entry: flood unknown and broadcast frames to this peer too.
-    AddFdb { dev: String, dst: Ipv4Addr },
-    Sysctl { key: String, value: String },
-    StartTunnel { dev: String, local: SocketAddrV4, peers: Vec<(SocketAddrV4, Ipv4Net)>, wire: WireFormat },
+    AddFdb {
+        dev: String,
+        dst: Ipv4Addr,
+    },
+    Sysctl {
+        key: String,
+        value: String,
+    },
+    StartTunnel {
+        dev: String,
+        local: SocketAddrV4,
+        peers: Vec<(SocketAddrV4, Ipv4Net)>,
+        wire: WireFormat,
+    },
 }
 
 /// A route as the plan states it.
@@ -103,9 +151,9 @@ impl Step {
             }
             Step::AddBridge { name } => format!("ip link add {name} type bridge"),
             Step::AddTun { name } => format!("ip tuntap add dev {name} mode tun"),
-            Step::AddVxlan { name, vni, local, underlay, port } => format!(
-                "ip link add {name} type vxlan id {vni} local {local} dev {underlay} dstport {port} nolearning"
-            ),
+            Step::AddVxlan { name, vni, local, underlay, port } => {
+                format!("ip link add {name} type vxlan id {vni} local {local} dev {underlay} dstport {port} nolearning")
+            }
             Step::SetMaster { dev, master, addrgen_none } => {
                 format!("ip link set {dev} master {master}{}", if *addrgen_none { " addrgenmode none" } else { "" })
             }
@@ -156,12 +204,19 @@ impl Step {
                 self.created_link().map(Undo::DeleteLink)
             }
             Step::AddRoute { netns: None, dst, via, dev, onlink } if !created_links.contains(&dev.as_str()) => {
-                Some(Undo::DeleteRoute { route: RouteSpec { dst: *dst, via: *via, dev: dev.clone(), onlink: *onlink }, added_by: self })
+                Some(Undo::DeleteRoute {
+                    route: RouteSpec { dst: *dst, via: *via, dev: dev.clone(), onlink: *onlink },
+                    added_by: self,
+                })
             }
             Step::StartTunnel { dev, local, .. } => Some(Undo::StopTunnel { dev, local: *local }),
             Step::Sysctl { key, value } => Some(Undo::RestoreSysctl { key, set_to: value }),
-            Step::SetMaster { .. } | Step::SetMtu { .. } | Step::AddAddr { .. } | Step::LinkUp { .. }
-            | Step::AddRoute { .. } | Step::AddFdb { .. } => None,
+            Step::SetMaster { .. }
+            | Step::SetMtu { .. }
+            | Step::AddAddr { .. }
+            | Step::LinkUp { .. }
+            | Step::AddRoute { .. }
+            | Step::AddFdb { .. } => None,
         }
     }
 
@@ -188,7 +243,9 @@ impl Step {
     /// Links this step creates on the node (deleted by `down`).
     pub fn created_link(&self) -> Option<&str> {
         match self {
-            Step::AddVeth { name, .. } | Step::AddBridge { name } | Step::AddTun { name } | Step::AddVxlan { name, .. } => Some(name),
+            Step::AddVeth { name, .. } | Step::AddBridge { name } | Step::AddTun { name } | Step::AddVxlan { name, .. } => {
+                Some(name)
+            }
             _ => None,
         }
     }
@@ -200,10 +257,19 @@ pub enum Undo<'s> {
     DeleteNetns(&'s str),
     DeleteLink(&'s str),
     /// A route on the node through a link cnet did not make (it would outlive `down`).
-    DeleteRoute { route: RouteSpec, added_by: &'s Step },
-    StopTunnel { dev: &'s str, local: SocketAddrV4 },
+    DeleteRoute {
+        route: RouteSpec,
+        added_by: &'s Step,
+    },
+    StopTunnel {
+        dev: &'s str,
+        local: SocketAddrV4,
+    },
     /// Back to the value read before the step, if it is still the one cnet set.
-    RestoreSysctl { key: &'s str, set_to: &'s str },
+    RestoreSysctl {
+        key: &'s str,
+        set_to: &'s str,
+    },
 }
 
 impl Undo<'_> {
@@ -272,22 +338,39 @@ pub fn node_plan_with(topo: &Topology, node: &Node, underlay: &str, no_link_loca
 fn namespace_steps(b: &mut Builder, node: &Node) {
     let c = &node.containers[0];
     let con = Some(c.name.clone());
-    b.push(Step::AddNetns { name: c.name.clone() },
-        format!("Create the network namespace '{}': a new, empty instance of the kernel's network stack.", c.name));
+    b.push(
+        Step::AddNetns { name: c.name.clone() },
+        format!("Create the network namespace '{}': a new, empty instance of the kernel's network stack.", c.name),
+    );
     b.push(Step::AddVeth { name: c.host_veth.clone(), peer: c.veth.clone(), peer_netns: c.name.clone() },
         format!("Create the veth pair {}/{} — an Ethernet cable with a NIC at each end — with {} straight inside '{}' (the talk creates it, then moves it: same result, one step).",
             c.host_veth, c.veth, c.veth, c.name));
-    b.push(Step::AddAddr { netns: con.clone(), dev: c.veth.clone(), addr: c.addr },
-        format!("Give {} the address {} (a /32: the talk gives no prefix).", c.veth, c.addr.addr));
+    b.push(
+        Step::AddAddr { netns: con.clone(), dev: c.veth.clone(), addr: c.addr },
+        format!("Give {} the address {} (a /32: the talk gives no prefix).", c.veth, c.addr.addr),
+    );
     // No `addrgenmode none` in stage 1: there is no bridge to flood anything, and on the
     // node's end it would come too late (its peer is up, so IPv6 starts at once).
-    b.push(Step::LinkUp { netns: con.clone(), dev: c.veth.clone(), addrgen_none: false }, format!("Bring {} up inside '{}'.", c.veth, c.name));
-    b.push(Step::LinkUp { netns: None, dev: c.host_veth.clone(), addrgen_none: false }, format!("Bring {} up on the node.", c.host_veth));
-    b.push(Step::LinkUp { netns: con.clone(), dev: "lo".into(), addrgen_none: false }, format!("Bring lo up inside '{}'.", c.name));
-    b.push(Step::AddRoute { netns: None, dst: Some(c.addr), via: None, dev: c.host_veth.clone(), onlink: false },
-        format!("On the node: a directly connected route to the container, {} dev {}.", c.addr, c.host_veth));
-    b.push(Step::AddRoute { netns: con, dst: None, via: Some(c.addr.addr), dev: c.veth.clone(), onlink: false },
-        format!("In '{}': the default route out of the container, via {} dev {}.", c.name, c.addr.addr, c.veth));
+    b.push(
+        Step::LinkUp { netns: con.clone(), dev: c.veth.clone(), addrgen_none: false },
+        format!("Bring {} up inside '{}'.", c.veth, c.name),
+    );
+    b.push(
+        Step::LinkUp { netns: None, dev: c.host_veth.clone(), addrgen_none: false },
+        format!("Bring {} up on the node.", c.host_veth),
+    );
+    b.push(
+        Step::LinkUp { netns: con.clone(), dev: "lo".into(), addrgen_none: false },
+        format!("Bring lo up inside '{}'.", c.name),
+    );
+    b.push(
+        Step::AddRoute { netns: None, dst: Some(c.addr), via: None, dev: c.host_veth.clone(), onlink: false },
+        format!("On the node: a directly connected route to the container, {} dev {}.", c.addr, c.host_veth),
+    );
+    b.push(
+        Step::AddRoute { netns: con, dst: None, via: Some(c.addr.addr), dev: c.veth.clone(), onlink: false },
+        format!("In '{}': the default route out of the container, via {} dev {}.", c.name, c.addr.addr, c.veth),
+    );
 }
 
 /// Stage 2, and the base of every node in stages 3 and 4 (TALK.md steps 1-11).
@@ -297,25 +380,39 @@ fn bridge_steps(b: &mut Builder, node: &Node) {
         b.push(Step::AddNetns { name: c.name.clone() }, format!("Create the network namespace '{}'.", c.name));
     }
     for c in &node.containers {
-        b.push(Step::AddVeth { name: c.host_veth.clone(), peer: c.veth.clone(), peer_netns: c.name.clone() },
-            format!("Create the veth pair {}/{} with {} straight inside '{}' (the talk creates, then moves it).",
-                c.host_veth, c.veth, c.veth, c.name));
+        b.push(
+            Step::AddVeth { name: c.host_veth.clone(), peer: c.veth.clone(), peer_netns: c.name.clone() },
+            format!(
+                "Create the veth pair {}/{} with {} straight inside '{}' (the talk creates, then moves it).",
+                c.host_veth, c.veth, c.veth, c.name
+            ),
+        );
     }
     for c in &node.containers {
-        b.push(Step::AddAddr { netns: Some(c.name.clone()), dev: c.veth.clone(), addr: c.addr },
-            format!("Give '{}' the address {} on {}.", c.name, c.addr, c.veth));
+        b.push(
+            Step::AddAddr { netns: Some(c.name.clone()), dev: c.veth.clone(), addr: c.addr },
+            format!("Give '{}' the address {} on {}.", c.name, c.addr, c.veth),
+        );
     }
     for c in &node.containers {
         // In the same request as "up", and that is early enough only because the peer is
         // still down: IPv6 waits for the carrier, which comes when the node end is raised.
         let (no_ll, why) = (b.no_link_local, b.no_ll_why());
-        b.push(Step::LinkUp { netns: Some(c.name.clone()), dev: c.veth.clone(), addrgen_none: no_ll }, format!("Bring {} up inside '{}'{why}.", c.veth, c.name));
+        b.push(
+            Step::LinkUp { netns: Some(c.name.clone()), dev: c.veth.clone(), addrgen_none: no_ll },
+            format!("Bring {} up inside '{}'{why}.", c.veth, c.name),
+        );
     }
-    b.push(Step::AddBridge { name: "br0".into() },
-        "Create the bridge br0: a virtual Ethernet switch in the kernel (Docker's docker0).");
+    b.push(
+        Step::AddBridge { name: "br0".into() },
+        "Create the bridge br0: a virtual Ethernet switch in the kernel (Docker's docker0).",
+    );
     for c in &node.containers {
         let (no_ll, why) = (b.no_link_local, b.no_ll_why());
-        b.push(Step::SetMaster { dev: c.host_veth.clone(), master: "br0".into(), addrgen_none: no_ll }, format!("Plug {} into br0{why}.", c.host_veth));
+        b.push(
+            Step::SetMaster { dev: c.host_veth.clone(), master: "br0".into(), addrgen_none: no_ll },
+            format!("Plug {} into br0{why}.", c.host_veth),
+        );
     }
     b.push(Step::AddAddr { netns: None, dev: "br0".into(), addr: bridge },
         format!("Give br0 the address {bridge}: the node can now reach its containers (this installs the connected route {} dev br0).", bridge.trunc()));
@@ -324,11 +421,16 @@ fn bridge_steps(b: &mut Builder, node: &Node) {
         b.push(Step::LinkUp { netns: None, dev: c.host_veth.clone(), addrgen_none: false }, format!("Bring {} up.", c.host_veth));
     }
     for c in &node.containers {
-        b.push(Step::LinkUp { netns: Some(c.name.clone()), dev: "lo".into(), addrgen_none: false }, format!("Bring lo up inside '{}'.", c.name));
+        b.push(
+            Step::LinkUp { netns: Some(c.name.clone()), dev: "lo".into(), addrgen_none: false },
+            format!("Bring lo up inside '{}'.", c.name),
+        );
     }
     for c in &node.containers {
-        b.push(Step::AddRoute { netns: Some(c.name.clone()), dst: None, via: Some(bridge.addr), dev: c.veth.clone(), onlink: false },
-            format!("In '{}': default via {} (the bridge), the way out of the container.", c.name, bridge.addr));
+        b.push(
+            Step::AddRoute { netns: Some(c.name.clone()), dst: None, via: Some(bridge.addr), dev: c.veth.clone(), onlink: false },
+            format!("In '{}': default via {} (the bridge), the way out of the container.", c.name, bridge.addr),
+        );
     }
 }
 
@@ -355,20 +457,28 @@ fn multi_node_steps(b: &mut Builder, topo: &Topology, node: &Node, underlay: &st
                     tun.trunc(), node.pod_net));
             let wire = backend.wire().unwrap_or_default();
             let why = if wire == WireFormat::Gso {
-                format!("Set tun0's MTU to {mtu} = underlay {} - 42 (20 outer IPv4 + 8 UDP + 14 of the gso wire's framing), so an encapsulated packet fits without fragmenting.",
-                    topo.options.underlay_mtu)
+                format!(
+                    "Set tun0's MTU to {mtu} = underlay {} - 42 (20 outer IPv4 + 8 UDP + 14 of the gso wire's framing), so an encapsulated packet fits without fragmenting.",
+                    topo.options.underlay_mtu
+                )
             } else {
-                format!("Lower tun0's MTU to {mtu} = underlay {} - 28 (20 outer IPv4 + 8 UDP), so an encapsulated packet fits without fragmenting (the talk's 1492 forgot the IPv4 header).",
-                    topo.options.underlay_mtu)
+                format!(
+                    "Lower tun0's MTU to {mtu} = underlay {} - 28 (20 outer IPv4 + 8 UDP), so an encapsulated packet fits without fragmenting (the talk's 1492 forgot the IPv4 header).",
+                    topo.options.underlay_mtu
+                )
             };
             b.push(Step::SetMtu { dev: "tun0".into(), mtu }, why);
             b.push(Step::LinkUp { netns: None, dev: "tun0".into(), addrgen_none: false }, "Bring tun0 up.");
             let local = SocketAddrV4::new(node.ip.addr, TUNNEL_PORT);
             let tunnel_peers = peers.iter().map(|(p, ip)| (SocketAddrV4::new(*ip, TUNNEL_PORT), p.pod_net)).collect();
             let what = if wire == WireFormat::Gso {
-                format!("Start the tunnel: every packet read from tun0, a 64 KB TCP super-packet too, goes whole as one UDP datagram from {local} to the node owning its destination (cnet's gso wire: the other end must be cnet, the underlay must carry 64 KB datagrams), and every datagram received goes back into tun0.")
+                format!(
+                    "Start the tunnel: every packet read from tun0, a 64 KB TCP super-packet too, goes whole as one UDP datagram from {local} to the node owning its destination (cnet's gso wire: the other end must be cnet, the underlay must carry 64 KB datagrams), and every datagram received goes back into tun0."
+                )
             } else {
-                format!("Start the tunnel: every packet read from tun0 goes as one UDP datagram from {local} to the node owning its destination, and every datagram received goes back into tun0 (the talk's socat).")
+                format!(
+                    "Start the tunnel: every packet read from tun0 goes as one UDP datagram from {local} to the node owning its destination, and every datagram received goes back into tun0 (the talk's socat)."
+                )
             };
             b.push(Step::StartTunnel { dev: "tun0".into(), local, peers: tunnel_peers, wire }, what);
             rp_filter(b, underlay, "tun0");
@@ -379,14 +489,22 @@ fn multi_node_steps(b: &mut Builder, topo: &Topology, node: &Node, underlay: &st
             b.push(Step::AddVxlan { name: "vxlan0".into(), vni: VXLAN_VNI, local: node.ip.addr, underlay: underlay.into(), port: VXLAN_PORT },
                 "Create the kernel's VXLAN device vxlan0 (flannel's vxlan backend): the overlay done in the kernel, Ethernet frames in UDP.");
             for (_, ip) in &peers {
-                b.push(Step::AddFdb { dev: "vxlan0".into(), dst: *ip }, format!("Send vxlan0's broadcast and unknown frames (ARP) to {ip} too."));
+                b.push(
+                    Step::AddFdb { dev: "vxlan0".into(), dst: *ip },
+                    format!("Send vxlan0's broadcast and unknown frames (ARP) to {ip} too."),
+                );
             }
-            b.push(Step::AddAddr { netns: None, dev: "vxlan0".into(), addr: tun }, format!("Give vxlan0 {tun}, this node's end of the overlay."));
+            b.push(
+                Step::AddAddr { netns: None, dev: "vxlan0".into(), addr: tun },
+                format!("Give vxlan0 {tun}, this node's end of the overlay."),
+            );
             b.push(Step::LinkUp { netns: None, dev: "vxlan0".into(), addrgen_none: false }, "Bring vxlan0 up.");
             for (p, _) in &peers {
                 let gw = p.tun_addr().addr;
-                b.push(Step::AddRoute { netns: None, dst: Some(p.pod_net), via: Some(gw), dev: "vxlan0".into(), onlink: true },
-                    format!("Node {}'s pod subnet {} through its overlay address {gw} on vxlan0.", p.index, p.pod_net));
+                b.push(
+                    Step::AddRoute { netns: None, dst: Some(p.pod_net), via: Some(gw), dev: "vxlan0".into(), onlink: true },
+                    format!("Node {}'s pod subnet {} through its overlay address {gw} on vxlan0.", p.index, p.pod_net),
+                );
             }
             rp_filter(b, underlay, "vxlan0");
         }
@@ -395,16 +513,20 @@ fn multi_node_steps(b: &mut Builder, topo: &Topology, node: &Node, underlay: &st
 }
 
 fn ip_forward(b: &mut Builder) {
-    b.push(Step::Sysctl { key: "net.ipv4.ip_forward".into(), value: "1".into() },
-        "Turn on IP forwarding: the node becomes a router for its containers' packets.");
+    b.push(
+        Step::Sysctl { key: "net.ipv4.ip_forward".into(), value: "1".into() },
+        "Turn on IP forwarding: the node becomes a router for its containers' packets.",
+    );
 }
 
 fn rp_filter(b: &mut Builder, underlay: &str, overlay: &str) {
     b.push(Step::Sysctl { key: "net.ipv4.conf.all.rp_filter".into(), value: "0".into() },
         format!("Turn off reverse-path filtering: a container's packet to another node's IP leaves on {underlay}, but the reply's route back points into {overlay}; a strict check would drop the reply as arriving on the wrong interface."));
     for dev in [underlay, "br0", overlay] {
-        b.push(Step::Sysctl { key: format!("net.ipv4.conf.{dev}.rp_filter"), value: "0".into() },
-            format!("... and on {dev} (the kernel applies the stricter of 'all' and the interface's own value)."));
+        b.push(
+            Step::Sysctl { key: format!("net.ipv4.conf.{dev}.rp_filter"), value: "0".into() },
+            format!("... and on {dev} (the kernel applies the stricter of 'all' and the interface's own value)."),
+        );
     }
 }
 
@@ -425,16 +547,19 @@ mod tests {
     #[test]
     fn stage1_plan_is_the_talks_script() {
         let p = plan(Stage::Namespace, 1);
-        assert_eq!(commands(&p), vec![
-            "ip netns add con",
-            "ip link add veth1 type veth peer name veth2 netns con",
-            "ip -n con addr add 172.16.0.1/32 dev veth2",
-            "ip -n con link set veth2 up",
-            "ip link set veth1 up",
-            "ip -n con link set lo up",
-            "ip route add 172.16.0.1/32 dev veth1",
-            "ip -n con route add default via 172.16.0.1 dev veth2",
-        ]);
+        assert_eq!(
+            commands(&p),
+            vec![
+                "ip netns add con",
+                "ip link add veth1 type veth peer name veth2 netns con",
+                "ip -n con addr add 172.16.0.1/32 dev veth2",
+                "ip -n con link set veth2 up",
+                "ip link set veth1 up",
+                "ip -n con link set lo up",
+                "ip route add 172.16.0.1/32 dev veth1",
+                "ip -n con route add default via 172.16.0.1 dev veth2",
+            ]
+        );
         assert!(p.steps[1].why.contains("Ethernet cable"));
         assert!(p.steps.iter().all(|s| !s.why.is_empty()));
     }
@@ -442,27 +567,30 @@ mod tests {
     #[test]
     fn stage2_plan_is_the_talks_script() {
         let p = plan(Stage::SingleNode, 1);
-        assert_eq!(commands(&p), vec![
-            "ip netns add con1",
-            "ip netns add con2",
-            "ip link add veth10 type veth peer name veth11 netns con1",
-            "ip link add veth20 type veth peer name veth21 netns con2",
-            "ip -n con1 addr add 172.16.0.2/24 dev veth11",
-            "ip -n con2 addr add 172.16.0.3/24 dev veth21",
-            "ip -n con1 link set veth11 up addrgenmode none",
-            "ip -n con2 link set veth21 up addrgenmode none",
-            "ip link add br0 type bridge",
-            "ip link set veth10 master br0 addrgenmode none",
-            "ip link set veth20 master br0 addrgenmode none",
-            "ip addr add 172.16.0.1/24 dev br0",
-            "ip link set br0 up",
-            "ip link set veth10 up",
-            "ip link set veth20 up",
-            "ip -n con1 link set lo up",
-            "ip -n con2 link set lo up",
-            "ip -n con1 route add default via 172.16.0.1 dev veth11",
-            "ip -n con2 route add default via 172.16.0.1 dev veth21",
-        ]);
+        assert_eq!(
+            commands(&p),
+            vec![
+                "ip netns add con1",
+                "ip netns add con2",
+                "ip link add veth10 type veth peer name veth11 netns con1",
+                "ip link add veth20 type veth peer name veth21 netns con2",
+                "ip -n con1 addr add 172.16.0.2/24 dev veth11",
+                "ip -n con2 addr add 172.16.0.3/24 dev veth21",
+                "ip -n con1 link set veth11 up addrgenmode none",
+                "ip -n con2 link set veth21 up addrgenmode none",
+                "ip link add br0 type bridge",
+                "ip link set veth10 master br0 addrgenmode none",
+                "ip link set veth20 master br0 addrgenmode none",
+                "ip addr add 172.16.0.1/24 dev br0",
+                "ip link set br0 up",
+                "ip link set veth10 up",
+                "ip link set veth20 up",
+                "ip -n con1 link set lo up",
+                "ip -n con2 link set lo up",
+                "ip -n con1 route add default via 172.16.0.1 dev veth11",
+                "ip -n con2 route add default via 172.16.0.1 dev veth21",
+            ]
+        );
         assert!(p.steps[8].why.contains("switch"));
     }
 
@@ -471,7 +599,11 @@ mod tests {
         let t = Topology::new(Options::new(Stage::SingleNode)).unwrap();
         let p = node_plan_with(&t, t.node(1).unwrap(), UNDERLAY_DEV, false);
         assert!(p.steps.iter().all(|s| !s.command.contains("addrgenmode") && !s.why.contains("addrgenmode")));
-        assert!(p.steps.iter().all(|s| !matches!(s.step, Step::LinkUp { addrgen_none: true, .. } | Step::SetMaster { addrgen_none: true, .. })));
+        assert!(
+            p.steps
+                .iter()
+                .all(|s| !matches!(s.step, Step::LinkUp { addrgen_none: true, .. } | Step::SetMaster { addrgen_none: true, .. }))
+        );
         assert!(commands(&p).contains(&"ip link set veth10 master br0".to_string()));
     }
 
@@ -481,7 +613,13 @@ mod tests {
     #[test]
     fn link_local_is_switched_off_before_any_carrier() {
         use crate::model::topology::Backend;
-        for (stage, backend) in [(Stage::SingleNode, Backend::Udp), (Stage::MultiNode, Backend::Udp), (Stage::Overlay, Backend::Udp), (Stage::Overlay, Backend::Vxlan), (Stage::Overlay, Backend::UdpGso)] {
+        for (stage, backend) in [
+            (Stage::SingleNode, Backend::Udp),
+            (Stage::MultiNode, Backend::Udp),
+            (Stage::Overlay, Backend::Udp),
+            (Stage::Overlay, Backend::Vxlan),
+            (Stage::Overlay, Backend::UdpGso),
+        ] {
             let mut o = Options::new(stage);
             o.containers = 5;
             o.backend = backend;
@@ -489,13 +627,19 @@ mod tests {
             for node in &t.nodes {
                 let steps: Vec<Step> = node_plan_with(&t, node, UNDERLAY_DEV, true).steps.into_iter().map(|s| s.step).collect();
                 let up_at = |ns: Option<&str>, dev: &str| {
-                    steps.iter().position(|s| matches!(s, Step::LinkUp { netns, dev: d, .. } if netns.as_deref() == ns && d == dev)).unwrap()
+                    steps
+                        .iter()
+                        .position(|s| matches!(s, Step::LinkUp { netns, dev: d, .. } if netns.as_deref() == ns && d == dev))
+                        .unwrap()
                 };
                 for c in &node.containers {
                     let con_up = up_at(Some(&c.name), &c.veth);
                     assert!(matches!(steps[con_up], Step::LinkUp { addrgen_none: true, .. }), "{stage:?} {}", c.veth);
                     assert!(con_up < up_at(None, &c.host_veth), "{stage:?}: {} raised after its peer", c.veth);
-                    let master = steps.iter().position(|s| matches!(s, Step::SetMaster { dev, addrgen_none: true, .. } if *dev == c.host_veth)).unwrap();
+                    let master = steps
+                        .iter()
+                        .position(|s| matches!(s, Step::SetMaster { dev, addrgen_none: true, .. } if *dev == c.host_veth))
+                        .unwrap();
                     assert!(master < up_at(None, &c.host_veth), "{stage:?}: {} raised before its mode was set", c.host_veth);
                 }
             }
@@ -534,11 +678,20 @@ mod tests {
         let c = commands(&p);
         // Same build as udp; tun0's MTU leaves room for the gso framing on a 64 KB underlay.
         assert!(c.contains(&"ip link set tun0 mtu 65493".to_string()), "{c:?}");
-        assert!(c.contains(&"cnet tunnel --dev tun0 --local 10.0.0.10:9000 --peer 10.0.0.20:9000=172.16.1.0/24 --wire gso &".to_string()), "{c:?}");
+        assert!(
+            c.contains(
+                &"cnet tunnel --dev tun0 --local 10.0.0.10:9000 --peer 10.0.0.20:9000=172.16.1.0/24 --wire gso &".to_string()
+            ),
+            "{c:?}"
+        );
         let udp = commands(&plan(Stage::Overlay, 1));
         assert_eq!(c.len(), udp.len());
         // Undone the same way: the pattern still matches the command with --wire.
-        let stop = p.steps.iter().find_map(|s| if matches!(s.step, Step::StartTunnel { .. }) { s.step.undo_command(&[]) } else { None }).unwrap();
+        let stop = p
+            .steps
+            .iter()
+            .find_map(|s| if matches!(s.step, Step::StartTunnel { .. }) { s.step.undo_command(&[]) } else { None })
+            .unwrap();
         assert!(stop.starts_with("pkill -f '[c]net tunnel --dev tun0 --local 10.0.0.10:9000 '"), "{stop}");
     }
 
@@ -560,7 +713,10 @@ mod tests {
         let undo: Vec<String> = p.steps.iter().rev().filter_map(|s| s.step.undo_command(&links)).collect();
         assert_eq!(undo[0], "# set net.ipv4.ip_forward back to its old value if it matters");
         assert_eq!(undo[1], "ip route del 172.16.1.0/24 via 10.0.0.20 dev enp0s8");
-        assert_eq!(&undo[2..], ["ip link del br0", "ip link del veth20", "ip link del veth10", "ip netns del con2", "ip netns del con1"]);
+        assert_eq!(
+            &undo[2..],
+            ["ip link del br0", "ip link del veth20", "ip link del veth10", "ip netns del con2", "ip netns del con1"]
+        );
     }
 
     #[test]

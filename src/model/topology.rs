@@ -8,7 +8,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
 /// An IPv4 prefix such as 172.16.0.0/24 (the address is kept as given: 172.16.0.1/24 is an
@@ -75,7 +75,10 @@ pub fn check_pod_net(net: &Ipv4Net, underlay: &Ipv4Net) -> Result<()> {
         }
     }
     if net.overlaps(&underlay.trunc()) {
-        bail!("pod subnet {net} overlaps the nodes' network {}: the node could not tell its neighbours from its containers; give one apart from it, such as 172.16.0.0/24", underlay.trunc());
+        bail!(
+            "pod subnet {net} overlaps the nodes' network {}: the node could not tell its neighbours from its containers; give one apart from it, such as 172.16.0.0/24",
+            underlay.trunc()
+        );
     }
     Ok(())
 }
@@ -91,7 +94,8 @@ impl FromStr for Ipv4Net {
     fn from_str(s: &str) -> Result<Self> {
         let (a, p) = s.split_once('/').unwrap_or((s, "32"));
         let addr: Ipv4Addr = a.parse().map_err(|_| anyhow::anyhow!("'{s}' is not an IPv4 prefix like 172.16.0.0/24"))?;
-        let prefix: u8 = p.parse().ok().filter(|p| *p <= 32).ok_or_else(|| anyhow::anyhow!("'{s}': the prefix length must be 0..32"))?;
+        let prefix: u8 =
+            p.parse().ok().filter(|p| *p <= 32).ok_or_else(|| anyhow::anyhow!("'{s}': the prefix length must be 0..32"))?;
         Ok(Ipv4Net { addr, prefix })
     }
 }
@@ -349,7 +353,10 @@ impl Topology {
                     let usable = pod_net.host_count() as u32;
                     let fits = usable.saturating_sub(reserved.iter().filter(|r| **r <= usable).count() as u32);
                     if options.containers > MAX_CONTAINERS {
-                        bail!("{} containers: a node holds at most {MAX_CONTAINERS} (con1..con{MAX_CONTAINERS})", options.containers);
+                        bail!(
+                            "{} containers: a node holds at most {MAX_CONTAINERS} (con1..con{MAX_CONTAINERS})",
+                            options.containers
+                        );
                     }
                     if options.containers > fits {
                         // The smallest prefix that holds them all, with the bridge and tun0's .100.
@@ -360,7 +367,10 @@ impl Topology {
                         } else {
                             String::new()
                         };
-                        bail!("{} containers do not fit the pod subnet {pod_net} (room for {fits}): use fewer{hint}", options.containers);
+                        bail!(
+                            "{} containers do not fit the pod subnet {pod_net} (room for {fits}): use fewer{hint}",
+                            options.containers
+                        );
                     }
                     let mut containers = Vec::new();
                     let mut host = 2u32;
@@ -401,9 +411,7 @@ impl Topology {
 
     /// Find a node by `node1`, `1` or its hostname (`3-multi-node-1`).
     pub fn find_node(&self, name: &str) -> Option<&Node> {
-        self.nodes.iter().find(|n| {
-            name == n.hostname || name == n.short_name() || name == n.index.to_string()
-        })
+        self.nodes.iter().find(|n| name == n.hostname || name == n.short_name() || name == n.index.to_string())
     }
 
     /// The other nodes, as node `index` sees them (for routes and tunnel peers).
@@ -436,9 +444,16 @@ mod tests {
 
     #[test]
     fn stage_names_parse() {
-        for (s, st) in [("1", Stage::Namespace), ("namespace", Stage::Namespace), ("1-network-namespace", Stage::Namespace),
-            ("2", Stage::SingleNode), ("2-single-node", Stage::SingleNode), ("3-multi-node", Stage::MultiNode),
-            ("overlay", Stage::Overlay), ("4-overlay-network", Stage::Overlay)] {
+        for (s, st) in [
+            ("1", Stage::Namespace),
+            ("namespace", Stage::Namespace),
+            ("1-network-namespace", Stage::Namespace),
+            ("2", Stage::SingleNode),
+            ("2-single-node", Stage::SingleNode),
+            ("3-multi-node", Stage::MultiNode),
+            ("overlay", Stage::Overlay),
+            ("4-overlay-network", Stage::Overlay),
+        ] {
             assert_eq!(s.parse::<Stage>().unwrap(), st, "{s}");
         }
         assert!("5".parse::<Stage>().is_err());
@@ -461,11 +476,15 @@ mod tests {
         let n = &t.nodes[0];
         assert_eq!(n.hostname, "2-single-node");
         assert_eq!(n.bridge.unwrap().to_string(), "172.16.0.1/24");
-        let names: Vec<_> = n.containers.iter().map(|c| (c.name.clone(), c.host_veth.clone(), c.veth.clone(), c.addr.to_string())).collect();
-        assert_eq!(names, vec![
-            ("con1".into(), "veth10".into(), "veth11".into(), "172.16.0.2/24".into()),
-            ("con2".into(), "veth20".into(), "veth21".into(), "172.16.0.3/24".into()),
-        ]);
+        let names: Vec<_> =
+            n.containers.iter().map(|c| (c.name.clone(), c.host_veth.clone(), c.veth.clone(), c.addr.to_string())).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("con1".into(), "veth10".into(), "veth11".into(), "172.16.0.2/24".into()),
+                ("con2".into(), "veth20".into(), "veth21".into(), "172.16.0.3/24".into()),
+            ]
+        );
     }
 
     #[test]
@@ -489,7 +508,10 @@ mod tests {
         o.containers = 253;
         let t = Topology::new(o.clone()).unwrap();
         let last = t.nodes[0].containers.last().unwrap();
-        assert_eq!((last.name.as_str(), last.host_veth.as_str(), last.addr.addr), ("con253", "veth2530", Ipv4Addr::new(172, 16, 0, 254)));
+        assert_eq!(
+            (last.name.as_str(), last.host_veth.as_str(), last.addr.addr),
+            ("con253", "veth2530", Ipv4Addr::new(172, 16, 0, 254))
+        );
         o.containers = 254;
         let err = Topology::new(o.clone()).unwrap_err().to_string();
         assert!(err.contains("do not fit") && err.contains("--pod-cidr"), "{err}");
@@ -507,7 +529,17 @@ mod tests {
 
     #[test]
     fn unworkable_pod_cidrs_are_refused() {
-        for bad in ["10.0.0.0/24", "10.0.0.0/16", "10.0.0.128/25", "10.0.0.0/8", "127.0.0.0/24", "224.0.0.0/24", "0.0.0.0/0", "169.254.1.0/24", "255.255.255.0/24"] {
+        for bad in [
+            "10.0.0.0/24",
+            "10.0.0.0/16",
+            "10.0.0.128/25",
+            "10.0.0.0/8",
+            "127.0.0.0/24",
+            "224.0.0.0/24",
+            "0.0.0.0/0",
+            "169.254.1.0/24",
+            "255.255.255.0/24",
+        ] {
             let mut o = Options::new(Stage::SingleNode);
             o.pod_cidr = Some(bad.parse().unwrap());
             let err = Topology::new(o).unwrap_err().to_string();

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::sys::{icmp::IcmpSocket, ns};
 use crate::model::topology::Topology;
+use crate::sys::{icmp::IcmpSocket, ns};
 
 /// Above this many checks per node, run the bounded plan instead of the full matrix.
 pub const FULL_MATRIX_LIMIT: usize = 200;
@@ -107,10 +107,7 @@ pub fn node_checks(topo: &Topology, me: u32) -> (Vec<Check>, &'static str) {
 /// Large labs: each source reaches its bridge, its node and one container on every other
 /// node (those nodes' own checks cover the way back).
 fn bounded_targets(topo: &Topology, me: u32, _from: &str) -> Vec<Target> {
-    targets(topo, me, true)
-        .into_iter()
-        .filter(|t| t.node != me || !t.is_container)
-        .collect()
+    targets(topo, me, true).into_iter().filter(|t| t.node != me || !t.is_container).collect()
 }
 
 /// Sources checked together before the ARP entries they caused are dropped again.
@@ -121,7 +118,12 @@ pub const SOURCES_PER_ROUND: usize = 200;
 /// is one for the whole machine (gc_thresh3, often 1024 entries, in the root namespace),
 /// and a thousand containers each resolving their gateway, answered by a node resolving
 /// each of them, would overflow it.
-pub fn run_in_rounds(checks: &[Check], netns_dir: &Path, timeout: Duration, forget: &mut dyn FnMut(&[String])) -> Vec<CheckResult> {
+pub fn run_in_rounds(
+    checks: &[Check],
+    netns_dir: &Path,
+    timeout: Duration,
+    forget: &mut dyn FnMut(&[String]),
+) -> Vec<CheckResult> {
     let by_source = group_by_source(checks);
     if by_source.len() <= SOURCES_PER_ROUND {
         return run(checks, netns_dir, timeout);
@@ -203,7 +205,13 @@ fn run_once(checks: &[Check], netns_dir: &Path, timeout: Duration, round: u16) -
                             ttl: Some(ttl),
                             rtt_ms: Some(rtt.as_secs_f64() * 1000.0),
                         },
-                        None => CheckResult { check: c, pass: false, ttl: None, rtt_ms: None, error: Some(format!("no reply within {} ms", timeout.as_millis())) },
+                        None => CheckResult {
+                            check: c,
+                            pass: false,
+                            ttl: None,
+                            rtt_ms: None,
+                            error: Some(format!("no reply within {} ms", timeout.as_millis())),
+                        },
                     },
                     Err(e) => CheckResult { check: c, pass: false, ttl: None, rtt_ms: None, error: Some(format!("{e:#}")) },
                 });
@@ -247,15 +255,29 @@ pub fn print_table(n: &NodeChecks, multi: bool) {
     if passed < n.results.len() && n.results.len() > 800 {
         // Checks run in rounds that drop their ARP entries, but the kernel's table is shared
         // by every namespace on the machine (gc_thresh3 of the root namespace, often 1024).
-        println!("  note: the kernel's ARP table is machine-wide (net.ipv4.neigh.default.gc_thresh3, \
-            often 1024 entries): if other labs or containers fill it, unanswered checks may be that");
+        println!(
+            "  note: the kernel's ARP table is machine-wide (net.ipv4.neigh.default.gc_thresh3, \
+            often 1024 entries): if other labs or containers fill it, unanswered checks may be that"
+        );
     }
     println!("  {:<8} {:<16} {:<18} {:>4} {:>5} {:>9}  result", "from", "to", "target", "ttl", "want", "rtt");
     for r in &n.results {
         let ttl = r.ttl.map_or("-".into(), |t| t.to_string());
         let rtt = r.rtt_ms.map_or("-".into(), |t| format!("{t:.3} ms"));
-        let verdict = if r.pass { "ok".to_string() } else { format!("FAIL: {}", r.error.as_deref().unwrap_or("")) };
-        println!("  {:<8} {:<16} {:<18} {:>4} {:>5} {:>9}  {verdict}", r.check.from, r.check.to.to_string(), r.check.target, ttl, r.check.expect_ttl, rtt);
+        let verdict = if r.pass {
+            crate::out::verdict("ok", true)
+        } else {
+            format!("{}: {}", crate::out::verdict("FAIL", false), r.error.as_deref().unwrap_or(""))
+        };
+        println!(
+            "  {:<8} {:<16} {:<18} {:>4} {:>5} {:>9}  {verdict}",
+            r.check.from,
+            r.check.to.to_string(),
+            r.check.target,
+            ttl,
+            r.check.expect_ttl,
+            rtt
+        );
     }
 }
 

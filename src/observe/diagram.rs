@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 
-use crate::model::plan::{node_plan, Step};
-use crate::observe::status::NodeStatus;
+use crate::model::plan::{Step, node_plan};
 use crate::model::topology::{Ipv4Net, Stage, Topology, UNDERLAY_DEV};
+use crate::observe::status::NodeStatus;
 
 pub struct Iface {
     pub name: String,
@@ -83,7 +83,11 @@ pub fn from_plan(topo: &Topology) -> Diagram {
             containers: n
                 .containers
                 .iter()
-                .map(|c| ContainerBox { name: c.name.clone(), host_veth: c.host_veth.clone(), veth: Iface { name: c.veth.clone(), addrs: vec![c.addr], note: String::new() } })
+                .map(|c| ContainerBox {
+                    name: c.name.clone(),
+                    host_veth: c.host_veth.clone(),
+                    veth: Iface { name: c.veth.clone(), addrs: vec![c.addr], note: String::new() },
+                })
                 .collect(),
             routes,
         });
@@ -99,10 +103,17 @@ pub fn from_status(statuses: &[NodeStatus]) -> Result<Diagram> {
             st.links.iter().find(|l| l.name == name).map(|l| Iface {
                 name: l.name.clone(),
                 addrs: l.addrs.clone(),
-                note: format!("{}{}", if l.up { "up" } else { "DOWN" }, l.mtu.filter(|m| *m != 1500).map(|m| format!(", mtu {m}")).unwrap_or_default()),
+                note: format!(
+                    "{}{}",
+                    if l.up { "up" } else { "DOWN" },
+                    l.mtu.filter(|m| *m != 1500).map(|m| format!(", mtu {m}")).unwrap_or_default()
+                ),
             })
         };
-        let underlay = st.links.iter().find(|l| l.name == UNDERLAY_DEV || (l.kind.is_some() && !l.addrs.is_empty() && l.alias.is_none() && l.name != "lo"))
+        let underlay = st
+            .links
+            .iter()
+            .find(|l| l.name == UNDERLAY_DEV || (l.kind.is_some() && !l.addrs.is_empty() && l.alias.is_none() && l.name != "lo"))
             .and_then(|l| iface(&l.name));
         let mut containers = Vec::new();
         for (name, snap) in &st.containers {
@@ -113,7 +124,11 @@ pub fn from_status(statuses: &[NodeStatus]) -> Result<Diagram> {
             containers.push(ContainerBox {
                 name: name.clone(),
                 host_veth,
-                veth: Iface { name: v.name.clone(), addrs: v.addrs.clone(), note: if v.up { "up".into() } else { "DOWN".into() } },
+                veth: Iface {
+                    name: v.name.clone(),
+                    addrs: v.addrs.clone(),
+                    note: if v.up { "up".into() } else { "DOWN".into() },
+                },
             });
         }
         nodes.push(NodeBox {
@@ -147,12 +162,21 @@ impl Diagram {
                     let k = n.containers.len();
                     for (i, c) in n.containers.iter().enumerate() {
                         let branch = if i + 1 == k { "└" } else { "├" };
-                        writeln!(s, "│    {branch}─ {:<8} ═══ {:<8} [{} {}]", c.host_veth, c.veth.name, c.name, addrs_text(&c.veth.addrs)).unwrap();
+                        writeln!(
+                            s,
+                            "│    {branch}─ {:<8} ═══ {:<8} [{} {}]",
+                            c.host_veth,
+                            c.veth.name,
+                            c.name,
+                            addrs_text(&c.veth.addrs)
+                        )
+                        .unwrap();
                     }
                 }
                 None => {
                     for c in &n.containers {
-                        writeln!(s, "│  {:<8} ═══ {:<8} [{} {}]", c.host_veth, c.veth.name, c.name, addrs_text(&c.veth.addrs)).unwrap();
+                        writeln!(s, "│  {:<8} ═══ {:<8} [{} {}]", c.host_veth, c.veth.name, c.name, addrs_text(&c.veth.addrs))
+                            .unwrap();
                     }
                 }
             }
@@ -163,7 +187,11 @@ impl Diagram {
             writeln!(s, "└─").unwrap();
         }
         if self.nodes.len() > 1 {
-            let ends: Vec<String> = self.nodes.iter().filter_map(|n| n.underlay.as_ref().map(|u| format!("{} {}", n.short, addrs_text(&u.addrs)))).collect();
+            let ends: Vec<String> = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.underlay.as_ref().map(|u| format!("{} {}", n.short, addrs_text(&u.addrs))))
+                .collect();
             writeln!(s, "L2 network (switch): {}", ends.join(" ── ")).unwrap();
         }
         s
@@ -181,8 +209,17 @@ impl Diagram {
             }
             for c in &n.containers {
                 writeln!(s, "    {} [label=\"{}\"];", id(&n.short, &c.host_veth), c.host_veth).unwrap();
-                writeln!(s, "    subgraph \"cluster_{}_{}\" {{ label=\"{}\"; {} [label=\"{}\\n{}\"]; }}", n.short, c.name, c.name,
-                    id(&n.short, &c.veth.name), c.veth.name, addrs_text(&c.veth.addrs)).unwrap();
+                writeln!(
+                    s,
+                    "    subgraph \"cluster_{}_{}\" {{ label=\"{}\"; {} [label=\"{}\\n{}\"]; }}",
+                    n.short,
+                    c.name,
+                    c.name,
+                    id(&n.short, &c.veth.name),
+                    c.veth.name,
+                    addrs_text(&c.veth.addrs)
+                )
+                .unwrap();
                 writeln!(s, "    {} -- {} [style=bold];", id(&n.short, &c.host_veth), id(&n.short, &c.veth.name)).unwrap();
                 if n.bridge.is_some() {
                     writeln!(s, "    {} -- {};", id(&n.short, "br0"), id(&n.short, &c.host_veth)).unwrap();
@@ -208,8 +245,15 @@ mod tests {
     fn plan_diagram_shows_the_talks_names_and_routes() {
         let t = Topology::new(Options::new(Stage::MultiNode)).unwrap();
         let text = from_plan(&t).text();
-        for want in ["3-multi-node-1", "enp0s8   10.0.0.10/24", "br0      172.16.1.1/24", "veth10   ═══ veth11   [con1 172.16.0.2/24]",
-            "172.16.1.0/24 via 10.0.0.20 dev enp0s8", "172.16.0.0/24 via 10.0.0.10 dev enp0s8", "L2 network"] {
+        for want in [
+            "3-multi-node-1",
+            "enp0s8   10.0.0.10/24",
+            "br0      172.16.1.1/24",
+            "veth10   ═══ veth11   [con1 172.16.0.2/24]",
+            "172.16.1.0/24 via 10.0.0.20 dev enp0s8",
+            "172.16.0.0/24 via 10.0.0.10 dev enp0s8",
+            "L2 network",
+        ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
         let dot = from_plan(&Topology::new(Options::new(Stage::Overlay)).unwrap()).dot();

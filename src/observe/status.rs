@@ -7,10 +7,10 @@ use anyhow::{Context, Result};
 use rtnetlink::Handle;
 use serde::{Deserialize, Serialize};
 
+use crate::apply::netlink::{Netlink, addr_views, dump_addrs, dump_links, dump_routes, link_view, route_views};
 use crate::apply::process::is_cnet_process;
-use crate::apply::netlink::{addr_views, dump_addrs, dump_links, dump_routes, link_view, route_views, Netlink};
-use crate::model::plan::Step;
 use crate::apply::state::NodeJournal;
+use crate::model::plan::Step;
 use crate::model::topology::Ipv4Net;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -83,7 +83,11 @@ pub async fn snapshot(h: &Handle) -> Result<NsSnapshot> {
             .collect(),
         routes: routes
             .iter()
-            .map(|r| RouteState { dst: r.dst.map_or("default".into(), |d| d.to_string()), via: r.via, dev: r.dev.and_then(name_of) })
+            .map(|r| RouteState {
+                dst: r.dst.map_or("default".into(), |d| d.to_string()),
+                via: r.via,
+                dev: r.dev.and_then(name_of),
+            })
             .collect(),
     })
 }
@@ -124,10 +128,10 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
     namespaces.sort();
     let mut containers = BTreeMap::new();
     for c in &topo.node(header.node)?.containers {
-        if nl.netns_path(&c.name).exists() {
-            if let Ok(s) = container_snapshot(&nl, &c.name).await {
-                containers.insert(c.name.clone(), s);
-            }
+        if nl.netns_path(&c.name).exists()
+            && let Ok(s) = container_snapshot(&nl, &c.name).await
+        {
+            containers.insert(c.name.clone(), s);
         }
     }
     // Name each cnet veth's other end (the kernel reports only its index, in another namespace).
@@ -156,11 +160,17 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
             }
             Step::SetMaster { dev, master, .. } => Some(node_snap.link(dev).and_then(|l| l.master.as_deref()) == Some(master)),
             Step::SetMtu { dev, mtu } => Some(node_snap.link(dev).and_then(|l| l.mtu) == Some(*mtu)),
-            Step::AddAddr { netns, dev, addr } => Some(snap(netns).and_then(|s| s.link(dev)).is_some_and(|l| l.addrs.contains(addr))),
+            Step::AddAddr { netns, dev, addr } => {
+                Some(snap(netns).and_then(|s| s.link(dev)).is_some_and(|l| l.addrs.contains(addr)))
+            }
             Step::LinkUp { netns, dev, .. } => Some(snap(netns).and_then(|s| s.link(dev)).is_some_and(|l| l.up)),
             Step::AddRoute { netns, dst, via, dev, .. } => {
                 let want = dst.map_or("default".to_string(), |d| d.trunc().to_string());
-                Some(snap(netns).is_some_and(|s| s.routes.iter().any(|r| r.dst == want && r.via == *via && r.dev.as_deref() == Some(dev))))
+                Some(
+                    snap(netns).is_some_and(|s| {
+                        s.routes.iter().any(|r| r.dst == want && r.via == *via && r.dev.as_deref() == Some(dev))
+                    }),
+                )
             }
             // The bridge FDB is not part of the snapshot; the checks prove it.
             Step::AddFdb { .. } => None,
@@ -192,17 +202,19 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
 }
 
 fn link_line(l: &LinkState) -> String {
-    let mut s = format!("{:<10} {:<7} {:<5}", l.name, l.kind.as_deref().unwrap_or("-"), if l.up { l.state.as_str() } else { "down" });
+    let mut s =
+        format!("{:<10} {:<7} {:<5}", l.name, l.kind.as_deref().unwrap_or("-"), if l.up { l.state.as_str() } else { "down" });
     if let Some(m) = &l.master {
         s.push_str(&format!(" master {m}"));
     }
     if let Some(p) = &l.peer {
         s.push_str(&format!(" peer {p}"));
     }
-    if let Some(mtu) = l.mtu {
-        if mtu != 1500 && l.name != "lo" {
-            s.push_str(&format!(" mtu {mtu}"));
-        }
+    if let Some(mtu) = l.mtu
+        && mtu != 1500
+        && l.name != "lo"
+    {
+        s.push_str(&format!(" mtu {mtu}"));
     }
     for a in &l.addrs {
         s.push_str(&format!(" {a}"));
@@ -253,7 +265,11 @@ pub fn tunnel_line(t: &serde_json::Value) -> String {
         .unwrap_or_default();
     format!(
         "data path {}; tun0 -> udp {} packets ({} B), udp -> tun0 {} packets ({} B)\n    drops: {}",
-        st.datapath, st.tun_to_udp.packets, st.tun_to_udp.bytes, st.udp_to_tun.packets, st.udp_to_tun.bytes,
+        st.datapath,
+        st.tun_to_udp.packets,
+        st.tun_to_udp.bytes,
+        st.udp_to_tun.packets,
+        st.udp_to_tun.bytes,
         if reasons.is_empty() { "none".into() } else { reasons.join(", ") }
     )
 }

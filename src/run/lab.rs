@@ -7,16 +7,16 @@
 //! built by the node runner (`cnet up --host`) run inside it: lab and real hosts share
 //! one code path. The host's own network namespace is never touched.
 
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
-use anyhow::{anyhow, bail, Context, Result};
 use crate::apply::netlink::Netlink;
-use crate::apply::state::{lab_dir, run_dir, LabState};
+use crate::apply::state::{LabState, lab_dir, run_dir};
+use crate::model::topology::{Ipv4Net, Options, Topology, UNDERLAY_DEV};
 use crate::run::enter;
 use crate::sys::ns::{self, NodeNs};
-use crate::model::topology::{Ipv4Net, Options, Topology, UNDERLAY_DEV};
+use anyhow::{Context, Result, anyhow, bail};
 
 const SWITCH_BRIDGE: &str = "underlay";
 const LAB_ALIAS: &str = "cnet:lab";
@@ -41,9 +41,14 @@ pub enum Verbosity {
 /// The arguments that make `cnet up` inside a node build that node's part of `opts`.
 fn node_runner_args(opts: &Options, index: u32, v: Verbosity) -> Vec<String> {
     let mut a = vec![
-        "up".to_string(), opts.stage.name().into(), "--host".into(), "--in-lab".into(),
-        "--node".into(), index.to_string(),
-        "--containers".into(), opts.containers.to_string(),
+        "up".to_string(),
+        opts.stage.name().into(),
+        "--host".into(),
+        "--in-lab".into(),
+        "--node".into(),
+        index.to_string(),
+        "--containers".into(),
+        opts.containers.to_string(),
     ];
     if opts.stage.is_multi_node() {
         a.extend(["--nodes".into(), opts.nodes.to_string(), "--backend".into(), opts.backend.name().into()]);
@@ -64,11 +69,17 @@ pub async fn up(opts: &Options, v: Verbosity) -> Result<()> {
     match LabState::read() {
         Ok(Some(s)) => bail!("the lab is already up with stage {}: run `cnet down` first", s.options.stage),
         Ok(None) => {}
-        Err(e) if crate::apply::state::is_unusable(&e) => bail!("a lab's record is here but {e:#}: run `cnet down` first (it removes what carries cnet's marks)"),
+        Err(e) if crate::apply::state::is_unusable(&e) => {
+            bail!("a lab's record is here but {e:#}: run `cnet down` first (it removes what carries cnet's marks)")
+        }
         Err(e) => return Err(e),
     }
     if let Some(r) = remains() {
-        bail!("a lab's namespaces are here with no record ({} node(s) under {}): run `cnet down` first", r.nodes.len(), lab_dir().display());
+        bail!(
+            "a lab's namespaces are here with no record ({} node(s) under {}): run `cnet down` first",
+            r.nodes.len(),
+            lab_dir().display()
+        );
     }
     let topo = Topology::new(opts.clone())?;
     let made_run_mount = ns::ensure_mount_dir(&run_dir(), false)?;
@@ -93,7 +104,9 @@ async fn build(topo: &Topology, state: &mut LabState, v: Verbosity) -> Result<()
     let switch = create_switch().await?;
     for n in &topo.nodes {
         create_node(n.index, &n.hostname, state)?;
-        cable(&switch, n.index, n.ip, topo.options.underlay_mtu).await.with_context(|| format!("cannot connect {} to the lab's switch", n.hostname))?;
+        cable(&switch, n.index, n.ip, topo.options.underlay_mtu)
+            .await
+            .with_context(|| format!("cannot connect {} to the lab's switch", n.hostname))?;
     }
     for n in &topo.nodes {
         if !matches!(v, Verbosity::Quiet) {
@@ -227,7 +240,12 @@ pub async fn down(quiet: bool) -> Result<bool> {
         Ok(None) => {
             let Some(state) = remains() else { return Ok(false) };
             down_lab(&state).await?;
-            tell!("cnet: the lab had no record ({} is missing): removed its {} node(s), found under {}", crate::apply::state::lab_state_path().display(), state.nodes.len(), lab_dir().display());
+            tell!(
+                "cnet: the lab had no record ({} is missing): removed its {} node(s), found under {}",
+                crate::apply::state::lab_state_path().display(),
+                state.nodes.len(),
+                lab_dir().display()
+            );
             return Ok(true);
         }
         Err(e) if crate::apply::state::is_unusable(&e) => {
@@ -247,7 +265,13 @@ pub async fn down(quiet: bool) -> Result<bool> {
 
 /// An empty lab, for a record that names nothing that is left.
 fn remains_none() -> LabState {
-    LabState { options: Options::new(crate::model::topology::Stage::Namespace), nodes: Vec::new(), complete: false, made_run_mount: false, made_netns_dir: false }
+    LabState {
+        options: Options::new(crate::model::topology::Stage::Namespace),
+        nodes: Vec::new(),
+        complete: false,
+        made_run_mount: false,
+        made_netns_dir: false,
+    }
 }
 
 async fn down_lab(state: &LabState) -> Result<()> {
@@ -369,8 +393,11 @@ fn target(target: &str) -> Result<(u32, Option<String>)> {
     if let Some(c) = container {
         let topo = Topology::new(state.options.clone())?;
         if !topo.node(index)?.containers.iter().any(|x| x.name == c) {
-            bail!("{node} has no container '{c}' (stage {} has {})", state.options.stage,
-                topo.node(index)?.containers.iter().map(|x| x.name.as_str()).take(5).collect::<Vec<_>>().join(", "));
+            bail!(
+                "{node} has no container '{c}' (stage {} has {})",
+                state.options.stage,
+                topo.node(index)?.containers.iter().map(|x| x.name.as_str()).take(5).collect::<Vec<_>>().join(", ")
+            );
         }
     }
     Ok((index, container.map(str::to_string)))

@@ -7,14 +7,14 @@ use std::io::{BufRead, Write};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 
 use crate::error::join_errors;
 
-use crate::apply::{executor, sweep};
-use crate::apply::netlink::{addr_views, dump_addrs, dump_links, dump_routes, link_view, route_views, Netlink};
-use crate::model::plan::{node_plan, NodePlan, Step};
+use crate::apply::netlink::{Netlink, addr_views, dump_addrs, dump_links, dump_routes, link_view, route_views};
 use crate::apply::state::{Done, NodeHeader, NodeJournal};
+use crate::apply::{executor, sweep};
+use crate::model::plan::{NodePlan, Step, node_plan};
 use crate::model::topology::{Backend, GSO_UNDERLAY_MTU, Ipv4Net, Options, Stage, Topology, UNDERLAY_DEV};
 
 /// What the user asked of this node.
@@ -47,7 +47,11 @@ pub async fn resolve(req: &NodeRequest, nl: &Netlink) -> Result<(Topology, NodeH
     resolve_with(req, nl, &links).await
 }
 
-async fn resolve_with(req: &NodeRequest, nl: &Netlink, links: &[crate::apply::netlink::LinkView]) -> Result<(Topology, NodeHeader)> {
+async fn resolve_with(
+    req: &NodeRequest,
+    nl: &Netlink,
+    links: &[crate::apply::netlink::LinkView],
+) -> Result<(Topology, NodeHeader)> {
     let mut topo = Topology::new(req.options.clone())?;
     let me = topo.node(req.node)?.clone();
     let addrs = addr_views(&dump_addrs(&nl.node_handle()).await?);
@@ -60,8 +64,11 @@ async fn resolve_with(req: &NodeRequest, nl: &Netlink, links: &[crate::apply::ne
         }
         None => {
             // The interface holding the node's talk address, else the talk's enp0s8.
-            let by_ip = addrs.iter().find(|a| a.addr.addr == me.ip.addr)
-                .and_then(|a| links.iter().find(|l| l.index == a.dev)).map(|l| l.name.clone());
+            let by_ip = addrs
+                .iter()
+                .find(|a| a.addr.addr == me.ip.addr)
+                .and_then(|a| links.iter().find(|l| l.index == a.dev))
+                .map(|l| l.name.clone());
             by_ip.or_else(|| links.iter().find(|l| l.name == UNDERLAY_DEV).map(|l| l.name.clone()))
         }
     };
@@ -76,7 +83,10 @@ async fn resolve_with(req: &NodeRequest, nl: &Netlink, links: &[crate::apply::ne
     };
     if topo.stage().is_multi_node() {
         let Some(u) = &underlay else {
-            bail!("no underlay interface: this node's address {} is on no interface and there is no {UNDERLAY_DEV}; give --underlay DEV", me.ip.addr)
+            bail!(
+                "no underlay interface: this node's address {} is on no interface and there is no {UNDERLAY_DEV}; give --underlay DEV",
+                me.ip.addr
+            )
         };
         let Some(ip) = node_ip else { bail!("the underlay interface {u} has no IPv4 address: give it the node's address first") };
         topo.set_node_ip(req.node, ip);
@@ -91,8 +101,10 @@ async fn resolve_with(req: &NodeRequest, nl: &Netlink, links: &[crate::apply::ne
             topo.options.underlay_mtu = mtu;
         }
         if topo.options.backend == Backend::UdpGso && topo.options.underlay_mtu < GSO_UNDERLAY_MTU {
-            bail!("the udp-gso backend sends 64 KB datagrams, but the underlay {u} has MTU {}: it needs {GSO_UNDERLAY_MTU} (the lab's cables have it); on a real network use --backend udp",
-                topo.options.underlay_mtu);
+            bail!(
+                "the udp-gso backend sends 64 KB datagrams, but the underlay {u} has MTU {}: it needs {GSO_UNDERLAY_MTU} (the lab's cables have it); on a real network use --backend udp",
+                topo.options.underlay_mtu
+            );
         }
         for p in topo.peers_of(req.node) {
             if p.ip.addr == ip {
@@ -120,7 +132,11 @@ async fn resolve_with(req: &NodeRequest, nl: &Netlink, links: &[crate::apply::ne
 /// Refuse pod subnets (and stage 4's overlay /16) that overlap an address this machine
 /// already has, its underlay's first: the node could not tell its neighbours from its
 /// containers. cnet's own links are left to the conflict check (they mean a stage is up).
-fn check_pod_nets_against(topo: &Topology, addrs: &[crate::apply::netlink::AddrView], links: &[crate::apply::netlink::LinkView]) -> Result<()> {
+fn check_pod_nets_against(
+    topo: &Topology,
+    addrs: &[crate::apply::netlink::AddrView],
+    links: &[crate::apply::netlink::LinkView],
+) -> Result<()> {
     let mut ours: Vec<Ipv4Net> = topo.nodes.iter().filter(|n| n.bridge.is_some()).map(|n| n.pod_net).collect();
     if topo.stage() == Stage::Overlay {
         ours.extend(topo.nodes.first().map(|n| n.tun_addr().trunc()));
@@ -131,35 +147,41 @@ fn check_pod_nets_against(topo: &Topology, addrs: &[crate::apply::netlink::AddrV
             continue;
         }
         if let Some(p) = ours.iter().find(|p| p.overlaps(&a.addr.trunc())) {
-            bail!("the pod subnet {p} overlaps this machine's own network {} (on {}): the node could not tell its neighbours from its containers; use another machine, or for stage 2 another --pod-cidr", a.addr.trunc(), dev.name);
+            bail!(
+                "the pod subnet {p} overlaps this machine's own network {} (on {}): the node could not tell its neighbours from its containers; use another machine, or for stage 2 another --pod-cidr",
+                a.addr.trunc(),
+                dev.name
+            );
         }
     }
     Ok(())
 }
-
 
 /// Refuse, changing nothing, when anything the plan would create already exists.
 async fn check_conflicts(nl: &Netlink, plan: &NodePlan, links: &[crate::apply::netlink::LinkView]) -> Result<()> {
     match NodeJournal::read() {
         Ok(Some(r)) => bail!("stage {} is already up here: run `cnet down` first", r.header.options.stage),
         Ok(None) => {}
-        Err(e) if crate::apply::state::is_unusable(&e) => bail!("an earlier build's record is here but {e:#}: run `cnet down` first (it removes what carries cnet's marks)"),
+        Err(e) if crate::apply::state::is_unusable(&e) => {
+            bail!("an earlier build's record is here but {e:#}: run `cnet down` first (it removes what carries cnet's marks)")
+        }
         Err(e) => return Err(e),
     }
     if let Some(pid) = crate::apply::process::cnet_tunnels_here().first() {
         bail!("a tunnel started by an earlier cnet run is still running here (pid {pid}): run `cnet down` first");
     }
-    let marked: Vec<&str> = links.iter().filter(|l| l.group == crate::apply::netlink::CNET_GROUP).map(|l| l.name.as_str()).collect();
+    let marked: Vec<&str> =
+        links.iter().filter(|l| l.group == crate::apply::netlink::CNET_GROUP).map(|l| l.name.as_str()).collect();
     if !marked.is_empty() {
         bail!("links an earlier cnet run made are still here with no record ({}): run `cnet down` first", marked.join(", "));
     }
     let routes = route_views(&dump_routes(&nl.node_handle()).await?);
     for s in &plan.steps {
         match &s.step {
-            Step::AddNetns { name } => {
-                if nl.netns_path(name).exists() {
-                    bail!("a network namespace named '{name}' already exists and is not cnet's: remove it (ip netns del {name}) or use another machine");
-                }
+            Step::AddNetns { name } if nl.netns_path(name).exists() => {
+                bail!(
+                    "a network namespace named '{name}' already exists and is not cnet's: remove it (ip netns del {name}) or use another machine"
+                );
             }
             Step::AddVxlan { underlay, .. } if !links.iter().any(|l| &l.name == underlay) => {
                 bail!("the underlay interface {underlay} does not exist");
@@ -169,19 +191,20 @@ async fn check_conflicts(nl: &Netlink, plan: &NodePlan, links: &[crate::apply::n
             }
             _ => {}
         }
-        if let Some(name) = s.step.created_link() {
-            if let Some(l) = links.iter().find(|l| l.name == name) {
-                let whose = match &l.alias {
-                    Some(a) if a.starts_with(crate::apply::netlink::ALIAS_PREFIX) => "left by an earlier cnet run; `cnet down` removes it".to_string(),
-                    _ => "not cnet's".to_string(),
-                };
-                bail!("an interface named {name} already exists ({whose})");
-            }
+        if let Some(name) = s.step.created_link()
+            && let Some(l) = links.iter().find(|l| l.name == name)
+        {
+            let whose = match &l.alias {
+                Some(a) if a.starts_with(crate::apply::netlink::ALIAS_PREFIX) => {
+                    "left by an earlier cnet run; `cnet down` removes it".to_string()
+                }
+                _ => "not cnet's".to_string(),
+            };
+            bail!("an interface named {name} already exists ({whose})");
         }
     }
     Ok(())
 }
-
 
 /// Wait for Enter (or `q`). The read runs on a blocking thread so that the runtime stays
 /// free to notice a Ctrl-C meanwhile.
@@ -234,10 +257,10 @@ pub async fn up(req: &NodeRequest, pace: Pace) -> Result<()> {
                 crate::out::print_step(j, total, &plan.steps[j].why, &plan.steps[j].command);
             }
         }
-        if pace == Pace::Step {
-            if let Err(e) = wait_for_enter().await {
-                return Err(fail(&nl, &header, &plan, &done, (i, i), e).await);
-            }
+        if pace == Pace::Step
+            && let Err(e) = wait_for_enter().await
+        {
+            return Err(fail(&nl, &header, &plan, &done, (i, i), e).await);
         }
         if let Err(e) = journal.started(i, end) {
             return Err(fail(&nl, &header, &plan, &done, (i, i), e).await);
@@ -280,12 +303,22 @@ pub async fn up(req: &NodeRequest, pace: Pace) -> Result<()> {
 /// the step that failed, and the end of the steps that may have run (those of a failed
 /// batch; none past `step` when it failed before running, at a prompt or in the journal),
 /// so that nothing that never ran is taken for something cnet made.
-async fn fail(nl: &Netlink, header: &NodeHeader, plan: &NodePlan, done: &[Done], (step, ran_until): (usize, usize), e: anyhow::Error) -> anyhow::Error {
+async fn fail(
+    nl: &Netlink,
+    header: &NodeHeader,
+    plan: &NodePlan,
+    done: &[Done],
+    (step, ran_until): (usize, usize),
+    e: anyhow::Error,
+) -> anyhow::Error {
     let stage = header.options.stage.name();
     let started_until = done.iter().map(|d| d.step + 1).max().unwrap_or(0).max(ran_until);
     let errors = executor::teardown(nl, &header.steps, done, started_until, stage).await;
     let undo = if errors.is_empty() {
-        match NodeJournal::remove().and_then(|()| crate::apply::state::SysctlLog::remove()).and_then(|()| release_netns_mount(header)) {
+        match NodeJournal::remove()
+            .and_then(|()| crate::apply::state::SysctlLog::remove())
+            .and_then(|()| release_netns_mount(header))
+        {
             Ok(()) => "the steps already done were undone".to_string(),
             Err(r) => format!("the steps already done were undone, but {r:#}"),
         }
@@ -323,9 +356,13 @@ pub async fn down(quiet: bool, in_lab: bool) -> Result<bool> {
     };
     let netns_dir = record.as_ref().map_or_else(|| PathBuf::from(NETNS_DIR), |r| r.header.netns_dir.clone());
     let nl = Netlink::here(&netns_dir)?;
-    let known: HashSet<String> = record.iter()
+    let known: HashSet<String> = record
+        .iter()
         .flat_map(|r| r.header.steps.iter())
-        .filter_map(|s| match s { Step::AddNetns { name } => Some(name.clone()), _ => None })
+        .filter_map(|s| match s {
+            Step::AddNetns { name } => Some(name.clone()),
+            _ => None,
+        })
         .collect();
     // Surveyed before anything is removed: a container's namespace is known by the marked
     // veth end inside it, which goes with its node end.
@@ -362,8 +399,13 @@ pub async fn down(quiet: bool, in_lab: bool) -> Result<bool> {
         };
         let sysctls = match (in_lab, restored) {
             (true, _) | (false, Some(0)) => String::new(),
-            (false, Some(n)) => format!("; {n} sysctl(s) put back as they were, from {}", crate::apply::state::SysctlLog::describe()),
-            (false, None) => format!("; sysctls cnet set (ip_forward, rp_filter) are left as they are ({} is gone too)", crate::apply::state::SysctlLog::describe()),
+            (false, Some(n)) => {
+                format!("; {n} sysctl(s) put back as they were, from {}", crate::apply::state::SysctlLog::describe())
+            }
+            (false, None) => format!(
+                "; sysctls cnet set (ip_forward, rp_filter) are left as they are ({} is gone too)",
+                crate::apply::state::SysctlLog::describe()
+            ),
         };
         tell!("cnet: {}: {why}; removed what carries cnet's marks instead ({marks}){sysctls}", hostname());
     }
@@ -373,7 +415,6 @@ pub async fn down(quiet: bool, in_lab: bool) -> Result<bool> {
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
-
 
 /// The talk's demo commands for the stage, to try next.
 pub fn print_next_steps(topo: &Topology, node: u32, in_lab: bool) {

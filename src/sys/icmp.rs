@@ -38,8 +38,14 @@ impl IcmpSocket {
         let addr = super::sockaddr_v4(std::net::SocketAddrV4::new(to, 0));
         // SAFETY: buffer and address are valid for the lengths given.
         super::cvt_size(unsafe {
-            libc::sendto(self.fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len(), 0,
-                (&addr as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32)
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                pkt.as_ptr().cast(),
+                pkt.len(),
+                0,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
         })
         .map(drop)
     }
@@ -61,7 +67,9 @@ impl IcmpSocket {
             let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
             if n < 0 {
                 let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted { continue; }
+                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
                 return Err(e);
             }
             if let Some(r) = parse_echo_reply(&buf[..n as usize]) {

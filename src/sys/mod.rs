@@ -4,6 +4,7 @@
 pub mod icmp;
 pub mod ns;
 pub mod packet;
+pub mod process;
 /// SIGINT/SIGTERM as a stop flag (capture).
 pub mod signal;
 /// SIGINT/SIGTERM collected synchronously (the tunnel's supervisor).
@@ -28,7 +29,13 @@ pub(crate) fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
 pub(crate) fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, val: libc::c_int) -> io::Result<()> {
     // SAFETY: val is a live c_int; the length matches.
     cvt(unsafe {
-        libc::setsockopt(fd, level, name, (&val as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&val as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
     })
     .map(drop)
 }

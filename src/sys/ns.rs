@@ -17,8 +17,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sched::{setns, unshare, CloneFlags};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, setns, unshare};
 
 /// Run `f` on a fresh thread that has entered the network namespace at `netns`.
 pub fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
@@ -48,7 +48,10 @@ pub fn create_netns_many<T: Send>(paths: &[PathBuf], workers: usize, f: impl Fn(
     let chunk = paths.len().div_ceil(workers.max(1)).max(1);
     let f = &f;
     std::thread::scope(|s| {
-        let jobs: Vec<_> = paths.chunks(chunk).map(|part| s.spawn(move || part.iter().map(|p| new_netns_here(p, f)).collect::<Vec<_>>())).collect();
+        let jobs: Vec<_> = paths
+            .chunks(chunk)
+            .map(|part| s.spawn(move || part.iter().map(|p| new_netns_here(p, f)).collect::<Vec<_>>()))
+            .collect();
         jobs.into_iter()
             .zip(paths.chunks(chunk))
             .flat_map(|(j, part)| {
@@ -120,10 +123,13 @@ pub fn ensure_mount_dir(dir: &Path, shared: bool) -> Result<bool> {
 pub fn is_bound_onto_itself(dir: &Path) -> bool {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
     let Some(name) = dir.file_name() else { return false };
-    let top = info.lines().filter_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        (f.get(4).map(Path::new) == Some(dir)).then(|| f.get(3).copied()).flatten()
-    }).last();
+    let top = info
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(4).map(Path::new) == Some(dir)).then(|| f.get(3).copied()).flatten()
+        })
+        .next_back();
     top.is_some_and(|root| root != "/" && Path::new(root).file_name() == Some(name))
 }
 
@@ -175,7 +181,9 @@ pub fn as_new_node(cmd: &mut Command, hostname: &str, cpu: Option<usize>) -> Res
                 return Err(io::Error::last_os_error());
             }
             // Nothing mounted inside the node may propagate back to the host.
-            if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
+            if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null())
+                != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             // Drop the copies of the host's namespace mounts (they would keep the host's
@@ -197,13 +205,8 @@ pub fn as_new_node(cmd: &mut Command, hostname: &str, cpu: Option<usize>) -> Res
 
 /// Whether `path` is a bound namespace file (on nsfs), not a leftover plain file.
 pub fn is_ns_file(path: &Path) -> bool {
-    const NSFS_MAGIC: i64 = 0x6e73_6673;
-    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
-    // SAFETY: statfs fills a struct we own from a valid C string path.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == NSFS_MAGIC
-    }
+    const NSFS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x6e73_6673);
+    nix::sys::statfs::statfs(path).is_ok_and(|st| st.filesystem_type() == NSFS_MAGIC)
 }
 
 /// Whether `path` is what a namespace deletion cut short leaves: an empty regular file
@@ -218,14 +221,8 @@ pub fn cpu_count() -> usize {
 
 /// The CPUs this process may run on (a cpuset may allow only some).
 pub fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: sched_getaffinity fills a cpu_set_t we own.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize).filter(|c| libc::CPU_ISSET(*c, &set)).collect()
-    }
+    let Ok(set) = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) else { return Vec::new() };
+    (0..nix::sched::CpuSet::count()).filter(|c| set.is_set(*c).unwrap_or(false)).collect()
 }
 
 /// The persisted namespaces of one lab node.
@@ -296,10 +293,10 @@ pub fn enter_node(cmd: &mut Command, node: &NodeNs, entry: Entry) -> Result<()> 
                 }
             }
             // dup2 clears close-on-exec on the copy: the channel survives into the child.
-            if let Some(fd) = &report {
-                if libc::dup2(fd.as_raw_fd(), REPORT_FD) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
+            if let Some(fd) = &report
+                && libc::dup2(fd.as_raw_fd(), REPORT_FD) < 0
+            {
+                return Err(io::Error::last_os_error());
             }
             Ok(())
         });
@@ -332,37 +329,6 @@ pub fn into_tokio_netlink(fd: OwnedFd) -> netlink_sys::TokioSocket {
     unsafe { netlink_sys::TokioSocket::from_raw_fd(fd.into_raw_fd()) }
 }
 
-/// An exclusive advisory lock on `path` (a file or a directory), held for the life of the
-/// returned handle; if another holder has it, calls `on_wait` and waits.
-pub fn lock_file(path: &Path, on_wait: impl FnOnce()) -> Result<File> {
-    let f = File::open(path).with_context(|| format!("cannot open {} to lock it", path.display()))?;
-    // SAFETY: flock on a descriptor we own.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r == 0 {
-        return Ok(f);
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-        return Err(err).with_context(|| format!("cannot lock {}", path.display()));
-    }
-    on_wait();
-    // SAFETY: as above, now blocking until the other command finishes.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-    if r != 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("cannot lock {}", path.display()));
-    }
-    Ok(f)
-}
-
-/// Whether another process holds the lock [`lock_file`] takes on `path` (a cnet command
-/// that changes the machine is running).
-pub fn is_locked(path: &Path) -> bool {
-    let Ok(f) = File::open(path) else { return false };
-    // SAFETY: flock on a descriptor we own; released when `f` closes.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
-    r != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
-}
-
 /// Whether the caller may administer networks (CAP_NET_ADMIN and CAP_SYS_ADMIN in its
 /// effective set), read from /proc so that it needs no extra crate.
 pub fn has_admin_caps() -> bool {
@@ -372,10 +338,4 @@ pub fn has_admin_caps() -> bool {
     const CAP_NET_ADMIN: u64 = 12;
     const CAP_SYS_ADMIN: u64 = 21;
     caps & (1 << CAP_NET_ADMIN) != 0 && caps & (1 << CAP_SYS_ADMIN) != 0
-}
-
-/// Send `sig` to `pid`; false if it is already gone.
-pub fn signal(pid: u32, sig: libc::c_int) -> bool {
-    // SAFETY: kill(2) with a plain pid and signal number.
-    unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
 }

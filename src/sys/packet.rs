@@ -27,15 +27,10 @@ pub struct Received {
 
 /// Index of interface `name` in the calling thread's network namespace.
 pub fn if_nametoindex(name: &str) -> io::Result<u32> {
-    let c = CString::new(name)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name contains NUL"))?;
+    let c = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name contains NUL"))?;
     // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if idx == 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(idx)
-    }
+    if idx == 0 { Err(io::Error::last_os_error()) } else { Ok(idx) }
 }
 
 /// A raw packet socket bound to one interface, both directions.
@@ -50,12 +45,10 @@ impl PacketSocket {
     /// Opens an `AF_PACKET`/`SOCK_RAW` socket bound to `ifindex` for `ETH_P_ALL`.
     /// Needs CAP_NET_RAW in the namespace.
     pub fn open(ifindex: u32) -> io::Result<PacketSocket> {
-        let ifindex = libc::c_int::try_from(ifindex).map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidInput, "interface index out of range")
-        })?;
+        let ifindex = libc::c_int::try_from(ifindex)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface index out of range"))?;
         // SAFETY: plain syscall; on success we own the returned descriptor.
-        let fd =
-            cvt(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })?;
+        let fd = cvt(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })?;
         // SAFETY: `fd` is a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
 
@@ -78,20 +71,12 @@ impl PacketSocket {
         })?;
 
         // The bound address tells the interface's hardware type (ARPHRD_*).
-        // SAFETY: as above; the kernel writes at most `len` bytes into `name`.
+        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
         let mut name: libc::sockaddr_ll = unsafe { mem::zeroed() };
         let mut len = mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-        cvt(unsafe {
-            libc::getsockname(
-                fd.as_raw_fd(),
-                (&mut name as *mut libc::sockaddr_ll).cast(),
-                &mut len,
-            )
-        })?;
-        Ok(PacketSocket {
-            fd,
-            hatype: name.sll_hatype,
-        })
+        // SAFETY: as above; the kernel writes at most `len` bytes into `name`.
+        cvt(unsafe { libc::getsockname(fd.as_raw_fd(), (&mut name as *mut libc::sockaddr_ll).cast(), &mut len) })?;
+        Ok(PacketSocket { fd, hatype: name.sll_hatype })
     }
 
     /// The interface's hardware type (`ARPHRD_ETHER` = 1, `ARPHRD_NONE` = 0xfffe for TUN).
@@ -138,11 +123,7 @@ impl PacketSocket {
             };
         }
         let original = r as usize;
-        Ok(Some(Received {
-            captured: original.min(buf.len()),
-            original,
-            pkttype: from.sll_pkttype,
-        }))
+        Ok(Some(Received { captured: original.min(buf.len()), original, pkttype: from.sll_pkttype }))
     }
 
     /// Packets the kernel dropped because the socket buffer was full, since the last call

@@ -21,10 +21,7 @@ struct Installed {
 }
 
 // SAFETY-relevant note: `libc::sigaction` holds a handler address and flags only.
-static STATE: Mutex<Installed> = Mutex::new(Installed {
-    users: 0,
-    previous: Vec::new(),
-});
+static STATE: Mutex<Installed> = Mutex::new(Installed { users: 0, previous: Vec::new() });
 
 extern "C" fn on_stop_signal(_sig: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
@@ -48,9 +45,11 @@ pub fn catch_stop_signals() -> io::Result<StopSignals> {
         let mut act: libc::sigaction = unsafe { mem::zeroed() };
         act.sa_sigaction = on_stop_signal as extern "C" fn(libc::c_int) as usize;
         act.sa_flags = 0; // no SA_RESTART: interrupt poll()
+        // SAFETY: sa_mask is a live sigset_t inside `act`.
         unsafe { libc::sigemptyset(&mut act.sa_mask) };
         let mut previous = Vec::new();
         for sig in SIGNALS {
+            // SAFETY: as above: plain old data, filled by the kernel below.
             let mut old: libc::sigaction = unsafe { mem::zeroed() };
             // SAFETY: valid signal number, valid pointers.
             if unsafe { libc::sigaction(sig, &act, &mut old) } != 0 {

@@ -25,10 +25,7 @@ impl TermSignals {
 
     /// Wait up to `timeout` for SIGTERM/SIGINT; returns the signal number if one arrived.
     pub fn wait(&self, timeout: Duration) -> io::Result<Option<i32>> {
-        let ts = libc::timespec {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_nsec: timeout.subsec_nanos() as libc::c_long,
-        };
+        let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
         let raw: &libc::sigset_t = self.set.as_ref();
         // SAFETY: raw and ts are live for the call; a null siginfo pointer is allowed.
         let ret = unsafe { libc::sigtimedwait(raw, std::ptr::null_mut(), &ts) };

@@ -44,11 +44,8 @@ impl TunFd {
     /// Attach to the TUN interface `name` (IFF_TUN|IFF_NO_PI), creating it if absent.
     /// With `vnet_hdr`, every packet read/written is prefixed by a virtio_net_hdr.
     pub fn open(name: &str, vnet_hdr: bool) -> io::Result<TunFd> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open("/dev/net/tun")?;
+        let file =
+            OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK).open("/dev/net/tun")?;
         let fd: OwnedFd = file.into();
         let mut flags = libc::IFF_TUN | libc::IFF_NO_PI;
         if vnet_hdr {
@@ -96,7 +93,6 @@ impl AsRawFd for TunFd {
 }
 
 impl TunFd {
-
     /// TUNSETPERSIST: keep the interface after the last fd closes.
     pub fn set_persist(&self, persist: bool) -> io::Result<()> {
         // TUNSETPERSIST takes its argument by value, not by pointer.

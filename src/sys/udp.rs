@@ -9,9 +9,12 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 
+use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+
 use super::{cvt, setsockopt_int, sockaddr_v4};
 
-// linux/udp.h; libc only exports these for some targets.
+// linux/udp.h: the cmsg types of the batched send and receive below (the options themselves
+// go through nix).
 const UDP_SEGMENT: libc::c_int = 103;
 const UDP_GRO: libc::c_int = 104;
 
@@ -35,13 +38,7 @@ fn from_sockaddr(s: &libc::sockaddr_in) -> SocketAddrV4 {
 pub fn path_mtu(local: Ipv4Addr, peer: SocketAddrV4) -> io::Result<u32> {
     let probe = UdpSocket::bind(SocketAddrV4::new(local, 0))?;
     probe.connect(peer)?;
-    let mut mtu: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: mtu and len are live and len holds mtu's size.
-    cvt(unsafe {
-        libc::getsockopt(probe.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MTU, &mut mtu as *mut libc::c_int as *mut libc::c_void, &mut len)
-    })?;
-    Ok(mtu as u32)
+    Ok(getsockopt(&probe, sockopt::IpMtu)? as u32)
 }
 
 impl UdpSock {
@@ -56,12 +53,11 @@ impl UdpSock {
     /// Large socket buffers absorb bursts of 64 KB super-packets. The *FORCE variants
     /// ignore net.core.[rw]mem_max (we run with CAP_NET_ADMIN); plain ones are the fallback.
     pub fn set_buffers(&self, bytes: usize) {
-        let v = bytes as libc::c_int;
-        if setsockopt_int(self.raw(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, v).is_err() {
-            let _ = setsockopt_int(self.raw(), libc::SOL_SOCKET, libc::SO_SNDBUF, v);
+        if setsockopt(&self.sock, sockopt::SndBufForce, &bytes).is_err() {
+            let _ = setsockopt(&self.sock, sockopt::SndBuf, &bytes);
         }
-        if setsockopt_int(self.raw(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, v).is_err() {
-            let _ = setsockopt_int(self.raw(), libc::SOL_SOCKET, libc::SO_RCVBUF, v);
+        if setsockopt(&self.sock, sockopt::RcvBufForce, &bytes).is_err() {
+            let _ = setsockopt(&self.sock, sockopt::RcvBuf, &bytes);
         }
     }
 
@@ -72,12 +68,12 @@ impl UdpSock {
 
     /// Probe UDP GSO support: kernels without it reject the option.
     pub fn probe_gso(&self) -> io::Result<()> {
-        setsockopt_int(self.raw(), libc::SOL_UDP, UDP_SEGMENT, 0)
+        Ok(setsockopt(&self.sock, sockopt::UdpGsoSegment, &0)?)
     }
 
     /// Ask the kernel to coalesce same-flow datagrams into one receive (UDP GRO).
     pub fn enable_gro(&self) -> io::Result<()> {
-        setsockopt_int(self.raw(), libc::SOL_UDP, UDP_GRO, 1)
+        Ok(setsockopt(&self.sock, sockopt::UdpGroSegment, &true)?)
     }
 }
 
@@ -126,10 +122,7 @@ impl SendBatch {
         for (i, it) in items[..n].iter().enumerate() {
             assert!(it.start + it.len <= buf.len(), "send item out of bounds");
             self.addrs[i] = sockaddr_v4(it.dst);
-            self.iovs[i] = libc::iovec {
-                iov_base: buf[it.start..].as_ptr() as *mut libc::c_void,
-                iov_len: it.len,
-            };
+            self.iovs[i] = libc::iovec { iov_base: buf[it.start..].as_ptr() as *mut libc::c_void, iov_len: it.len };
             let h = &mut self.hdrs[i].msg_hdr;
             h.msg_name = &mut self.addrs[i] as *mut libc::sockaddr_in as *mut libc::c_void;
             h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;

@@ -8,9 +8,9 @@
 //! last carries exactly `mss` payload bytes; only ACK (and PSH on the last) flags.
 //! Anything else is passed through unchanged with an all-zero vnet header.
 
-use crate::checksum;
 use super::packet::PROTO_TCP;
 use super::vnet::{self, VnetHdr};
+use crate::checksum;
 
 const MAX_IP_LEN: usize = u16::MAX as usize;
 const TCP_ACK: u8 = 0x10;
@@ -176,7 +176,7 @@ impl Coalescer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tunnel::segment::tests::{tcp4, tcp_checksum_ok};
+    use crate::tunnel::segment::tests::{tcp_checksum_ok, tcp4};
     use crate::tunnel::segment::{complete_checksum, segment_tcp4};
 
     struct Out {

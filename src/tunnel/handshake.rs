@@ -6,7 +6,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 
 pub const GO: &[u8] = b"go";
 pub const READY: &[u8] = b"ready";
@@ -37,4 +37,3 @@ impl Handshake {
         Ok(())
     }
 }
-

@@ -13,6 +13,7 @@
 
 mod coalesce;
 mod forward;
+pub mod handshake;
 mod packet;
 mod peers;
 mod rx;
@@ -21,7 +22,6 @@ mod stats;
 mod tx;
 mod vnet;
 mod wire;
-pub mod handshake;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -37,8 +37,8 @@ use crate::sys::udp::{self, UdpSock};
 use peers::PeerTable;
 use stats::{Counters, DATAPATH_OFFLOAD, DATAPATH_PLAIN, DATAPATH_SUPER};
 
-pub use stats::Stats;
 use crate::model::wire::WireFormat;
+pub use stats::Stats;
 
 /// A remote node: where its tunnel listens and which inner subnets live behind it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -260,7 +260,10 @@ fn check_gso_paths(cfg: &TunnelConfig) -> Result<()> {
     for p in &cfg.peers {
         let mtu = udp::path_mtu(*cfg.local.ip(), p.addr).with_context(|| format!("reading the path MTU towards {}", p.addr))?;
         if mtu < need {
-            bail!("the gso wire sends datagrams of up to 64 KB, but the path to {} has MTU {mtu}: it needs {need} (the lab's cables with --backend udp-gso); on a real network use --wire raw", p.addr);
+            bail!(
+                "the gso wire sends datagrams of up to 64 KB, but the path to {} has MTU {mtu}: it needs {need} (the lab's cables with --backend udp-gso); on a real network use --wire raw",
+                p.addr
+            );
         }
     }
     Ok(())
@@ -272,10 +275,13 @@ fn check_gso_paths(cfg: &TunnelConfig) -> Result<()> {
 fn open_datapath(dev: &str, mode: OffloadMode, wire: WireFormat, sock: &UdpSock) -> Result<(TunFd, bool)> {
     if wire == WireFormat::Gso {
         if mode == OffloadMode::Off {
-            bail!("the gso wire passes TCP super-packets and needs the offload path, but the plain one was asked for (--no-offload, or CNET_TUNNEL_NO_OFFLOAD for `up`): drop that, or use --wire raw");
+            bail!(
+                "the gso wire passes TCP super-packets and needs the offload path, but the plain one was asked for (--no-offload, or CNET_TUNNEL_NO_OFFLOAD for `up`): drop that, or use --wire raw"
+            );
         }
-        let tun = open_offload(dev, sock)
-            .context("the gso wire needs TUN offloads and UDP GSO/GRO, which this kernel refuses: use --wire raw (--backend udp)")?;
+        let tun = open_offload(dev, sock).context(
+            "the gso wire needs TUN offloads and UDP GSO/GRO, which this kernel refuses: use --wire raw (--backend udp)",
+        )?;
         return Ok((tun, true));
     }
     if mode == OffloadMode::Auto {

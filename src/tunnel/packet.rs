@@ -3,8 +3,8 @@
 
 use std::net::Ipv4Addr;
 
-use crate::checksum;
 use super::vnet::{self, VnetHdr};
+use crate::checksum;
 
 pub const IPV4_MIN_HDR: usize = 20;
 pub const PROTO_TCP: u8 = 6;

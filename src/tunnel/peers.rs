@@ -82,7 +82,11 @@ mod tests {
 
     #[test]
     fn a_peer_may_send_from_its_own_address() {
-        let t = PeerTable::new(&[Peer { addr: "10.0.0.20:9000".parse().unwrap(), subnets: vec![(Ipv4Addr::new(172, 16, 1, 0), 24)] }]).unwrap();
+        let t = PeerTable::new(&[Peer {
+            addr: "10.0.0.20:9000".parse().unwrap(),
+            subnets: vec![(Ipv4Addr::new(172, 16, 1, 0), 24)],
+        }])
+        .unwrap();
         assert!(t.owns(0, Ipv4Addr::new(10, 0, 0, 20)));
         assert!(t.owns(0, Ipv4Addr::new(172, 16, 1, 2)));
         assert!(!t.owns(0, Ipv4Addr::new(10, 0, 0, 30)));

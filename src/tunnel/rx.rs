@@ -47,7 +47,14 @@ impl<'a> Rx<'a> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             // Errors queued by ICMP (e.g. ECONNREFUSED) surface here on some kernels
             // even for unconnected sockets; they are about sends, not receives.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNREFUSED | libc::EINTR | libc::EHOSTUNREACH | libc::ENETUNREACH)) => return Ok(true),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ECONNREFUSED | libc::EINTR | libc::EHOSTUNREACH | libc::ENETUNREACH)
+                ) =>
+            {
+                return Ok(true);
+            }
             Err(e) => return Err(e).context("receiving from the UDP socket"),
         };
         add(&c.udp_recvs, 1);

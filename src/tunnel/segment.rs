@@ -6,8 +6,8 @@
 //! segments are written back to back into `out` so that a single sendmsg with UDP_SEGMENT
 //! (all datagrams the same size except the last) puts them on the wire.
 
-use crate::checksum;
 use super::packet::{self, PROTO_TCP, PROTO_UDP};
+use crate::checksum;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SegError {

@@ -10,9 +10,9 @@ use std::net::SocketAddrV4;
 use anyhow::{Context, Result};
 
 use super::Shared;
+use super::packet::validate_super;
 use super::segment::{self, Segments};
 use super::stats::add;
-use super::packet::validate_super;
 use super::vnet::{self, VnetHdr};
 use super::wire::{GSO_MAGIC, WireFormat};
 use crate::sys::udp::{SendBatch, SendItem};

@@ -14,23 +14,19 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Whether privileged tests can run here. Without root they are skipped, except under CI,
-/// where a test that cannot run must fail.
-pub fn privileged() -> bool {
-    let root = unsafe_free_euid() == 0;
-    if !root {
-        if std::env::var_os("CI").is_some() {
-            panic!("this test needs root (network namespaces), and CI is set: run the tests as root");
-        }
-        eprintln!("skipped: needs root");
-    }
-    root
+/// Privileged tests call this first. Built by a user who cannot run them (outside CI) they
+/// are marked ignored (build.rs), so they show as not run; if one runs without root all the
+/// same (built as root, run as a user; or under CI), it fails here, never passes quietly.
+pub fn require_root() {
+    assert_eq!(unsafe_free_euid(), 0, "this test needs root (it builds network namespaces): run the tests as root");
 }
 
 fn unsafe_free_euid() -> u32 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:").map(|r| r.split_whitespace().nth(1).unwrap_or("1").to_string())))
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Uid:").map(|r| r.split_whitespace().nth(1).unwrap_or("1").to_string()))
+        })
         .and_then(|u| u.parse().ok())
         .unwrap_or(1)
 }
@@ -115,8 +111,100 @@ pub fn assert_nothing_left(r: &Run) {
 
 /// Parse `ping -c1` output: the reply's TTL.
 pub fn ping_ttls(text: &str) -> Vec<u32> {
-    text.lines()
-        .filter_map(|l| l.split("ttl=").nth(1))
-        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+    text.lines().filter_map(|l| l.split("ttl=").nth(1)).filter_map(|r| r.split_whitespace().next()?.parse().ok()).collect()
+}
+
+/// Shell that makes the sandbox play the talk's VM for host mode: an `enp0s8` with
+/// 10.0.0.10/24 (the other end, `lan0`, stays in the sandbox).
+pub const VM: &str = r#"
+hostname vm
+ip link add enp0s8 type veth peer name lan0
+ip addr add 10.0.0.10/24 dev enp0s8
+ip link set enp0s8 up; ip link set lan0 up
+"#;
+
+/// [`LEFTOVERS`] on a VM: its own enp0s8/lan0 pair is expected.
+pub fn vm_leftovers() -> String {
+    LEFTOVERS.replace("grep -vxE 'lo'", "grep -vxE 'lo|enp0s8|lan0'")
+}
+
+/// Shell: `$T/sink.py` listens on TCP port 7000, says "listening", and on end of stream
+/// prints the byte count and SHA-256 of what it received.
+pub const SINK_PY: &str = r#"cat > $T/sink.py <<'PY'
+import hashlib, socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", 7000)); s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept(); h = hashlib.sha256(); n = 0
+while True:
+    b = c.recv(1 << 20)
+    if not b: break
+    h.update(b); n += len(b)
+print(n, h.hexdigest())
+PY
+"#;
+
+/// Shell: `interrupt_up ARGS...` runs `cnet up ARGS` in a session of its own, waits until
+/// `up_started` (a shell function the test defines) succeeds, then as long as `$SETTLE`
+/// seconds, and sends Ctrl-C as a terminal does (SIGINT to the whole group); then prints
+/// its stderr and `exit=CODE`.
+pub const INTERRUPT_UP: &str = r#"
+interrupt_up() {
+  setsid cnet up "$@" 2> $T/err & pid=$!
+  i=0
+  until up_started; do i=$((i+1)); [ $i -lt 2000 ] || { echo "up never started"; break; }; sleep 0.005; done
+  sleep "$SETTLE"
+  t0=$(date +%s%N)
+  kill -INT -$pid
+  code=0; wait $pid || code=$?
+  t1=$(date +%s%N)
+  cat $T/err
+  echo "exit=$code"
+  echo "stopped in $(( (t1 - t0) / 1000000 )) ms"
+}
+"#;
+
+/// What `cnet test --json` answered, per node: (node, checks passed, checks run), and the
+/// failed checks as "from -> to: why" lines.
+pub struct Checks {
+    pub nodes: Vec<(u64, usize, usize)>,
+    pub failed: Vec<String>,
+}
+
+impl Checks {
+    pub fn parse(json: &str) -> Checks {
+        let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap_or_else(|e| panic!("cnet test --json: {e}\n{json}"));
+        let mut c = Checks { nodes: Vec::new(), failed: Vec::new() };
+        for n in v.as_array().expect("a list of nodes") {
+            let results = n["results"].as_array().expect("results");
+            let passed = results.iter().filter(|r| r["pass"] == true).count();
+            c.nodes.push((n["node"].as_u64().unwrap(), passed, results.len()));
+            for r in results.iter().filter(|r| r["pass"] != true) {
+                c.failed.push(format!("node{}: {} -> {}: {}", n["node"], r["check"]["from"], r["check"]["to"], r["error"]));
+            }
+        }
+        c
+    }
+    /// Every check passed, and there were `total` of them.
+    pub fn all_passed(&self, total: usize) -> bool {
+        self.failed.is_empty() && self.nodes.iter().map(|n| n.2).sum::<usize>() == total
+    }
+}
+
+/// What `cnet status --json` answered: per node, (verified steps, checked steps, missing).
+pub fn status_nodes(json: &str) -> Vec<(usize, usize, Vec<String>)> {
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap_or_else(|e| panic!("cnet status --json: {e}\n{json}"));
+    v.as_array()
+        .expect("a list of nodes")
+        .iter()
+        .map(|n| {
+            let missing = n["missing"].as_array().unwrap().iter().map(|m| m.as_str().unwrap().to_string()).collect();
+            (n["verified"].as_u64().unwrap() as usize, n["checked"].as_u64().unwrap() as usize, missing)
+        })
         .collect()
+}
+
+/// Every node's status matches its plan.
+pub fn status_matches(json: &str) -> bool {
+    let nodes = status_nodes(json);
+    !nodes.is_empty() && nodes.iter().all(|(v, c, m)| v == c && m.is_empty())
 }

@@ -112,13 +112,7 @@ impl PacketSummary {
 
 impl fmt::Display for PacketSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} → {}  {}",
-            self.src.as_deref().unwrap_or("?"),
-            self.dst.as_deref().unwrap_or("?"),
-            self.stack()
-        )?;
+        write!(f, "{} → {}  {}", self.src.as_deref().unwrap_or("?"), self.dst.as_deref().unwrap_or("?"), self.stack())?;
         if let Some(d) = &self.detail {
             write!(f, " ({d})")?;
         }
@@ -135,10 +129,7 @@ impl fmt::Display for PacketSummary {
 /// Decodes one frame. Pure; never panics.
 pub fn describe(frame: &[u8], link: LinkKind, tunnel_ports: &[u16]) -> PacketSummary {
     let mut s = PacketSummary::default();
-    let cx = Cx {
-        tunnel_ports,
-        depth: 0,
-    };
+    let cx = Cx { tunnel_ports, depth: 0 };
     match link {
         LinkKind::Ethernet => cx.ethernet(frame, &mut s),
         LinkKind::RawIp => cx.raw_ip(frame, &mut s),
@@ -151,14 +142,10 @@ fn u8_at(b: &[u8], i: usize) -> Option<u8> {
     b.get(i).copied()
 }
 fn u16_at(b: &[u8], i: usize) -> Option<u16> {
-    Some(u16::from_be_bytes(
-        b.get(i..i.checked_add(2)?)?.try_into().ok()?,
-    ))
+    Some(u16::from_be_bytes(b.get(i..i.checked_add(2)?)?.try_into().ok()?))
 }
 fn u32_at(b: &[u8], i: usize) -> Option<u32> {
-    Some(u32::from_be_bytes(
-        b.get(i..i.checked_add(4)?)?.try_into().ok()?,
-    ))
+    Some(u32::from_be_bytes(b.get(i..i.checked_add(4)?)?.try_into().ok()?))
 }
 fn ipv4_at(b: &[u8], i: usize) -> Option<Ipv4Addr> {
     u32_at(b, i).map(Ipv4Addr::from)
@@ -169,10 +156,7 @@ fn ipv6_at(b: &[u8], i: usize) -> Option<Ipv6Addr> {
 }
 fn mac_at(b: &[u8], i: usize) -> Option<String> {
     let m = b.get(i..i.checked_add(6)?)?;
-    Some(format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    ))
+    Some(format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5]))
 }
 
 /// Decoding context: the tunnel ports and how deep inside tunnels we are.
@@ -184,10 +168,7 @@ struct Cx<'a> {
 
 impl Cx<'_> {
     fn deeper(self) -> Self {
-        Cx {
-            depth: self.depth + 1,
-            ..self
-        }
+        Cx { depth: self.depth + 1, ..self }
     }
 
     /// Decodes `payload` as a new, inner packet.
@@ -375,8 +356,7 @@ impl Cx<'_> {
         if b.len() < 8 {
             return s.truncated("udp header", b.len(), 8);
         }
-        let (Some(sport), Some(dport), Some(ulen)) = (u16_at(b, 0), u16_at(b, 2), u16_at(b, 4))
-        else {
+        let (Some(sport), Some(dport), Some(ulen)) = (u16_at(b, 0), u16_at(b, 2), u16_at(b, 4)) else {
             return s.truncated("udp header", b.len(), 8);
         };
         let ulen = usize::from(ulen);
@@ -393,11 +373,7 @@ impl Cx<'_> {
         let tunnel = self.tunnel_ports.contains(&sport) || self.tunnel_ports.contains(&dport);
         let vxlan = VXLAN_PORTS.contains(&dport) || VXLAN_PORTS.contains(&sport);
         let can_nest = self.depth + 1 < MAX_DEPTH;
-        let tunnelled_ip = if tunnel && can_nest {
-            tunnel_payload(payload)
-        } else {
-            None
-        };
+        let tunnelled_ip = if tunnel && can_nest { tunnel_payload(payload) } else { None };
         if let Some((ip, framing)) = tunnelled_ip {
             s.detail = Some(format!("{ports}, {} bytes{framing}", payload.len()));
             s.inner = Some(self.inner(ip, LinkKind::RawIp));
@@ -425,14 +401,7 @@ impl Cx<'_> {
         let flags = b[13];
         // tcpdump's letters: S=SYN F=FIN R=RST P=PSH .=ACK U=URG
         let mut f = String::new();
-        for (bit, c) in [
-            (0x02, 'S'),
-            (0x01, 'F'),
-            (0x04, 'R'),
-            (0x08, 'P'),
-            (0x20, 'U'),
-            (0x10, '.'),
-        ] {
+        for (bit, c) in [(0x02, 'S'), (0x01, 'F'), (0x04, 'R'), (0x08, 'P'), (0x20, 'U'), (0x10, '.')] {
             if flags & bit != 0 {
                 f.push(c);
             }
@@ -482,11 +451,7 @@ impl Cx<'_> {
                 format!("{what}{}", quoted_ipv4(b.get(8..).unwrap_or(&[])))
             }
             11 => {
-                let what = if code == 0 {
-                    "ttl exceeded"
-                } else {
-                    "reassembly time exceeded"
-                };
+                let what = if code == 0 { "ttl exceeded" } else { "reassembly time exceeded" };
                 format!("{what}{}", quoted_ipv4(b.get(8..).unwrap_or(&[])))
             }
             5 => "redirect".to_string(),
@@ -500,18 +465,10 @@ impl Cx<'_> {
         let (Some(ty), Some(code)) = (u8_at(b, 0), u8_at(b, 1)) else {
             return s.truncated("icmpv6 header", b.len(), 4);
         };
-        let target = || {
-            ipv6_at(b, 8)
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "?".into())
-        };
+        let target = || ipv6_at(b, 8).map(|a| a.to_string()).unwrap_or_else(|| "?".into());
         let detail = match ty {
             128 | 129 => {
-                let name = if ty == 128 {
-                    "echo request"
-                } else {
-                    "echo reply"
-                };
+                let name = if ty == 128 { "echo request" } else { "echo reply" };
                 match (u16_at(b, 4), u16_at(b, 6)) {
                     (Some(id), Some(seq)) => format!("{name} id={id} seq={seq} hlim={hop_limit}"),
                     _ => {
@@ -535,8 +492,7 @@ impl Cx<'_> {
 
     fn arp(self, b: &[u8], s: &mut PacketSummary) {
         s.push("arp");
-        let (Some(htype), Some(ptype), Some(op)) = (u16_at(b, 0), u16_at(b, 2), u16_at(b, 6))
-        else {
+        let (Some(htype), Some(ptype), Some(op)) = (u16_at(b, 0), u16_at(b, 2), u16_at(b, 6)) else {
             return s.truncated("arp header", b.len(), 8);
         };
         let (hlen, plen) = (b[4], b[5]);
@@ -544,8 +500,7 @@ impl Cx<'_> {
             s.detail = Some(format!("op {op}, hardware {htype}, protocol 0x{ptype:04x}"));
             return;
         }
-        let (Some(sha), Some(spa), Some(tpa)) = (mac_at(b, 8), ipv4_at(b, 14), ipv4_at(b, 24))
-        else {
+        let (Some(sha), Some(spa), Some(tpa)) = (mac_at(b, 8), ipv4_at(b, 14), ipv4_at(b, 24)) else {
             return s.truncated("arp packet", b.len(), 28);
         };
         s.set_addrs(spa, tpa);
@@ -592,9 +547,7 @@ fn tunnel_payload(b: &[u8]) -> Option<(&[u8], &'static str)> {
 
 /// ` for udp 10.0.0.10:9000 → 10.0.0.20:9000`: the packet an ICMP error is about.
 fn quoted_ipv4(b: &[u8]) -> String {
-    let (Some(v), Some(proto), Some(src), Some(dst)) =
-        (u8_at(b, 0), u8_at(b, 9), ipv4_at(b, 12), ipv4_at(b, 16))
-    else {
+    let (Some(v), Some(proto), Some(src), Some(dst)) = (u8_at(b, 0), u8_at(b, 9), ipv4_at(b, 12), ipv4_at(b, 16)) else {
         return String::new();
     };
     if v >> 4 != 4 {

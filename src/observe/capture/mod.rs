@@ -101,11 +101,7 @@ pub enum Direction {
 
 impl Direction {
     pub fn from_pkttype(pkttype: u8) -> Direction {
-        if pkttype == pkt::PACKET_OUTGOING {
-            Direction::Out
-        } else {
-            Direction::In
-        }
+        if pkttype == pkt::PACKET_OUTGOING { Direction::Out } else { Direction::In }
     }
 
     fn as_str(self) -> &'static str {
@@ -123,12 +119,7 @@ pub fn describe(frame: &[u8], link: LinkKind, tunnel_ports: &[u16]) -> PacketSum
 
 /// One output line (without the newline): time since start, direction, summary.
 pub fn format_line(elapsed: Duration, dir: Direction, summary: &PacketSummary) -> String {
-    format!(
-        "{:>11.6} {} {}",
-        elapsed.as_secs_f64(),
-        dir.as_str(),
-        summary
-    )
+    format!("{:>11.6} {} {}", elapsed.as_secs_f64(), dir.as_str(), summary)
 }
 
 /// How often the loop wakes up to look at the stop flag and the deadline.
@@ -144,7 +135,7 @@ const BUF_LEN: usize = 256 * 1024;
 /// handlers restored afterwards). A caller with its own signal handling (e.g. tokio's
 /// `ctrl_c`) should use [`run_until`] with its own flag instead.
 fn summary_has(s: &PacketSummary, proto: &str) -> bool {
-    s.protocols.iter().any(|p| *p == proto) || s.inner.as_deref().is_some_and(|i| summary_has(i, proto))
+    s.protocols.contains(&proto) || s.inner.as_deref().is_some_and(|i| summary_has(i, proto))
 }
 
 pub fn run(opts: &CaptureOptions, out: &mut dyn Write) -> Result<u64> {
@@ -156,21 +147,23 @@ pub fn run(opts: &CaptureOptions, out: &mut dyn Write) -> Result<u64> {
 /// touches no signal handlers.
 pub fn run_until(opts: &CaptureOptions, out: &mut dyn Write, stop: &AtomicBool) -> Result<u64> {
     let iface = &opts.iface;
-    let ifindex = pkt::if_nametoindex(iface)
-        .with_context(|| format!("no interface {iface:?} in this network namespace"))?;
-    let sock = PacketSocket::open(ifindex)
-        .with_context(|| format!("opening a packet socket on {iface} (needs CAP_NET_RAW)"))?;
+    let ifindex = pkt::if_nametoindex(iface).with_context(|| format!("no interface {iface:?} in this network namespace"))?;
+    let sock = PacketSocket::open(ifindex).with_context(|| format!("opening a packet socket on {iface} (needs CAP_NET_RAW)"))?;
     let hatype = sock.hardware_type();
-    let link = LinkKind::from_arphrd(hatype)
-        .ok_or_else(|| anyhow!("{iface}: unsupported link type (ARPHRD {hatype})"))?;
+    let link = LinkKind::from_arphrd(hatype).ok_or_else(|| anyhow!("{iface}: unsupported link type (ARPHRD {hatype})"))?;
     let mut pcap = match &opts.pcap {
-        Some(path) => Some(
-            pcap::PcapWriter::create(path, link.pcap_linktype())
-                .with_context(|| format!("creating {}", path.display()))?,
-        ),
+        Some(path) => {
+            Some(pcap::PcapWriter::create(path, link.pcap_linktype()).with_context(|| format!("creating {}", path.display()))?)
+        }
         None => None,
     };
 
+    // Said once the socket sees packets, so that whoever starts traffic next (a person, a
+    // test) can wait for this line instead of guessing.
+    tell!(
+        "capturing on {iface}: one line per packet{}",
+        if opts.count.is_none() && opts.timeout.is_none() { "; Ctrl-C to stop" } else { "" }
+    );
     let start = Instant::now();
     let deadline = opts.timeout.map(|t| start + t);
     let mut buf = vec![0u8; BUF_LEN];
@@ -198,10 +191,10 @@ pub fn run_until(opts: &CaptureOptions, out: &mut dyn Write, stop: &AtomicBool) 
         let summary = describe(frame, link, &opts.tunnel_ports);
         // `--only icmp`: keep packets with that protocol at any depth (the inner packet too),
         // so the talk's ping stands out from IPv6 and IGMP chatter.
-        if let Some(want) = &opts.only {
-            if !summary_has(&summary, want) {
-                continue;
-            }
+        if let Some(want) = &opts.only
+            && !summary_has(&summary, want)
+        {
+            continue;
         }
         seen += 1;
         if let Some(w) = pcap.as_mut()
@@ -210,11 +203,7 @@ pub fn run_until(opts: &CaptureOptions, out: &mut dyn Write, stop: &AtomicBool) 
             result = Err(anyhow::Error::new(e).context("writing the pcap file"));
             break;
         }
-        let line = format_line(
-            start.elapsed(),
-            Direction::from_pkttype(r.pkttype),
-            &summary,
-        );
+        let line = format_line(start.elapsed(), Direction::from_pkttype(r.pkttype), &summary);
         match writeln!(out, "{line}").and_then(|()| out.flush()) {
             Ok(()) => {}
             // `cnet capture ... | head`: the reader is gone, stop quietly.
@@ -233,10 +222,7 @@ pub fn run_until(opts: &CaptureOptions, out: &mut dyn Write, stop: &AtomicBool) 
     if let Ok(drops) = sock.drops()
         && drops > 0
     {
-        let _ = writeln!(
-            out,
-            "# {drops} packets dropped by the kernel (socket buffer full)"
-        );
+        let _ = writeln!(out, "# {drops} packets dropped by the kernel (socket buffer full)");
     }
     result.map(|()| seen)
 }

@@ -64,27 +64,18 @@ impl<W: Write> PcapWriter<W> {
     pub fn new(mut w: W, linktype: u32) -> io::Result<Self> {
         w.write_all(&file_header(linktype))?;
         w.flush()?;
-        Ok(PcapWriter {
-            w,
-            record: Vec::with_capacity(16 + SNAPLEN as usize),
-        })
+        Ok(PcapWriter { w, record: Vec::with_capacity(16 + SNAPLEN as usize) })
     }
 
     /// Appends one packet: `data` is what was captured (cut to the snaplen here),
     /// `original_len` the packet's length on the wire. Flushes.
-    pub fn write_packet(
-        &mut self,
-        at: SystemTime,
-        data: &[u8],
-        original_len: usize,
-    ) -> io::Result<()> {
+    pub fn write_packet(&mut self, at: SystemTime, data: &[u8], original_len: usize) -> io::Result<()> {
         let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
         let data = &data[..data.len().min(SNAPLEN as usize)];
         let captured = data.len() as u32; // <= SNAPLEN
         let original = u32::try_from(original_len.max(data.len())).unwrap_or(u32::MAX);
         self.record.clear();
-        self.record
-            .extend_from_slice(&record_header(since_epoch, captured, original));
+        self.record.extend_from_slice(&record_header(since_epoch, captured, original));
         self.record.extend_from_slice(data);
         self.w.write_all(&self.record)?;
         self.w.flush()
@@ -126,15 +117,11 @@ mod tests {
         let mut w = PcapWriter::new(Vec::new(), LINKTYPE_RAW).unwrap();
         let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
         w.write_packet(t, &[0x45, 1, 2], 3).unwrap();
-        w.write_packet(t + Duration::from_micros(1), &[9; 10], 1500)
-            .unwrap();
+        w.write_packet(t + Duration::from_micros(1), &[9; 10], 1500).unwrap();
         let out = w.into_inner();
         assert_eq!(out.len(), 24 + 16 + 3 + 16 + 10);
         let r = &out[24..40];
-        assert_eq!(
-            u32::from_le_bytes(r[0..4].try_into().unwrap()),
-            1_700_000_000
-        );
+        assert_eq!(u32::from_le_bytes(r[0..4].try_into().unwrap()), 1_700_000_000);
         assert_eq!(u32::from_le_bytes(r[4..8].try_into().unwrap()), 123_456);
         assert_eq!(u32::from_le_bytes(r[8..12].try_into().unwrap()), 3);
         assert_eq!(u32::from_le_bytes(r[12..16].try_into().unwrap()), 3);

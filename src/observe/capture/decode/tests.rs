@@ -109,23 +109,14 @@ fn ethernet_ip_icmp_on_bridge() {
     assert_eq!(s.src.as_deref(), Some("172.16.0.2"));
     assert_eq!(s.dst.as_deref(), Some("172.16.1.2"));
     assert_eq!(s.problem, None);
-    assert_eq!(
-        s.to_string(),
-        "172.16.0.2 → 172.16.1.2  eth:ip:icmp (echo request id=77 seq=1 ttl=63)"
-    );
+    assert_eq!(s.to_string(), "172.16.0.2 → 172.16.1.2  eth:ip:icmp (echo request id=77 seq=1 ttl=63)");
 }
 
 #[test]
 fn tun_delivers_bare_ip() {
-    assert_eq!(
-        line(&inner_ping(), LinkKind::RawIp),
-        "172.16.0.2 → 172.16.1.2  ip:icmp (echo request id=77 seq=1 ttl=63)"
-    );
+    assert_eq!(line(&inner_ping(), LinkKind::RawIp), "172.16.0.2 → 172.16.1.2  ip:icmp (echo request id=77 seq=1 ttl=63)");
     let reply = ipv4(CON_REMOTE, CON1, 1, 62, &icmp_echo(0, 77, 1));
-    assert_eq!(
-        line(&reply, LinkKind::RawIp),
-        "172.16.1.2 → 172.16.0.2  ip:icmp (echo reply id=77 seq=1 ttl=62)"
-    );
+    assert_eq!(line(&reply, LinkKind::RawIp), "172.16.1.2 → 172.16.0.2  ip:icmp (echo reply id=77 seq=1 ttl=62)");
 }
 
 #[test]
@@ -135,10 +126,7 @@ fn tun_raw_ipv6() {
     let mut echo = icmp_echo(128, 5, 9);
     echo.truncate(16);
     let p = ipv6(a, b, 58, &echo);
-    assert_eq!(
-        line(&p, LinkKind::RawIp),
-        "fd00::1 → fd00::2  ipv6:icmpv6 (echo request id=5 seq=9 hlim=64)"
-    );
+    assert_eq!(line(&p, LinkKind::RawIp), "fd00::1 → fd00::2  ipv6:icmpv6 (echo request id=5 seq=9 hlim=64)");
 }
 
 #[test]
@@ -155,10 +143,7 @@ fn udp_tunnel_carries_inner_ip() {
     );
     // Without the port in tunnel_ports it is plain UDP data, like tshark.
     let plain = describe(&f, LinkKind::Ethernet, &[]);
-    assert_eq!(
-        plain.to_string(),
-        "10.0.0.10 → 10.0.0.20  eth:ip:udp:data (9000 → 9000, 84 bytes)"
-    );
+    assert_eq!(plain.to_string(), "10.0.0.10 → 10.0.0.20  eth:ip:udp:data (9000 → 9000, 84 bytes)");
     assert!(plain.inner.is_none());
 }
 
@@ -190,10 +175,7 @@ fn udp_tunnel_with_tun_packet_information_header() {
     // ethertype and IP version must agree
     payload[2..4].copy_from_slice(&[0x86, 0xdd]);
     let outer = ipv4(NODE1, NODE2, 17, 64, &udp(9000, 9000, &payload));
-    assert_eq!(
-        describe(&outer, LinkKind::RawIp, &[9000]).stack(),
-        "ip:udp:data"
-    );
+    assert_eq!(describe(&outer, LinkKind::RawIp, &[9000]).stack(), "ip:udp:data");
 }
 
 #[test]
@@ -204,10 +186,7 @@ fn tunnel_port_matches_either_side() {
     assert!(describe(&outer, LinkKind::RawIp, &[9000]).inner.is_some());
     // Payload that is not IP on a tunnel port stays data.
     let outer = ipv4(NODE1, NODE2, 17, 64, &udp(9000, 9000, b"hello"));
-    assert_eq!(
-        describe(&outer, LinkKind::RawIp, &[9000]).stack(),
-        "ip:udp:data"
-    );
+    assert_eq!(describe(&outer, LinkKind::RawIp, &[9000]).stack(), "ip:udp:data");
 }
 
 #[test]
@@ -215,12 +194,7 @@ fn vxlan_carries_inner_ethernet() {
     let inner = eth(MAC_B, MAC_A, 0x0800, &inner_ping());
     let mut vx = vec![0x08, 0, 0, 0, 0, 0, 42, 0];
     vx.extend_from_slice(&inner);
-    let f = eth(
-        MAC_B,
-        MAC_A,
-        0x0800,
-        &ipv4(NODE1, NODE2, 17, 64, &udp(51234, 4789, &vx)),
-    );
+    let f = eth(MAC_B, MAC_A, 0x0800, &ipv4(NODE1, NODE2, 17, 64, &udp(51234, 4789, &vx)));
     let s = describe(&f, LinkKind::Ethernet, &[9000]);
     assert_eq!(s.stack(), "eth:ip:udp:vxlan");
     assert_eq!(
@@ -262,15 +236,9 @@ fn nesting_is_bounded() {
 #[test]
 fn arp_request_and_reply() {
     let req = eth(BCAST, MAC_A, 0x0806, &arp(1, MAC_A, NODE1, [0; 6], NODE2));
-    assert_eq!(
-        line(&req, LinkKind::Ethernet),
-        "10.0.0.10 → 10.0.0.20  eth:arp (who-has 10.0.0.20 tell 10.0.0.10)"
-    );
+    assert_eq!(line(&req, LinkKind::Ethernet), "10.0.0.10 → 10.0.0.20  eth:arp (who-has 10.0.0.20 tell 10.0.0.10)");
     let rep = eth(MAC_A, MAC_B, 0x0806, &arp(2, MAC_B, NODE2, MAC_A, NODE1));
-    assert_eq!(
-        line(&rep, LinkKind::Ethernet),
-        "10.0.0.20 → 10.0.0.10  eth:arp (10.0.0.20 is-at 02:00:00:00:00:0b)"
-    );
+    assert_eq!(line(&rep, LinkKind::Ethernet), "10.0.0.20 → 10.0.0.10  eth:arp (10.0.0.20 is-at 02:00:00:00:00:0b)");
     let ann = eth(BCAST, MAC_A, 0x0806, &arp(1, MAC_A, NODE1, [0; 6], NODE1));
     assert!(line(&ann, LinkKind::Ethernet).ends_with("(announce 10.0.0.10)"));
 }
@@ -290,30 +258,15 @@ fn ipv6_neighbor_solicitation_and_extension_header() {
     let mut hbh = vec![58, 0, 5, 2, 0, 0, 1, 0];
     hbh.extend_from_slice(&[143, 0, 0, 0, 0, 0, 0, 0]);
     let f = eth(BCAST, MAC_A, 0x86dd, &ipv6(a, m, 0, &hbh));
-    assert_eq!(
-        line(&f, LinkKind::Ethernet),
-        "fe80::1 → ff02::1:ff00:2  eth:ipv6:icmpv6 (multicast listener report v2)"
-    );
+    assert_eq!(line(&f, LinkKind::Ethernet), "fe80::1 → ff02::1:ff00:2  eth:ipv6:icmpv6 (multicast listener report v2)");
 }
 
 #[test]
 fn tcp_with_ports_and_flags() {
     let syn = ipv4(CON1, CON_REMOTE, 6, 64, &tcp(40000, 80, 0x02, &[]));
-    assert_eq!(
-        line(&syn, LinkKind::RawIp),
-        "172.16.0.2 → 172.16.1.2  ip:tcp (40000 → 80 [S], 0 bytes)"
-    );
-    let data = ipv4(
-        CON_REMOTE,
-        CON1,
-        6,
-        64,
-        &tcp(80, 40000, 0x18, b"HTTP/1.1 200 OK\r\n"),
-    );
-    assert_eq!(
-        line(&data, LinkKind::RawIp),
-        "172.16.1.2 → 172.16.0.2  ip:tcp:data (80 → 40000 [P.], 17 bytes)"
-    );
+    assert_eq!(line(&syn, LinkKind::RawIp), "172.16.0.2 → 172.16.1.2  ip:tcp (40000 → 80 [S], 0 bytes)");
+    let data = ipv4(CON_REMOTE, CON1, 6, 64, &tcp(80, 40000, 0x18, b"HTTP/1.1 200 OK\r\n"));
+    assert_eq!(line(&data, LinkKind::RawIp), "172.16.1.2 → 172.16.0.2  ip:tcp:data (80 → 40000 [P.], 17 bytes)");
 }
 
 #[test]
@@ -322,10 +275,7 @@ fn udp_plain_and_vlan() {
     let mut tagged = vec![0, 100, 0x08, 0x00];
     tagged.extend_from_slice(&p);
     let f = eth(MAC_B, MAC_A, 0x8100, &tagged);
-    assert_eq!(
-        line(&f, LinkKind::Ethernet),
-        "10.0.0.10 → 10.0.0.20  eth:vlan:ip:udp:data (5353 → 53, 1 bytes)"
-    );
+    assert_eq!(line(&f, LinkKind::Ethernet), "10.0.0.10 → 10.0.0.20  eth:vlan:ip:udp:data (5353 → 53, 1 bytes)");
 }
 
 #[test]
@@ -343,50 +293,27 @@ fn icmp_port_unreachable_names_the_datagram() {
 #[test]
 fn unknown_ethertype_shows_macs() {
     let f = eth(BCAST, MAC_A, 0x88cc, &[1, 2, 3]);
-    assert_eq!(
-        line(&f, LinkKind::Ethernet),
-        "02:00:00:00:00:0a → ff:ff:ff:ff:ff:ff  eth:ethertype (ethertype 0x88cc, 3 bytes)"
-    );
+    assert_eq!(line(&f, LinkKind::Ethernet), "02:00:00:00:00:0a → ff:ff:ff:ff:ff:ff  eth:ethertype (ethertype 0x88cc, 3 bytes)");
 }
 
 #[test]
 fn truncated_frames_say_so() {
-    assert_eq!(
-        line(&[], LinkKind::Ethernet),
-        "? → ?  eth [truncated ethernet header: 0 of 14 bytes]"
-    );
+    assert_eq!(line(&[], LinkKind::Ethernet), "? → ?  eth [truncated ethernet header: 0 of 14 bytes]");
     assert_eq!(line(&[], LinkKind::RawIp), "? → ?  raw [empty packet]");
-    assert_eq!(
-        line(&[0x10, 0, 0], LinkKind::RawIp),
-        "? → ?  raw [not an IP packet (version 1)]"
-    );
+    assert_eq!(line(&[0x10, 0, 0], LinkKind::RawIp), "? → ?  raw [not an IP packet (version 1)]");
 
     let full = eth(MAC_B, MAC_A, 0x0800, &inner_ping());
     // cut inside the IPv4 header: MACs are known, IPs not yet
     let s = describe(&full[..14 + 10], LinkKind::Ethernet, &[]);
     assert_eq!(s.stack(), "eth:ip");
-    assert_eq!(
-        s.problem.as_deref(),
-        Some("truncated ipv4 header: 10 of 20 bytes")
-    );
+    assert_eq!(s.problem.as_deref(), Some("truncated ipv4 header: 10 of 20 bytes"));
     // cut inside the ICMP echo: addresses known, problem reported, still a line
     let s = describe(&full[..14 + 20 + 6], LinkKind::Ethernet, &[]);
     assert_eq!(s.stack(), "eth:ip:icmp");
     assert_eq!(s.src.as_deref(), Some("172.16.0.2"));
-    assert!(
-        s.problem
-            .as_deref()
-            .unwrap()
-            .starts_with("truncated ipv4 packet"),
-        "{s}"
-    );
+    assert!(s.problem.as_deref().unwrap().starts_with("truncated ipv4 packet"), "{s}");
 
-    let outer = eth(
-        MAC_B,
-        MAC_A,
-        0x0800,
-        &ipv4(NODE1, NODE2, 17, 64, &udp(9000, 9000, &inner_ping())),
-    );
+    let outer = eth(MAC_B, MAC_A, 0x0800, &ipv4(NODE1, NODE2, 17, 64, &udp(9000, 9000, &inner_ping())));
     let s = describe(&outer[..14 + 20 + 8 + 30], LinkKind::Ethernet, &[9000]);
     assert_eq!(s.stack(), "eth:ip:udp");
     let inner = s.inner.as_ref().expect("inner decoded from what is there");
@@ -413,32 +340,12 @@ fn every_prefix_of_valid_frames_decodes_without_panic() {
     let a: Ipv6Addr = "fd00::1".parse().unwrap();
     let frames = [
         inner.clone(),
-        eth(
-            MAC_B,
-            MAC_A,
-            0x0800,
-            &ipv4(NODE1, NODE2, 17, 64, &udp(9000, 9000, &inner_ping())),
-        ),
-        eth(
-            MAC_B,
-            MAC_A,
-            0x0800,
-            &ipv4(NODE1, NODE2, 17, 64, &udp(1, 4789, &vx)),
-        ),
+        eth(MAC_B, MAC_A, 0x0800, &ipv4(NODE1, NODE2, 17, 64, &udp(9000, 9000, &inner_ping()))),
+        eth(MAC_B, MAC_A, 0x0800, &ipv4(NODE1, NODE2, 17, 64, &udp(1, 4789, &vx))),
         eth(BCAST, MAC_A, 0x0806, &arp(1, MAC_A, NODE1, [0; 6], NODE2)),
         eth(MAC_B, MAC_A, 0x86dd, &ipv6(a, a, 58, &icmp_echo(128, 1, 1))),
-        eth(
-            MAC_B,
-            MAC_A,
-            0x0800,
-            &ipv4(NODE1, NODE2, 6, 64, &tcp(1, 2, 0x12, b"x")),
-        ),
-        eth(
-            MAC_B,
-            MAC_A,
-            0x86dd,
-            &ipv6(a, a, 44, &[17, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 2]),
-        ),
+        eth(MAC_B, MAC_A, 0x0800, &ipv4(NODE1, NODE2, 6, 64, &tcp(1, 2, 0x12, b"x"))),
+        eth(MAC_B, MAC_A, 0x86dd, &ipv6(a, a, 44, &[17, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 2])),
     ];
     for f in &frames {
         for n in 0..=f.len() {
@@ -455,12 +362,7 @@ fn every_prefix_of_valid_frames_decodes_without_panic() {
 #[test]
 fn random_and_mutated_bytes_never_panic() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let base = eth(
-        MAC_B,
-        MAC_A,
-        0x0800,
-        &ipv4(NODE1, NODE2, 17, 64, &udp(9000, 9000, &inner_ping())),
-    );
+    let base = eth(MAC_B, MAC_A, 0x0800, &ipv4(NODE1, NODE2, 17, 64, &udp(9000, 9000, &inner_ping())));
     for i in 0..20_000 {
         let bytes: Vec<u8> = if i % 2 == 0 {
             let len = (rng.next() % 200) as usize;
