@@ -25,6 +25,9 @@ pub struct Cli {
     /// Colour: auto (on a terminal, unless NO_COLOR is set), always, never.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true)]
     pub color: ColorChoice,
+    /// (internal) Wrap text at this many columns (the terminal of the cnet that started us).
+    #[arg(long, hide = true, global = true)]
+    pub width: Option<usize>,
     /// (internal) Report a failure as JSON on this descriptor, for the cnet that started us.
     #[arg(long, hide = true, global = true)]
     pub report_fd: Option<i32>,
@@ -114,6 +117,7 @@ pub struct UpArgs {
     /// Print no steps.
     #[arg(long, short)]
     pub quiet: bool,
+    /// (internal) Run by the lab inside one of its nodes.
     #[arg(long, hide = true)]
     pub in_lab: bool,
 }
@@ -133,6 +137,7 @@ pub struct DownArgs {
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
+    /// The same as JSON: per node, its links, routes, containers, verified steps, tunnel counters.
     #[arg(long)]
     pub json: bool,
     /// Only what `up --host` built on this machine.
@@ -142,12 +147,17 @@ pub struct StatusArgs {
 
 #[derive(Args, Debug)]
 pub struct TestArgs {
+    /// Every check as JSON (node, source, target, expected and seen TTL, round trip).
     #[arg(long)]
     pub json: bool,
+    /// Print every check, not only the failed ones, however many there are.
+    #[arg(long)]
+    pub all: bool,
     /// Check this machine (host mode). Without a state record, give the stage.
     #[arg(long)]
     pub host: bool,
     /// With --host: the stage to check when cnet did not build it (e.g. built by `explain --format sh`).
+    #[arg(requires = "host")]
     pub stage: Option<Stage>,
     /// With --host and a stage: which node this machine is.
     #[arg(long, default_value_t = 1)]
@@ -171,16 +181,19 @@ pub struct ExecArgs {
 
 #[derive(Args, Debug)]
 pub struct ShellArgs {
+    /// The lab node to enter: node1, 2, or its hostname (3-multi-node-1).
     pub node: String,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum ExplainFormat {
+    /// Each step with the talk's words and the command it equals.
     Text,
     /// A runnable iproute2 script that builds the stage.
     Sh,
     /// The script that removes what `sh` built.
     ShDown,
+    /// The topology and every node's plan as data.
     Json,
 }
 
@@ -188,6 +201,7 @@ pub enum ExplainFormat {
 pub struct ExplainArgs {
     #[command(flatten)]
     pub topo: TopologyArgs,
+    /// How to print the plan.
     #[arg(long, value_enum, default_value_t = ExplainFormat::Text)]
     pub format: ExplainFormat,
 }
@@ -251,7 +265,9 @@ pub struct CompletionsArgs {
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum DiagramFormat {
+    /// Boxes and lines for a terminal.
     Text,
+    /// Graphviz (`cnet diagram --format dot | dot -Tsvg > lab.svg`).
     Dot,
 }
 
@@ -259,6 +275,7 @@ pub enum DiagramFormat {
 pub struct DiagramArgs {
     /// The stage (default: the one that is up).
     pub stage: Option<Stage>,
+    /// How to draw it.
     #[arg(long, value_enum, default_value_t = DiagramFormat::Text)]
     pub format: DiagramFormat,
 }

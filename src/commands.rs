@@ -81,11 +81,7 @@ pub fn up(a: &UpArgs) -> Result<()> {
         let _lock = lock()?;
         rt.block_on(interruptible(lab::up(&opts, v), || lab::down(true)))?;
         if !a.quiet {
-            say!(
-                "\nThe lab is up: stage {} on {} node(s). Enter a node with `cnet shell node1`; check it with `cnet test`; remove it with `cnet down`.",
-                topo.stage(),
-                topo.nodes.len()
-            );
+            lab::print_next_steps(&topo);
         }
         Ok(())
     }
@@ -204,6 +200,18 @@ pub fn status(a: &StatusArgs) -> Result<()> {
 pub fn test(a: &TestArgs) -> Result<bool> {
     require_admin()?;
     let timeout = Duration::from_millis(a.timeout_ms);
+    if !a.host
+        && let Ok(Some(s)) = crate::apply::state::LabState::read()
+        && !s.complete
+    {
+        if crate::sys::process::is_locked(&crate::apply::state::run_dir()) {
+            bail!(
+                "the lab is still being built ({} node(s) so far; a `cnet up` is running): test it once `up` is done",
+                s.nodes.len()
+            );
+        }
+        bail!("the lab is incomplete (its `up` was stopped half-way): run `cnet down`, then `cnet up` again");
+    }
     let (results, multi) = if !a.host && lab::is_up() {
         let mut all = Vec::new();
         let args = ["test", "--host", "--json", "--timeout-ms", &a.timeout_ms.to_string()].map(String::from);
@@ -242,13 +250,19 @@ pub fn test(a: &TestArgs) -> Result<bool> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
-        for n in &results {
-            check::print_table(n, multi);
-            println!();
-        }
         let total: usize = results.iter().map(|n| n.results.len()).sum();
         let passed: usize = results.iter().map(|n| n.results.iter().filter(|r| r.pass).count()).sum();
-        println!("{passed}/{total} checks passed{}", if pass { "" } else { " — see FAIL lines above" });
+        // Past a screenful only the failures are worth reading; --all shows every row.
+        let all = a.all || total <= check::ROWS_SHOWN;
+        for n in &results {
+            check::print_table(n, multi, all);
+            println!();
+        }
+        let shown = if all { "" } else { " (only failures are listed; --all lists every check)" };
+        println!("{passed}/{total} checks passed{shown}");
+        if !pass {
+            println!("`cnet status` names any step that is missing; `cnet trace FROM TO` shows where a packet stops.");
+        }
     }
     Ok(pass)
 }

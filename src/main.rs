@@ -68,7 +68,8 @@ fn run() -> ExitCode {
             std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::IsTerminal::is_terminal(&std::io::stdout())
         }
     };
-    out::init(out::Settings { verbose: cli.verbose, color });
+    let width = cli.width.or_else(sys::terminal_width).or_else(|| std::env::var("COLUMNS").ok()?.parse().ok()).unwrap_or(80);
+    out::init(out::Settings { verbose: cli.verbose, color, width });
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",

@@ -158,22 +158,32 @@ echo cycles=$i
 #[cfg_attr(cnet_unprivileged, ignore = "needs root")]
 fn step_mode_waits_for_enter_in_the_lab() {
     require_root();
-    // `--step`: each step shown, then nothing happens until Enter.
+    // `--step`: each step shown, then nothing happens until Enter. While it waits, `status`
+    // works from a second terminal, `test` says the lab is still being built, and `s` opens a
+    // shell inside the node, at that point of the build.
     let r = sandbox(&format!(
         r#"
 mkfifo $T/keys
-cnet up namespace --step < $T/keys > $T/out 2>&1 &
+SHELL=/bin/bash cnet up namespace --step < $T/keys > $T/out 2>&1 &
 exec 3> $T/keys
 printf '\n\n' >&3
-sleep 0.5
+wait_for 100 sh -c "[ \$(grep -o 'Enter: run it' $T/out | wc -l) -ge 3 ]"
 mark after-two
-grep -o 'Enter to run it' $T/out | wc -l
+grep -o 'Enter: run it' $T/out | wc -l
 grep -c '"complete": false' /run/cnet/lab.json
+mark status-meanwhile
+cnet status --json | grep -c '"verified": 2'
+mark test-meanwhile
+cnet test 2>&1 || true
+printf 's\nhostname > $T/shell; ip -br link >> $T/shell; exit\n' >&3
+wait_for 100 grep -qs veth1 $T/shell
+mark shell
+cat $T/shell
 printf '\n\n\n\n\n\n' >&3
 exec 3>&-
 wait
 mark done
-cnet status | head -3
+cnet status --json
 cnet down -q
 {LEFTOVERS}"#
     ));
@@ -184,7 +194,12 @@ cnet down -q
         ["3", "1"],
         "two Enters run two steps and show the third: {after_two}"
     );
-    assert!(r.section("done").contains("matches the plan (8/8 steps verified)"), "{}", r.section("done"));
+    assert_eq!(r.section("status-meanwhile").trim(), "1", "status reads the half-built node");
+    assert!(r.section("test-meanwhile").contains("still being built"), "{}", r.section("test-meanwhile"));
+    let shell = r.section("shell");
+    // Inside the node, after step 2: the veth pair exists, its node end is not up yet.
+    assert!(shell.starts_with("1-network-namespace\n") && shell.contains("veth1") && !shell.contains("veth1@if2 UP"), "{shell}");
+    assert!(status_matches(&r.section("done")), "{}", r.section("done"));
     assert_nothing_left(&r);
 }
 

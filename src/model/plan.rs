@@ -125,7 +125,7 @@ pub struct NodePlan {
 /// multicast DAD and MLD packets that br0 floods to every port, work quadratic in the number
 /// of containers (at 1000 containers it was a third of the build's CPU and doubled `up`'s
 /// bridge phase).
-const NO_LINK_LOCAL: &str = " (addrgenmode none: no IPv6 link-local address, whose DAD and MLD multicasts the bridge would flood to every port; the talk is IPv4-only)";
+const NO_LINK_LOCAL: &str = " (addrgenmode none: no IPv6 link-local address, whose DAD and MLD multicasts the bridge would flood to every port and the overlay would carry; the talk is IPv4-only)";
 
 /// Whether this kernel has IPv6 (not booted with ipv6.disable=1, module present): the
 /// sysctl tree exists exactly then. Asked once per process.
@@ -298,12 +298,35 @@ struct Builder {
     /// Bring veth ends up with `addrgenmode none` (only where the kernel has IPv6: without
     /// it the kernel refuses the attribute, and there is no link-local address to avoid).
     no_link_local: bool,
+    /// The note on `addrgenmode none` has been given once (a note repeated on every veth end
+    /// is noise).
+    explained_no_ll: bool,
+    /// Other notes already given (by key), said once per plan.
+    said: Vec<&'static str>,
 }
 
 impl Builder {
-    /// The suffix for a step's explanation when it sets `addrgenmode none`.
-    fn no_ll_why(&self) -> &'static str {
-        if self.no_link_local { NO_LINK_LOCAL } else { "" }
+    /// The suffix for a step's explanation when it sets `addrgenmode none`: the why the
+    /// first time, a pointer to it afterwards.
+    fn no_ll_why(&mut self) -> &'static str {
+        match (self.no_link_local, self.explained_no_ll) {
+            (false, _) => "",
+            (true, false) => {
+                self.explained_no_ll = true;
+                NO_LINK_LOCAL
+            }
+            (true, true) => " (addrgenmode none, as above)",
+        }
+    }
+
+    /// `note` the first time `key` is asked for, `again` after that.
+    fn once(&mut self, key: &'static str, note: &'static str, again: &'static str) -> &'static str {
+        if self.said.contains(&key) {
+            again
+        } else {
+            self.said.push(key);
+            note
+        }
     }
 
     fn push(&mut self, step: Step, why: impl Into<String>) {
@@ -321,7 +344,7 @@ pub fn node_plan(topo: &Topology, node: &Node, underlay: &str) -> NodePlan {
 /// The same, saying whether to give bridged veth ends `addrgenmode none` (this machine's
 /// answer is `node_plan`'s; a script for another machine decides when it runs).
 pub fn node_plan_with(topo: &Topology, node: &Node, underlay: &str, no_link_local: bool) -> NodePlan {
-    let mut b = Builder { steps: Vec::new(), no_link_local };
+    let mut b = Builder { steps: Vec::new(), no_link_local, explained_no_ll: false, said: Vec::new() };
     match topo.stage() {
         Stage::Namespace => namespace_steps(&mut b, node),
         stage => {
@@ -369,7 +392,10 @@ fn namespace_steps(b: &mut Builder, node: &Node) {
     );
     b.push(
         Step::AddRoute { netns: con, dst: None, via: Some(c.addr.addr), dev: c.veth.clone(), onlink: false },
-        format!("In '{}': the default route out of the container, via {} dev {}.", c.name, c.addr.addr, c.veth),
+        format!(
+            "In '{}': the default route, via {} dev {}, as the talk has it. {} is the container's own address, so there is no router: every destination is taken as directly reachable on {}, the container ARPs for it, and the node answers for any address it owns (a Linux host answers ARP for its addresses on every interface).",
+            c.name, c.addr.addr, c.veth, c.addr.addr, c.veth
+        ),
     );
 }
 
@@ -380,12 +406,10 @@ fn bridge_steps(b: &mut Builder, node: &Node) {
         b.push(Step::AddNetns { name: c.name.clone() }, format!("Create the network namespace '{}'.", c.name));
     }
     for c in &node.containers {
+        let note = b.once("veth", " (the talk creates it, then moves it: same result, one step)", "");
         b.push(
             Step::AddVeth { name: c.host_veth.clone(), peer: c.veth.clone(), peer_netns: c.name.clone() },
-            format!(
-                "Create the veth pair {}/{} with {} straight inside '{}' (the talk creates, then moves it).",
-                c.host_veth, c.veth, c.veth, c.name
-            ),
+            format!("Create the veth pair {}/{} with {} straight inside '{}'{note}.", c.host_veth, c.veth, c.veth, c.name),
         );
     }
     for c in &node.containers {
@@ -468,7 +492,11 @@ fn multi_node_steps(b: &mut Builder, topo: &Topology, node: &Node, underlay: &st
                 )
             };
             b.push(Step::SetMtu { dev: "tun0".into(), mtu }, why);
-            b.push(Step::LinkUp { netns: None, dev: "tun0".into(), addrgen_none: false }, "Bring tun0 up.");
+            // No IPv6 link-local on tun0 either: its router solicitations and MLD reports
+            // would be read by the tunnel, which carries only IPv4 (they were its
+            // `tun_not_ipv4` drops).
+            let (no_ll, why) = (b.no_link_local, b.no_ll_why());
+            b.push(Step::LinkUp { netns: None, dev: "tun0".into(), addrgen_none: no_ll }, format!("Bring tun0 up{why}."));
             let local = SocketAddrV4::new(node.ip.addr, TUNNEL_PORT);
             let tunnel_peers = peers.iter().map(|(p, ip)| (SocketAddrV4::new(*ip, TUNNEL_PORT), p.pod_net)).collect();
             let what = if wire == WireFormat::Gso {
@@ -498,7 +526,8 @@ fn multi_node_steps(b: &mut Builder, topo: &Topology, node: &Node, underlay: &st
                 Step::AddAddr { netns: None, dev: "vxlan0".into(), addr: tun },
                 format!("Give vxlan0 {tun}, this node's end of the overlay."),
             );
-            b.push(Step::LinkUp { netns: None, dev: "vxlan0".into(), addrgen_none: false }, "Bring vxlan0 up.");
+            let (no_ll, why) = (b.no_link_local, b.no_ll_why());
+            b.push(Step::LinkUp { netns: None, dev: "vxlan0".into(), addrgen_none: no_ll }, format!("Bring vxlan0 up{why}."));
             for (p, _) in &peers {
                 let gw = p.tun_addr().addr;
                 b.push(
@@ -521,11 +550,16 @@ fn ip_forward(b: &mut Builder) {
 
 fn rp_filter(b: &mut Builder, underlay: &str, overlay: &str) {
     b.push(Step::Sysctl { key: "net.ipv4.conf.all.rp_filter".into(), value: "0".into() },
-        format!("Turn off reverse-path filtering: a container's packet to another node's IP leaves on {underlay}, but the reply's route back points into {overlay}; a strict check would drop the reply as arriving on the wrong interface."));
+        format!("Turn off reverse-path filtering: a container's packet to another node's own address leaves its node on {underlay} (that address is on the underlay), but at the other node the route back to the container points into {overlay}, so a strict check there would drop the request as arriving on the wrong interface."));
     for dev in [underlay, "br0", overlay] {
+        let note = b.once(
+            "rp_filter",
+            ": the kernel applies the higher of 'all' and the interface's own value (2, loose, beats 1, strict; only 0 and 0 is off)",
+            "",
+        );
         b.push(
             Step::Sysctl { key: format!("net.ipv4.conf.{dev}.rp_filter"), value: "0".into() },
-            format!("... and on {dev} (the kernel applies the stricter of 'all' and the interface's own value)."),
+            format!("... and on {dev}{note}."),
         );
     }
 }

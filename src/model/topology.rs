@@ -309,7 +309,17 @@ impl Topology {
         if options.pod_cidr.is_some() && stage != Stage::SingleNode {
             bail!("--pod-cidr applies to stage 2 (single-node) only; stages 3 and 4 give node i 172.16.(i-1).0/24");
         }
-        let node_count = if stage.is_multi_node() { options.nodes } else { 1 };
+        // What the stage really has, whatever the defaults said (stage 1: one node, one
+        // container; stage 2: one node), so that `explain --format json` and the record
+        // tell the truth.
+        let mut options = options;
+        if !stage.is_multi_node() {
+            options.nodes = 1;
+        }
+        if stage == Stage::Namespace {
+            options.containers = 1;
+        }
+        let node_count = options.nodes;
         if stage.is_multi_node() && !(2..=MAX_NODES).contains(&node_count) {
             // Node i gets 10.0.0.(10*i): 25 nodes is the last that fits 10.0.0.0/24.
             bail!("--nodes must be 2..25 (node i gets 10.0.0.(10*i) on the underlay /24)");

@@ -52,7 +52,8 @@ struct Target {
     ip: Ipv4Addr,
     label: String,
     node: u32,
-    is_container: bool,
+    /// 0 a node, 1 a bridge, 2 a container: the talk's order.
+    kind: u8,
 }
 
 fn targets(topo: &Topology, me: u32, bounded: bool) -> Vec<Target> {
@@ -61,26 +62,22 @@ fn targets(topo: &Topology, me: u32, bounded: bool) -> Vec<Target> {
     for n in &topo.nodes {
         let local = n.index == me;
         let list = if local { &mut own } else { &mut other };
-        let suffix = if topo.stage().is_multi_node() { format!(" (node {})", n.index) } else { String::new() };
-        list.push(Target { ip: n.ip.addr, label: format!("{}{suffix}", n.short_name()), node: n.index, is_container: false });
+        // Named as `cnet exec` names them: node2, node2/br0, node2/con1.
+        let node = n.short_name();
+        list.push(Target { ip: n.ip.addr, label: node.clone(), node: n.index, kind: 0 });
         if let Some(b) = n.bridge {
-            list.push(Target { ip: b.addr, label: format!("br0{suffix}"), node: n.index, is_container: false });
+            list.push(Target { ip: b.addr, label: format!("{node}/br0"), node: n.index, kind: 1 });
         }
         let cons: Vec<_> = if bounded && !local { n.containers.iter().take(1).collect() } else { n.containers.iter().collect() };
         for c in cons {
-            list.push(Target { ip: c.addr.addr, label: format!("{}{suffix}", c.name), node: n.index, is_container: true });
+            list.push(Target { ip: c.addr.addr, label: format!("{node}/{}", c.name), node: n.index, kind: 2 });
         }
     }
     // The talk's order: own node, other nodes, own bridge, other bridges, own containers, others'.
     let mut t = Vec::new();
-    let kinds = |x: &Target, k: u8| match k {
-        0 => !x.is_container && x.label.starts_with("node"),
-        1 => !x.is_container && x.label.starts_with("br0"),
-        _ => x.is_container,
-    };
     for k in 0..3u8 {
-        t.extend(own.iter().filter(|x| kinds(x, k)).map(|x| Target { label: x.label.clone(), ..*x }));
-        t.extend(other.iter().filter(|x| kinds(x, k)).map(|x| Target { label: x.label.clone(), ..*x }));
+        t.extend(own.iter().filter(|x| x.kind == k).map(|x| Target { label: x.label.clone(), ..*x }));
+        t.extend(other.iter().filter(|x| x.kind == k).map(|x| Target { label: x.label.clone(), ..*x }));
     }
     t
 }
@@ -97,7 +94,7 @@ pub fn node_checks(topo: &Topology, me: u32) -> (Vec<Check>, &'static str) {
     for (from, from_container) in sources_list {
         let ts = if bounded { bounded_targets(topo, me, &from) } else { targets(topo, me, false) };
         for t in ts {
-            let routers = if t.node == me { 0 } else { from_container as u8 + t.is_container as u8 };
+            let routers = if t.node == me { 0 } else { from_container as u8 + (t.kind == 2) as u8 };
             checks.push(Check { from: from.clone(), to: t.ip, target: t.label, expect_ttl: 64 - routers });
         }
     }
@@ -107,7 +104,7 @@ pub fn node_checks(topo: &Topology, me: u32) -> (Vec<Check>, &'static str) {
 /// Large labs: each source reaches its bridge, its node and one container on every other
 /// node (those nodes' own checks cover the way back).
 fn bounded_targets(topo: &Topology, me: u32, _from: &str) -> Vec<Target> {
-    targets(topo, me, true).into_iter().filter(|t| t.node != me || !t.is_container).collect()
+    targets(topo, me, true).into_iter().filter(|t| t.node != me || t.kind != 2).collect()
 }
 
 /// Sources checked together before the ARP entries they caused are dropped again.
@@ -203,7 +200,8 @@ fn run_once(checks: &[Check], netns_dir: &Path, timeout: Duration, round: u16) -
                             error: (ttl != c.expect_ttl).then(|| format!("TTL {ttl}, expected {}", c.expect_ttl)),
                             check: c,
                             ttl: Some(ttl),
-                            rtt_ms: Some(rtt.as_secs_f64() * 1000.0),
+                            // Microseconds are all an ICMP round trip can tell.
+                            rtt_ms: Some((rtt.as_secs_f64() * 1e6).round() / 1000.0),
                         },
                         None => CheckResult {
                             check: c,
@@ -248,9 +246,13 @@ fn ping_all(id: u16, to: Vec<Ipv4Addr>, timeout: Duration) -> Result<Vec<Option<
     Ok(out)
 }
 
-pub fn print_table(n: &NodeChecks, multi: bool) {
+/// Rows printed before `cnet test` shows only the failures (and `--all` shows them all).
+pub const ROWS_SHOWN: usize = 60;
+
+/// One node's checks as a table: every row, or (`all` false) only the failed ones.
+pub fn print_table(n: &NodeChecks, multi: bool, all: bool) {
     let passed = n.results.iter().filter(|r| r.pass).count();
-    let title = if multi { format!("{} ({})", n.hostname, format_args!("node{}", n.node)) } else { n.hostname.clone() };
+    let title = if multi { format!("node{} ({})", n.node, n.hostname) } else { n.hostname.clone() };
     println!("{title}: {passed}/{} checks passed ({} plan)", n.results.len(), n.plan);
     if passed < n.results.len() && n.results.len() > 800 {
         // Checks run in rounds that drop their ARP entries, but the kernel's table is shared
@@ -260,8 +262,12 @@ pub fn print_table(n: &NodeChecks, multi: bool) {
             often 1024 entries): if other labs or containers fill it, unanswered checks may be that"
         );
     }
-    println!("  {:<8} {:<16} {:<18} {:>4} {:>5} {:>9}  result", "from", "to", "target", "ttl", "want", "rtt");
-    for r in &n.results {
+    let rows: Vec<&CheckResult> = n.results.iter().filter(|r| all || !r.pass).collect();
+    if rows.is_empty() {
+        return;
+    }
+    println!("  {:<8} {:<28} {:>4} {:>5} {:>9}  result", "from", "to", "ttl", "want", "rtt");
+    for r in rows {
         let ttl = r.ttl.map_or("-".into(), |t| t.to_string());
         let rtt = r.rtt_ms.map_or("-".into(), |t| format!("{t:.3} ms"));
         let verdict = if r.pass {
@@ -269,15 +275,8 @@ pub fn print_table(n: &NodeChecks, multi: bool) {
         } else {
             format!("{}: {}", crate::out::verdict("FAIL", false), r.error.as_deref().unwrap_or(""))
         };
-        println!(
-            "  {:<8} {:<16} {:<18} {:>4} {:>5} {:>9}  {verdict}",
-            r.check.from,
-            r.check.to.to_string(),
-            r.check.target,
-            ttl,
-            r.check.expect_ttl,
-            rtt
-        );
+        let to = format!("{} {}", r.check.to, r.check.target);
+        println!("  {:<8} {:<28} {:>4} {:>5} {:>9}  {verdict}", r.check.from, to, ttl, r.check.expect_ttl, rtt);
     }
 }
 

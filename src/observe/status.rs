@@ -176,9 +176,9 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
             Step::AddFdb { .. } => None,
             Step::Sysctl { key, value } => Some(crate::apply::sysctl::read(key).ok().as_deref() == Some(value.as_str())),
             Step::StartTunnel { local, .. } => {
-                let pid = done.iter().find_map(|d| d.pid);
-                tunnel = std::fs::read(crate::apply::launch::stats_path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
-                Some(pid.is_some_and(|p| is_cnet_process(p, &["tunnel", &local.to_string()])))
+                let pid = done.iter().find_map(|d| d.pid).filter(|p| is_cnet_process(*p, &["tunnel", &local.to_string()]));
+                tunnel = fresh_tunnel_counters(pid).await;
+                Some(pid.is_some())
             }
         };
         if let Some(ok) = ok {
@@ -201,9 +201,36 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
     }))
 }
 
+/// The tunnel's counters, fresh: it writes them four times a second, and at once when
+/// asked with SIGUSR1; wait up to 200 ms for that write, else take what is there.
+async fn fresh_tunnel_counters(pid: Option<u32>) -> Option<serde_json::Value> {
+    let path = crate::apply::launch::stats_path();
+    let read = || std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let asked = now_ms();
+    if let Some(pid) = pid
+        && crate::sys::process::signal(pid, nix::sys::signal::Signal::SIGUSR1)
+    {
+        for _ in 0..40 {
+            if read().is_some_and(|v| v["at_ms"].as_u64().unwrap_or(0) >= asked) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    read()
+}
+
 fn link_line(l: &LinkState) -> String {
-    let mut s =
-        format!("{:<10} {:<7} {:<5}", l.name, l.kind.as_deref().unwrap_or("-"), if l.up { l.state.as_str() } else { "down" });
+    // As `ip -br link` would sum it up: down, up, or up without a carrier. A bridge or a
+    // TUN/VXLAN device reports its operational state as "unknown" while it works: up.
+    let state = match (l.up, l.state.as_str()) {
+        (false, _) => "down",
+        (true, "up" | "unknown") => "up",
+        (true, "lowerlayerdown" | "down") => "no-carrier",
+        (true, other) => other,
+    };
+    let mut s = format!("{:<10} {:<7} {:<10}", l.name, l.kind.as_deref().unwrap_or("-"), state);
     if let Some(m) = &l.master {
         s.push_str(&format!(" master {m}"));
     }
@@ -219,7 +246,7 @@ fn link_line(l: &LinkState) -> String {
     for a in &l.addrs {
         s.push_str(&format!(" {a}"));
     }
-    s
+    s.trim_end().to_string()
 }
 
 pub fn print(st: &NodeStatus) {
@@ -263,8 +290,14 @@ pub fn tunnel_line(t: &serde_json::Value) -> String {
         .as_object()
         .map(|m| m.iter().filter(|(_, v)| v.as_u64() != Some(0)).map(|(k, v)| format!("{k} {v}")).collect())
         .unwrap_or_default();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let age = match now.saturating_sub(st.at_ms) {
+        _ if st.at_ms == 0 => String::new(),
+        ms if ms < 1000 => " (counters read just now)".into(),
+        ms => format!(" (counters as of {:.1} s ago: the tunnel did not answer)", ms as f64 / 1000.0),
+    };
     format!(
-        "data path {}; tun0 -> udp {} packets ({} B), udp -> tun0 {} packets ({} B)\n    drops: {}",
+        "data path {}{age}\n    tun0 -> udp: {} packets ({} B); udp -> tun0: {} packets ({} B)\n    drops: {}",
         st.datapath,
         st.tun_to_udp.packets,
         st.tun_to_udp.bytes,

@@ -102,8 +102,9 @@ pub async fn up(opts: &Options, v: Verbosity) -> Result<()> {
 
 async fn build(topo: &Topology, state: &mut LabState, v: Verbosity) -> Result<()> {
     let switch = create_switch().await?;
+    let hosts = hosts_file(topo);
     for n in &topo.nodes {
-        create_node(n.index, &n.hostname, state)?;
+        create_node(n.index, &n.hostname, &hosts, state)?;
         cable(&switch, n.index, n.ip, topo.options.underlay_mtu)
             .await
             .with_context(|| format!("cannot connect {} to the lab's switch", n.hostname))?;
@@ -126,6 +127,16 @@ async fn build(topo: &Topology, state: &mut LabState, v: Verbosity) -> Result<()
     Ok(())
 }
 
+/// The lab nodes' /etc/hosts: localhost, the node itself (`{self}`), every node by its
+/// hostname and short name, as the talk's Vagrant VMs had them.
+fn hosts_file(topo: &Topology) -> String {
+    let mut h = String::from("127.0.0.1\tlocalhost\n127.0.1.1\t{self}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for n in &topo.nodes {
+        h.push_str(&format!("{}\t{} {}\n", n.ip.addr, n.hostname, n.short_name()));
+    }
+    h
+}
+
 /// The lab's L2 network: a bridge in a namespace of its own. Its veth peers (the nodes'
 /// enp0s8) go into the node namespaces under /run/cnet/lab.
 async fn create_switch() -> Result<Netlink> {
@@ -140,18 +151,28 @@ async fn create_switch() -> Result<Netlink> {
 
 /// A VM-like node: a held child unshares its namespaces, they are bound under
 /// /run/cnet/lab/nodeN, and the child exits.
-fn create_node(index: u32, hostname: &str, state: &mut LabState) -> Result<()> {
+fn create_node(index: u32, hostname: &str, hosts: &str, state: &mut LabState) -> Result<()> {
     let nsp = node_ns(index);
-    std::fs::create_dir_all(nsp.net.parent().unwrap())?;
+    let dir = nsp.net.parent().unwrap();
+    std::fs::create_dir_all(dir)?;
     state.nodes.push(index);
     state.write()?;
+    // The node's own /etc/hosts and /etc/resolv.conf, as a VM has: its name and the other
+    // nodes' resolve at once (Python's http.server looks its own name up before it serves),
+    // and with no DNS server here a lookup fails at once instead of waiting out the
+    // machine's unreachable one.
+    let (hosts_file, resolv) = (dir.join("hosts"), dir.join("resolv.conf"));
+    std::fs::write(&hosts_file, hosts.replace("{self}", hostname)).context("cannot write the node's /etc/hosts")?;
+    std::fs::write(&resolv, "# a cnet lab node: no DNS server; names come from /etc/hosts\n")
+        .context("cannot write the node's /etc/resolv.conf")?;
+    let etc = [(hosts_file, "/etc/hosts"), (resolv, "/etc/resolv.conf")];
     // First unpinned, then once on each CPU (see `as_new_node` on why binding may fail).
     let attempts = std::iter::once(None).chain(ns::allowed_cpus().into_iter().map(Some));
     let mut last = None;
     for cpu in attempts {
         let mut cmd = Command::new("/proc/self/exe");
         cmd.arg("__hold").stdin(Stdio::piped()).stdout(Stdio::null());
-        ns::as_new_node(&mut cmd, hostname, cpu)?;
+        ns::as_new_node(&mut cmd, hostname, cpu, &etc)?;
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -336,7 +357,11 @@ async fn down_lab(state: &LabState) -> Result<()> {
                 errors.push(e);
             }
         }
-        let _ = std::fs::remove_dir(nsp.net.parent().unwrap());
+        let dir = nsp.net.parent().unwrap();
+        for f in ["hosts", "resolv.conf"] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+        let _ = std::fs::remove_dir(dir);
     }
     if let Err(e) = ns::delete_ns_file(&switch_ns()) {
         errors.push(e);
@@ -436,4 +461,33 @@ pub fn in_every_node(args: &[&str]) -> Result<Vec<(u32, ExitStatus, Vec<u8>)>> {
 /// Whether a lab is here: its record, or what is left of one.
 pub fn is_up() -> bool {
     crate::apply::state::lab_state_path().exists() || remains().is_some()
+}
+
+/// What to try once the lab is up, for its stage, from the machine's own shell: said once,
+/// after every node is built.
+pub fn print_next_steps(topo: &Topology) {
+    let stage = topo.stage();
+    say!("\nThe lab is up: stage {} ({}) on {} node(s). Try this next:", stage.number(), stage.name(), topo.nodes.len());
+    match stage {
+        crate::model::topology::Stage::Namespace => {
+            say!("  cnet exec node1/con -- ping -c1 10.0.0.10    # the node answers, TTL 64");
+            say!("  cnet shell node1    # inside the node, the talk's commands work as they are:");
+            say!("    ip netns exec con python3 -m http.server 8000 &");
+            say!("    curl --retry 20 --retry-connrefused --retry-delay 0 -s 172.16.0.1:8000 | head -3");
+        }
+        crate::model::topology::Stage::SingleNode => {
+            let c = &topo.nodes[0].containers;
+            let second = c.get(1).unwrap_or(&c[0]);
+            say!("  cnet exec node1/{} -- ping -c1 {}    # TTL 64: same L2", c[0].name, second.addr.addr);
+        }
+        _ => {
+            let far = topo.nodes[1].containers[0].addr.addr;
+            say!("  cnet exec node1/con1 -- ping -c1 {far}    # TTL 62: both nodes route it");
+            say!("  cnet exec node1 -- ping -c1 {far}    # TTL 63: node 2 routes it");
+            if stage == crate::model::topology::Stage::Overlay {
+                say!("  cnet capture node2 enp0s8 --only icmp -c 2    # the ICMP inside UDP");
+            }
+        }
+    }
+    say!("  cnet test    # the talk's checks; cnet down removes it all");
 }

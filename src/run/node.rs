@@ -3,7 +3,7 @@
 //! its VM-like nodes.
 
 use std::collections::HashSet;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
@@ -206,21 +206,46 @@ async fn check_conflicts(nl: &Netlink, plan: &NodePlan, links: &[crate::apply::n
     Ok(())
 }
 
-/// Wait for Enter (or `q`). The read runs on a blocking thread so that the runtime stays
-/// free to notice a Ctrl-C meanwhile.
+/// Wait for Enter (or `q` to stop, or `s` for a shell here). The read runs on a blocking
+/// thread so that the runtime stays free to notice a Ctrl-C meanwhile.
 async fn wait_for_enter() -> Result<()> {
-    {
-        let mut out = std::io::stdout();
-        let _ = write!(out, "        (Enter to run it, q then Enter to stop) ");
-        let _ = out.flush();
+    loop {
+        {
+            let mut out = std::io::stdout();
+            let _ = write!(out, "        (Enter: run it; s: a shell here first; q: stop) ");
+            let _ = out.flush();
+        }
+        let line = tokio::task::spawn_blocking(read_line_unbuffered).await??;
+        match line.trim() {
+            "q" => return Err(crate::error::Failure::stopped("stopped at your request")),
+            "s" => shell_here().await?,
+            _ => return Ok(()),
+        }
     }
-    let line = tokio::task::spawn_blocking(|| {
-        let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line).map(|_| line)
-    })
-    .await??;
-    if line.trim() == "q" {
-        return Err(crate::error::Failure::stopped("stopped at your request"));
+}
+
+/// One line from stdin, read a byte at a time: a buffered read would swallow what follows
+/// (what the user types into the shell that `s` opens next, when stdin is a pipe).
+fn read_line_unbuffered() -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let mut f = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while f.read(&mut b)? == 1 && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+/// A shell where this node runner is (inside the lab node, or on this machine), to look at
+/// the stage half-built; the build goes on when it exits.
+async fn shell_here() -> Result<()> {
+    let sh = std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into());
+    say!("        {} shell on {}: look around (ip -br link, ip route, ip netns); exit to go on", sh, hostname());
+    let status = tokio::task::spawn_blocking(move || std::process::Command::new(&sh).status()).await??;
+    if !status.success() {
+        tracing::info!("the shell ended with {status}");
     }
     Ok(())
 }
@@ -286,15 +311,17 @@ pub async fn up(req: &NodeRequest, pace: Pace) -> Result<()> {
                 }
             }
         }
-        tracing::debug!("steps {}..{} ({}) took {:?}", i + 1, end, plan.steps[i].command, started.elapsed());
+        // -v shows where the time goes, batch by batch.
+        tracing::info!("steps {}..{} ({}) took {:?}", i + 1, end, plan.steps[i].command, started.elapsed());
         if let Some((j, e)) = failed {
             return Err(fail(&nl, &header, &plan, &done, (j, end), e).await);
         }
         i = end;
     }
-    if pace != Pace::Quiet {
+    // In the lab, the lab says what to try, once, when every node is built.
+    if pace != Pace::Quiet && !req.in_lab {
         say!();
-        print_next_steps(&topo, req.node, req.in_lab);
+        print_next_steps(&topo, req.node);
     }
     Ok(())
 }
@@ -416,32 +443,28 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
-/// The talk's demo commands for the stage, to try next.
-pub fn print_next_steps(topo: &Topology, node: u32, in_lab: bool) {
+/// The talk's demo commands for the stage, to try next on this machine (host mode).
+pub fn print_next_steps(topo: &Topology, node: u32) {
     let n = topo.node(node).expect("node exists");
-    let enter = if in_lab { format!("cnet shell {}   # then, inside the node:\n  ", n.short_name()) } else { String::new() };
     say!("Try this next:");
     match topo.stage() {
         Stage::Namespace => {
-            say!("  {enter}ip netns exec con ping -c1 10.0.0.10");
+            say!("  ip netns exec con ping -c1 10.0.0.10    # the node answers, TTL 64");
             say!("  ip netns exec con python3 -m http.server 8000 &");
-            say!("  curl 172.16.0.1:8000");
+            say!("  curl --retry 20 --retry-connrefused --retry-delay 0 -s 172.16.0.1:8000 | head -3");
         }
         Stage::SingleNode => {
             let c = &n.containers;
             let second = c.get(1).unwrap_or(&c[0]);
-            say!("  {enter}ip netns exec {} ping -c1 {}    # TTL 64: same L2, nothing routed", c[0].name, second.addr.addr);
-            say!("  ping -c1 {}", c[0].addr.addr);
-            say!("  cnet test");
+            say!("  ip netns exec {} ping -c1 {}    # TTL 64: same L2", c[0].name, second.addr.addr);
+            say!("  cnet test --host");
         }
         Stage::MultiNode | Stage::Overlay => {
             let other = topo.peers_of(node).next().expect("a peer");
-            say!("  {enter}ip netns exec con1 ping -c1 {}    # TTL 62: both nodes route it", other.containers[0].addr.addr);
-            say!("  ping -c1 {}    # TTL 63", other.containers[0].addr.addr);
-            if topo.stage() == Stage::Overlay {
-                say!("  cnet capture {} enp0s8 --only icmp -c 2   # from the host: UDP carrying the ICMP", other.short_name());
-            }
-            say!("  cnet test");
+            let far = other.containers[0].addr.addr;
+            say!("  ip netns exec con1 ping -c1 {far}    # TTL 62: both nodes route it");
+            say!("  ping -c1 {far}    # TTL 63");
+            say!("  cnet test --host    # once the other node is up too");
         }
     }
 }

@@ -63,3 +63,12 @@ pub fn poll_readable<const N: usize>(fds: [RawFd; N], timeout_ms: i32) -> io::Re
     }
     Ok(pfds.map(|p| p.revents != 0))
 }
+
+/// The width of the terminal on stdout (TIOCGWINSZ), if stdout is one.
+pub fn terminal_width() -> Option<usize> {
+    // SAFETY: winsize is plain old data; TIOCGWINSZ fills it on a terminal and fails otherwise.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: fd 1 with a pointer to a live winsize.
+    let r = unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws as *mut libc::winsize) };
+    (r == 0 && ws.ws_col > 0).then_some(ws.ws_col as usize)
+}

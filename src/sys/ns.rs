@@ -158,8 +158,17 @@ pub fn persist_ns(pid: u32, kind: &str, dest: &Path) -> Result<()> {
 /// per-CPU batches, so a node made on another CPU than the caller's own mount namespace
 /// can look "older" and the bind fails with EINVAL. Retrying on each CPU finds one whose
 /// ids are newer (seen with parallel sandboxes on kernel 6.18).
-pub fn as_new_node(cmd: &mut Command, hostname: &str, cpu: Option<usize>) -> Result<()> {
+///
+/// `etc` are files bound over the node's own copies (`/etc/hosts`, `/etc/resolv.conf`):
+/// a VM resolves its own name locally, and a lab node cannot reach the machine's DNS
+/// server. Each is bound only where the target exists.
+pub fn as_new_node(cmd: &mut Command, hostname: &str, cpu: Option<usize>, etc: &[(PathBuf, &str)]) -> Result<()> {
     let host = CString::new(hostname)?;
+    let etc: Vec<(CString, CString)> = etc
+        .iter()
+        .filter(|(_, dst)| Path::new(dst).exists())
+        .map(|(src, dst)| Ok((CString::new(src.as_os_str().as_encoded_bytes())?, CString::new(*dst)?)))
+        .collect::<Result<_>>()?;
     let netns = CString::new("/run/netns")?;
     let run = CString::new("/run/cnet")?;
     let tmpfs = CString::new("tmpfs")?;
@@ -185,6 +194,12 @@ pub fn as_new_node(cmd: &mut Command, hostname: &str, cpu: Option<usize>) -> Res
                 != 0
             {
                 return Err(io::Error::last_os_error());
+            }
+            // Before /run/cnet is replaced below: the sources live under it.
+            for (src, dst) in &etc {
+                if libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             // Drop the copies of the host's namespace mounts (they would keep the host's
             // namespaces alive), then give the node its own empty directories.

@@ -1,4 +1,4 @@
-//! SIGTERM/SIGINT handling without async signal handlers: the signals are blocked in the
+//! SIGTERM/SIGINT (and SIGUSR1) handling without async signal handlers: the signals are blocked in the
 //! calling thread (and so in every thread it spawns afterwards), and the main thread
 //! collects them synchronously with sigtimedwait while it also writes stats once a second.
 
@@ -18,6 +18,8 @@ impl TermSignals {
         let mut set = SigSet::empty();
         set.add(Signal::SIGTERM);
         set.add(Signal::SIGINT);
+        // Not a stop: "write your counters now" (`cnet status` wants them fresh).
+        set.add(Signal::SIGUSR1);
         let mut old = SigSet::empty();
         pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old)).map_err(io::Error::from)?;
         Ok(TermSignals { set, old })

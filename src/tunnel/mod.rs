@@ -231,6 +231,8 @@ fn supervise<'s>(
             break;
         }
         match signals.wait(STATS_INTERVAL) {
+            // `cnet status` asks for fresh counters: written at the top of the loop.
+            Ok(Some(sig)) if sig == libc::SIGUSR1 => {}
             Ok(Some(sig)) => {
                 tracing::info!(signal = sig, "stopping tunnel");
                 break;

@@ -100,6 +100,10 @@ pub struct Syscalls {
 pub struct Stats {
     /// Which data path runs: "offload: TSO+UDP GSO/GRO" or "plain".
     pub datapath: String,
+    /// When these counters were read (milliseconds since the Unix epoch), so that a reader
+    /// can tell how fresh they are.
+    #[serde(default)]
+    pub at_ms: u64,
     pub tun_to_udp: Direction,
     pub udp_to_tun: Direction,
     pub drops: Drops,
@@ -111,6 +115,7 @@ impl Counters {
         let (t, r) = (&self.tx, &self.rx);
         Stats {
             datapath: datapath.to_string(),
+            at_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
             tun_to_udp: Direction { packets: t.packets.load(Relaxed), bytes: t.bytes.load(Relaxed) },
             udp_to_tun: Direction { packets: r.packets.load(Relaxed), bytes: r.bytes.load(Relaxed) },
             drops: Drops {

@@ -208,3 +208,18 @@ pub fn status_matches(json: &str) -> bool {
     let nodes = status_nodes(json);
     !nodes.is_empty() && nodes.iter().all(|(v, c, m)| v == c && m.is_empty())
 }
+
+/// From `cnet status --json`, per node: the tunnel's data path ("" without a tunnel) and
+/// the MTU of its link `dev`.
+pub fn status_links(json: &str, dev: &str) -> Vec<(String, Option<u64>)> {
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap_or_else(|e| panic!("cnet status --json: {e}\n{json}"));
+    v.as_array()
+        .expect("a list of nodes")
+        .iter()
+        .map(|n| {
+            let path = n["tunnel"]["datapath"].as_str().unwrap_or("").to_string();
+            let mtu = n["links"].as_array().unwrap().iter().find(|l| l["name"] == dev).and_then(|l| l["mtu"].as_u64());
+            (path, mtu)
+        })
+        .collect()
+}
