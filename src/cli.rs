@@ -64,6 +64,12 @@ pub enum Command {
     Capture(CaptureArgs),
     /// Draw a stage's topology: live state when it is up, the plan otherwise.
     Diagram(DiagramArgs),
+    /// Put one fault into a lab node (no-forwarding node2, ...) to see `cnet test` and
+    /// `cnet trace` find it; `--list` says what each teaches; `cnet down` removes it all.
+    Break(BreakArgs),
+    /// (internal) Put a fault into the node this runs in.
+    #[command(name = "__break", hide = true)]
+    BreakHere(BreakHereArgs),
     /// Print a shell completion script: `cnet completions bash > /etc/bash_completion.d/cnet`.
     Completions(CompletionsArgs),
     /// Print the manual page (roff): `cnet man | man -l -`.
@@ -255,6 +261,25 @@ pub struct CaptureArgs {
     /// Only packets carrying this protocol, outer or inner: icmp, udp, tcp, arp, vxlan, ...
     #[arg(long)]
     pub only: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct BreakArgs {
+    /// List the faults and what each teaches.
+    #[arg(long, conflicts_with_all = ["fault", "node"])]
+    pub list: bool,
+    /// The fault.
+    #[arg(value_enum, required_unless_present = "list")]
+    pub fault: Option<crate::model::fault::Fault>,
+    /// The lab node to break: node1, 2, or its hostname.
+    #[arg(required_unless_present = "list")]
+    pub node: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct BreakHereArgs {
+    #[arg(value_enum)]
+    pub fault: crate::model::fault::Fault,
 }
 
 #[derive(Args, Debug)]

@@ -183,7 +183,11 @@ pub fn status(a: &StatusArgs) -> Result<()> {
                     (false, true) => " (being built or removed: a cnet up or down is running)",
                     (false, false) => " (incomplete: run `cnet down`)",
                 };
-                println!("lab: stage {}, {} node(s){note}\n", s.options.stage, s.nodes.len());
+                println!("lab: stage {}, {} node(s){note}", s.options.stage, s.nodes.len());
+                if !s.faults.is_empty() {
+                    println!("broken on purpose (cnet break): {}", s.faults.join(", "));
+                }
+                println!();
             }
         } else if busy {
             println!("(a cnet up or down is running: what follows may be half-built or half-removed)\n");
@@ -401,4 +405,34 @@ pub fn completions(a: &CompletionsArgs) -> Result<()> {
 pub fn man() -> Result<()> {
     let cmd = <Cli as clap::CommandFactory>::command();
     clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).context("cannot write the manual page")
+}
+
+/// `cnet break FAULT NODE` (or `--list`): one fault, put in by the node itself.
+pub fn break_(a: &BreakArgs) -> Result<()> {
+    use crate::model::fault::Fault;
+    if a.list {
+        for f in Fault::ALL {
+            say!("{}", crate::out::wrap(&format!("{:<17} ", f.name()), &" ".repeat(18), f.teaches()));
+        }
+        return Ok(());
+    }
+    require_admin()?;
+    let (fault, node) = (a.fault.expect("clap requires it"), a.node.as_deref().expect("clap requires it"));
+    let _lock = lock()?;
+    let mut c = lab::cnet_in(node, &["__break".to_string(), fault.name().to_string()])?;
+    c.command().stdin(std::process::Stdio::null());
+    let (_, out) = c.run()?;
+    let done = String::from_utf8_lossy(&out).trim().to_string();
+    lab::record_fault(node, fault.name())?;
+    say!("{node}: {done}");
+    say!("{}", crate::out::wrap("  ", "  ", fault.teaches()));
+    say!("`cnet test` finds it, `cnet trace` shows where packets stop; `cnet down` removes it all.");
+    Ok(())
+}
+
+/// `cnet __break FAULT`, inside the node.
+pub fn break_here(a: &BreakHereArgs) -> Result<()> {
+    let done = runtime()?.block_on(crate::apply::fault::apply(a.fault))?;
+    println!("{done}");
+    Ok(())
 }

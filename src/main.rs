@@ -98,6 +98,8 @@ fn run() -> ExitCode {
         Command::Diagram(a) => commands::diagram(a),
         Command::Tunnel(a) => commands::tunnel(a),
         Command::Hold => commands::hold(),
+        Command::Break(a) => commands::break_(a),
+        Command::BreakHere(a) => commands::break_here(a),
         Command::Completions(a) => commands::completions(a),
         Command::Man => commands::man(),
     };

@@ -4,6 +4,7 @@
 //! record cannot say.
 
 pub mod executor;
+pub mod fault;
 pub mod launch;
 pub mod netlink;
 pub mod process;

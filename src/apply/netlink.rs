@@ -311,6 +311,16 @@ impl Netlink {
         h.route().del(msg).execute().await.map_err(kernel_error)
     }
 
+    /// `ip route del DST dev DEV`, whoever added the route (the kernel's connected routes
+    /// too): a delete with no protocol matches any, as `ip` sends it.
+    pub async fn del_route_any(&self, netns: Option<&str>, route: &RouteSpec) -> Result<()> {
+        let mut msg = self.route_message(netns, route).await?;
+        msg.header.protocol = netlink_packet_route::route::RouteProtocol::Unspec;
+        msg.header.scope = RouteScope::NoWhere;
+        let h = self.handle(netns)?;
+        h.route().del(msg).execute().await.map_err(kernel_error)
+    }
+
     async fn route_message(&self, netns: Option<&str>, r: &RouteSpec) -> Result<RouteMessage> {
         let oif = self.link_index(netns, &r.dev).await?;
         let dst = r.dst.unwrap_or(Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0));

@@ -291,6 +291,9 @@ pub struct LabState {
     /// cnet created the (empty) /run/netns directory that nodes mount their own over.
     #[serde(default)]
     pub made_netns_dir: bool,
+    /// Faults put in by `cnet break` ("no-forwarding on node2"), for `status` to show.
+    #[serde(default)]
+    pub faults: Vec<String>,
 }
 
 pub fn lab_dir() -> PathBuf {

@@ -86,7 +86,14 @@ pub async fn up(opts: &Options, v: Verbosity) -> Result<()> {
     // Each node mounts its own /run/netns over this directory, which must exist for that.
     let made_netns_dir = !Path::new("/run/netns").exists();
     std::fs::create_dir_all("/run/netns").context("cannot create /run/netns")?;
-    let mut state = LabState { options: opts.clone(), nodes: Vec::new(), complete: false, made_run_mount, made_netns_dir };
+    let mut state = LabState {
+        options: opts.clone(),
+        nodes: Vec::new(),
+        complete: false,
+        made_run_mount,
+        made_netns_dir,
+        faults: Vec::new(),
+    };
     state.write()?;
     let result = build(&topo, &mut state, v).await;
     if let Err(e) = result {
@@ -240,6 +247,7 @@ fn remains() -> Option<LabState> {
         // Only a bind of /run/cnet onto itself is cnet's to undo (a tmpfs there is not).
         made_run_mount: ns::is_bound_onto_itself(&run_dir()),
         made_netns_dir: false,
+        faults: Vec::new(),
     })
 }
 
@@ -292,6 +300,7 @@ fn remains_none() -> LabState {
         complete: false,
         made_run_mount: false,
         made_netns_dir: false,
+        faults: Vec::new(),
     }
 }
 
@@ -473,7 +482,7 @@ pub fn print_next_steps(topo: &Topology) {
             say!("  cnet exec node1/con -- ping -c1 10.0.0.10    # the node answers, TTL 64");
             say!("  cnet shell node1    # inside the node, the talk's commands work as they are:");
             say!("    ip netns exec con python3 -m http.server 8000 &");
-            say!("    curl --retry 20 --retry-connrefused --retry-delay 0 -s 172.16.0.1:8000 | head -3");
+            say!("    curl --retry 5 --retry-connrefused -s 172.16.0.1:8000 | head -3");
         }
         crate::model::topology::Stage::SingleNode => {
             let c = &topo.nodes[0].containers;
@@ -490,4 +499,11 @@ pub fn print_next_steps(topo: &Topology) {
         }
     }
     say!("  cnet test    # the talk's checks; cnet down removes it all");
+}
+
+/// Note in the lab's record that `fault` was put into `node` (status shows it).
+pub fn record_fault(node: &str, fault: &str) -> Result<()> {
+    let (mut state, index) = find_node(node)?;
+    state.faults.push(format!("{fault} on node{index}"));
+    state.write()
 }

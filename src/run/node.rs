@@ -451,7 +451,7 @@ pub fn print_next_steps(topo: &Topology, node: u32) {
         Stage::Namespace => {
             say!("  ip netns exec con ping -c1 10.0.0.10    # the node answers, TTL 64");
             say!("  ip netns exec con python3 -m http.server 8000 &");
-            say!("  curl --retry 20 --retry-connrefused --retry-delay 0 -s 172.16.0.1:8000 | head -3");
+            say!("  curl --retry 5 --retry-connrefused -s 172.16.0.1:8000 | head -3");
         }
         Stage::SingleNode => {
             let c = &n.containers;
