@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::model::topology::{Backend, Ipv4Net, Stage, TUNNEL_PORT};
 use crate::model::wire::WireFormat;
+use crate::observe::capture::PROTOCOLS;
 use crate::tunnel::Peer;
 
 #[derive(Parser, Debug)]
@@ -259,8 +260,35 @@ pub struct CaptureArgs {
     #[arg(long)]
     pub timeout: Option<f64>,
     /// Only packets carrying this protocol, outer or inner: icmp, udp, tcp, arp, vxlan, ...
-    #[arg(long)]
+    #[arg(long, value_name = "PROTOCOL", value_parser = ProtocolParser)]
     pub only: Option<String>,
+    /// Show each Ethernet frame's MAC addresses first (outer and inner), as tcpdump -e.
+    #[arg(short = 'e', long = "link-addrs")]
+    pub link_addrs: bool,
+}
+
+/// `--only`: one of the protocol names the capture's decoder puts in a stack. Its own
+/// parser rather than a ValueEnum, so that the list stays the decoder's; it offers the names
+/// to completions and help, and refuses others in one line that names them all.
+#[derive(Clone)]
+struct ProtocolParser;
+
+impl clap::builder::TypedValueParser for ProtocolParser {
+    type Value = String;
+
+    fn parse_ref(&self, cmd: &clap::Command, arg: Option<&clap::Arg>, value: &std::ffi::OsStr) -> Result<String, clap::Error> {
+        let v = value.to_string_lossy();
+        if PROTOCOLS.contains(&v.as_ref()) {
+            return Ok(v.into_owned());
+        }
+        let arg = arg.map_or_else(|| "--only".to_string(), |a| a.to_string());
+        let msg = format!("invalid value '{v}' for '{arg}': the capture knows {}\n", PROTOCOLS.join(", "));
+        Err(clap::Error::raw(clap::error::ErrorKind::InvalidValue, msg).with_cmd(cmd))
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(PROTOCOLS.iter().map(clap::builder::PossibleValue::new)))
+    }
 }
 
 #[derive(Args, Debug)]
@@ -303,6 +331,15 @@ pub struct DiagramArgs {
     /// How to draw it.
     #[arg(long, value_enum, default_value_t = DiagramFormat::Text)]
     pub format: DiagramFormat,
+    /// Containers per node to draw (default: as up, else 2).
+    #[arg(long)]
+    pub containers: Option<u32>,
+    /// Nodes to draw, stages 3-4 (default: as up, else 2).
+    #[arg(long)]
+    pub nodes: Option<u32>,
+    /// Stage 4's overlay to draw (default: as up, else udp).
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
 }
 
 /// `10.0.0.20:9000` or `10.0.0.20` (the talk's port 9000).

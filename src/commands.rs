@@ -334,6 +334,7 @@ pub fn capture(a: &CaptureArgs) -> Result<()> {
             tunnel_ports: vec![crate::model::topology::TUNNEL_PORT],
             timeout: a.timeout.map(Duration::from_secs_f64),
             only: a.only.clone(),
+            link_addrs: a.link_addrs,
         };
         let mut out = std::io::stdout().lock();
         crate::observe::capture::run(&opts, &mut out).with_context(|| format!("capture on {}", a.iface))?;
@@ -350,12 +351,23 @@ pub fn capture(a: &CaptureArgs) -> Result<()> {
     if let Some(o) = &a.only {
         args.extend(["--only".into(), o.clone()]);
     }
+    if a.link_addrs {
+        args.push("-e".into());
+    }
     if let Some(p) = &a.pcap {
         // The node shares the machine's filesystems but starts in /: make the path absolute.
         let abs = std::path::absolute(p).with_context(|| format!("bad path {}", p.display()))?;
         args.extend(["--pcap".into(), abs.to_string_lossy().into_owned()]);
     }
     Err(lab::cnet_in(&a.node, &args)?.exec())
+}
+
+/// The options of what is up here: the lab's, or what `up --host` built on this machine.
+fn live_options() -> Option<Options> {
+    match crate::apply::state::LabState::read() {
+        Ok(Some(lab)) => Some(lab.options),
+        _ => NodeJournal::read().ok().flatten().and_then(|r| r.header.topology().ok()).map(|t| t.options),
+    }
 }
 
 pub fn diagram(a: &DiagramArgs) -> Result<()> {
@@ -365,12 +377,25 @@ pub fn diagram(a: &DiagramArgs) -> Result<()> {
     } else {
         Vec::new()
     };
-    let live_stage = live.first().and_then(|s| s.stage.parse().ok());
-    let d = match (a.stage, live_stage) {
-        (Some(want), Some(up)) if want != up => crate::observe::diagram::from_plan(&Topology::new(Options::new(want))?),
-        (_, Some(_)) => crate::observe::diagram::from_status(&live)?,
-        (Some(want), None) => crate::observe::diagram::from_plan(&Topology::new(Options::new(want))?),
-        (None, None) => bail!("nothing is up: name a stage to draw its plan, e.g. `cnet diagram overlay`"),
+    let live_stage: Option<crate::model::topology::Stage> = live.first().and_then(|s| s.stage.parse().ok());
+    let Some(stage) = a.stage.or(live_stage) else {
+        bail!("nothing is up: name a stage to draw its plan, e.g. `cnet diagram overlay`")
+    };
+    // What is up is drawn when it is what was asked for: the stage, and every option given.
+    let up = live_options().filter(|_| live_stage.is_some());
+    let asked = |o: &Options| {
+        o.stage == stage
+            && a.nodes.is_none_or(|n| n == o.nodes)
+            && a.containers.is_none_or(|c| c == o.containers)
+            && a.backend.is_none_or(|b| b == o.backend)
+    };
+    let d = if up.as_ref().is_some_and(asked) || (live_stage == Some(stage) && up.is_none()) {
+        crate::observe::diagram::from_status(&live)?
+    } else {
+        let mut opts = Options::new(stage).with_backend(a.backend.unwrap_or_default());
+        opts.nodes = a.nodes.unwrap_or(opts.nodes);
+        opts.containers = a.containers.unwrap_or(opts.containers);
+        crate::observe::diagram::from_plan(&Topology::new(opts)?)
     };
     match a.format {
         DiagramFormat::Text => print!("{}", d.text()),

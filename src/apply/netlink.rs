@@ -455,6 +455,8 @@ pub struct LinkView {
     pub mtu: Option<u32>,
     pub alias: Option<String>,
     pub group: u32,
+    /// For a VXLAN device: its VNI and the UDP port it sends to.
+    pub vxlan: Option<(u32, u16)>,
 }
 
 pub fn link_view(m: &LinkMessage) -> LinkView {
@@ -469,6 +471,7 @@ pub fn link_view(m: &LinkMessage) -> LinkView {
         mtu: None,
         alias: None,
         group: 0,
+        vxlan: None,
     };
     for a in &m.attributes {
         match a {
@@ -491,8 +494,14 @@ pub fn link_view(m: &LinkMessage) -> LinkView {
             }
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
-                    if let LinkInfo::Kind(k) = i {
-                        v.kind = Some(k.to_string());
+                    match i {
+                        LinkInfo::Kind(k) => v.kind = Some(k.to_string()),
+                        LinkInfo::Data(InfoData::Vxlan(data)) => {
+                            let vni = data.iter().find_map(|d| if let InfoVxlan::Id(x) = d { Some(*x) } else { None });
+                            let port = data.iter().find_map(|d| if let InfoVxlan::Port(x) = d { Some(*x) } else { None });
+                            v.vxlan = vni.zip(port);
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -526,6 +535,8 @@ pub struct RouteView {
     pub dst: Option<Ipv4Net>,
     pub via: Option<Ipv4Addr>,
     pub dev: Option<u32>,
+    /// The gateway is taken as on the link whatever the addresses say (`onlink`).
+    pub onlink: bool,
     /// Added as `ip route add` adds routes (protocol "boot"), not by the kernel or a daemon.
     #[serde(skip)]
     pub by_hand: bool,
@@ -539,7 +550,8 @@ pub fn route_views(msgs: &[RouteMessage]) -> Vec<RouteView> {
         .filter(|m| !m.header.flags.contains(netlink_packet_route::route::RouteFlags::Cloned))
         .map(|m| {
             let by_hand = m.header.protocol == netlink_packet_route::route::RouteProtocol::Boot;
-            let mut r = RouteView { dst: None, via: None, dev: None, by_hand };
+            let onlink = m.header.flags.contains(netlink_packet_route::route::RouteFlags::Onlink);
+            let mut r = RouteView { dst: None, via: None, dev: None, onlink, by_hand };
             for a in &m.attributes {
                 match a {
                     RouteAttribute::Destination(RouteAddress::Inet(ip)) => {

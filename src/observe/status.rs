@@ -12,6 +12,7 @@ use crate::apply::process::is_cnet_process;
 use crate::apply::state::NodeJournal;
 use crate::model::plan::Step;
 use crate::model::topology::Ipv4Net;
+use crate::model::wire::WireFormat;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LinkState {
@@ -26,6 +27,9 @@ pub struct LinkState {
     pub mtu: Option<u32>,
     pub alias: Option<String>,
     pub addrs: Vec<Ipv4Net>,
+    /// For a VXLAN device: its VNI and the UDP port it sends to.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vxlan: Option<(u32, u16)>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -33,6 +37,9 @@ pub struct RouteState {
     pub dst: String,
     pub via: Option<Ipv4Addr>,
     pub dev: Option<String>,
+    /// `onlink`: the gateway is taken as on the link (stage 4's VXLAN routes).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub onlink: bool,
 }
 
 impl std::fmt::Display for RouteState {
@@ -43,6 +50,9 @@ impl std::fmt::Display for RouteState {
         }
         if let Some(d) = &self.dev {
             write!(f, " dev {d}")?;
+        }
+        if self.onlink {
+            write!(f, " onlink")?;
         }
         Ok(())
     }
@@ -79,6 +89,7 @@ pub async fn snapshot(h: &Handle) -> Result<NsSnapshot> {
                 mtu: l.mtu,
                 alias: l.alias.clone(),
                 addrs: addrs.iter().filter(|a| a.dev == l.index).map(|a| a.addr).collect(),
+                vxlan: l.vxlan,
             })
             .collect(),
         routes: routes
@@ -87,6 +98,7 @@ pub async fn snapshot(h: &Handle) -> Result<NsSnapshot> {
                 dst: r.dst.map_or("default".into(), |d| d.to_string()),
                 via: r.via,
                 dev: r.dev.and_then(name_of),
+                onlink: r.onlink,
             })
             .collect(),
     })
@@ -113,6 +125,31 @@ pub struct NodeStatus {
     /// The commands whose effect is missing.
     pub missing: Vec<String>,
     pub tunnel: Option<serde_json::Value>,
+    /// What carries the overlay from this node, as it runs: cnet's tunnel (while its process
+    /// runs) or the kernel's VXLAN device (its port and VNI read back from the kernel).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub overlay: Option<Carrier>,
+}
+
+/// What carries stage 4's overlay between the nodes' devices: the talk's wire format.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Carrier {
+    /// cnet's tunnel: each packet read from tun0 in a UDP datagram, port to port.
+    Udp { port: u16, wire: WireFormat },
+    /// The kernel's VXLAN: each Ethernet frame from vxlan0 in a VXLAN header in UDP.
+    Vxlan { port: u16, vni: u32 },
+}
+
+impl std::fmt::Display for Carrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Carrier::Udp { port, wire: WireFormat::Raw } => write!(f, "UDP {port}, one IP packet per datagram"),
+            Carrier::Udp { port, wire: WireFormat::TunPi } => write!(f, "UDP {port}, a TUN header + one IP packet per datagram"),
+            Carrier::Udp { port, wire: WireFormat::Gso } => write!(f, "UDP {port}, whole TCP super-packets (gso frames)"),
+            Carrier::Vxlan { port, vni } => write!(f, "VXLAN {port}, VNI {vni}, one Ethernet frame per datagram"),
+        }
+    }
 }
 
 /// Read this node back. None when nothing is up.
@@ -148,6 +185,7 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
     let mut checked = 0;
     let mut missing = Vec::new();
     let mut tunnel = None;
+    let mut overlay = None;
     for s in plan {
         let snap = |netns: &Option<String>| match netns {
             None => Some(&node_snap),
@@ -155,9 +193,12 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
         };
         let ok = match s {
             Step::AddNetns { name } => Some(nl.netns_path(name).exists()),
-            Step::AddVeth { name, .. } | Step::AddBridge { name } | Step::AddTun { name } | Step::AddVxlan { name, .. } => {
+            Step::AddVxlan { name, .. } => {
+                let vxlan = node_snap.link(name).and_then(|l| l.vxlan);
+                overlay = vxlan.map(|(vni, port)| Carrier::Vxlan { port, vni });
                 Some(node_snap.link(name).is_some())
             }
+            Step::AddVeth { name, .. } | Step::AddBridge { name } | Step::AddTun { name } => Some(node_snap.link(name).is_some()),
             Step::SetMaster { dev, master, .. } => Some(node_snap.link(dev).and_then(|l| l.master.as_deref()) == Some(master)),
             Step::SetMtu { dev, mtu } => Some(node_snap.link(dev).and_then(|l| l.mtu) == Some(*mtu)),
             Step::AddAddr { netns, dev, addr } => {
@@ -175,9 +216,12 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
             // The bridge FDB is not part of the snapshot; the checks prove it.
             Step::AddFdb { .. } => None,
             Step::Sysctl { key, value } => Some(crate::apply::sysctl::read(key).ok().as_deref() == Some(value.as_str())),
-            Step::StartTunnel { local, .. } => {
+            Step::StartTunnel { local, wire, .. } => {
                 let pid = done.iter().find_map(|d| d.pid).filter(|p| is_cnet_process(*p, &["tunnel", &local.to_string()]));
                 tunnel = fresh_tunnel_counters(pid).await;
+                if pid.is_some() {
+                    overlay = Some(Carrier::Udp { port: local.port(), wire: *wire });
+                }
                 Some(pid.is_some())
             }
         };
@@ -198,6 +242,7 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
         checked,
         missing,
         tunnel,
+        overlay,
     }))
 }
 

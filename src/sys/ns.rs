@@ -151,7 +151,8 @@ pub fn persist_ns(pid: u32, kind: &str, dest: &Path) -> Result<()> {
 
 /// Set up `cmd` so that, in the forked child before exec, it unshares new mount, network
 /// and UTS namespaces and becomes a fresh VM-like node: private mounts, its own empty
-/// /run/netns and /run/cnet (tmpfs), and `hostname`.
+/// /run/netns and /run/cnet (tmpfs), its own /sys (so that /sys/class/net lists the node's
+/// interfaces, as on a VM), and `hostname`.
 ///
 /// `cpu` pins the child to one CPU first. Why: a mount namespace file can only be bound into
 /// an older mount namespace, and the kernel compares namespace ids that it hands out in
@@ -172,6 +173,8 @@ pub fn as_new_node(cmd: &mut Command, hostname: &str, cpu: Option<usize>, etc: &
     let netns = CString::new("/run/netns")?;
     let run = CString::new("/run/cnet")?;
     let tmpfs = CString::new("tmpfs")?;
+    let sys = CString::new("/sys")?;
+    let sysfs = CString::new("sysfs")?;
     let root = CString::new("/")?;
     let mode = CString::new("mode=755")?;
     // SAFETY: the closure runs in the forked child and calls only async-signal-safe syscalls
@@ -209,6 +212,16 @@ pub fn as_new_node(cmd: &mut Command, hostname: &str, cpu: Option<usize>, etc: &
                     return Err(io::Error::last_os_error());
                 }
             }
+            // A sysfs mounted from inside the node's network namespace shows that namespace's
+            // interfaces (what `ip netns exec` does for each command). Mounted over the host's
+            // /sys; if the kernel refuses, the node still works and only /sys shows the host.
+            let _ = libc::mount(
+                sysfs.as_ptr(),
+                sys.as_ptr(),
+                sysfs.as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            );
             if libc::sethostname(host.as_ptr(), host.as_bytes().len()) != 0 {
                 return Err(io::Error::last_os_error());
             }

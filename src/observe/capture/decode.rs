@@ -50,10 +50,52 @@ pub const VXLAN_PORTS: [u16; 2] = [4789, 8472];
 /// How deep tunnels are followed (outer + 3 inner levels); deeper is shown as `data`.
 const MAX_DEPTH: usize = 4;
 
+/// Every protocol name the decoder puts in a stack, for `--only` to be checked against:
+/// a name not here could never match, and would print nothing without saying why.
+pub const PROTOCOLS: &[&str] = &[
+    "eth",
+    "vlan",
+    "arp",
+    "ip",
+    "ipv6",
+    "icmp",
+    "icmpv6",
+    "tcp",
+    "udp",
+    "vxlan",
+    "igmp",
+    "gre",
+    "esp",
+    "sctp",
+    "data",
+    "llc",
+    "ethertype",
+    "raw",
+];
+
+/// One piece of a fragmented IP packet: the header fields that say which piece it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragment {
+    /// The identification all pieces of one packet share.
+    pub id: u32,
+    /// Where this piece's payload starts in the original packet's payload, in bytes.
+    pub offset: usize,
+    /// More fragments follow (the MF flag): false on the last piece.
+    pub more: bool,
+}
+
+impl fmt::Display for Fragment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "frag id={} off={}{}", self.id, self.offset, if self.more { " MF" } else { "" })
+    }
+}
+
 /// What one frame carries, ready to print (its `Display` is the line without the time and
 /// direction columns).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PacketSummary {
+    /// Source and destination MAC of an Ethernet frame, shown first with `-e`.
+    pub link: Option<(String, String)>,
     /// Source address: IP for IP packets, ARP sender IP, otherwise the source MAC.
     pub src: Option<String>,
     /// Destination address, same rules as `src`.
@@ -63,6 +105,8 @@ pub struct PacketSummary {
     pub protocols: Vec<&'static str>,
     /// Short detail of the top protocol: ports, ICMP type, ARP question, VNI.
     pub detail: Option<String>,
+    /// Set when the IP packet is one piece of a fragmented one.
+    pub fragment: Option<Fragment>,
     /// What was wrong with the frame (truncated, bad header), if anything.
     pub problem: Option<String>,
     /// The packet carried inside a tunnel (UDP tunnel port, VXLAN, IP-in-IP).
@@ -112,15 +156,44 @@ impl PacketSummary {
 
 impl fmt::Display for PacketSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write(f, false)
+    }
+}
+
+/// A summary shown with the MAC addresses of each Ethernet header (outer and inner) first,
+/// as `tcpdump -e`: see [`PacketSummary::with_link_addrs`].
+pub struct WithLinkAddrs<'a>(&'a PacketSummary);
+
+impl fmt::Display for WithLinkAddrs<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.write(f, true)
+    }
+}
+
+impl PacketSummary {
+    /// The same line with `src-mac → dst-mac  ` before the addresses of every Ethernet frame
+    /// (a frame without one, from a TUN device, shows none).
+    pub fn with_link_addrs(&self) -> WithLinkAddrs<'_> {
+        WithLinkAddrs(self)
+    }
+
+    fn write(&self, f: &mut fmt::Formatter<'_>, link_addrs: bool) -> fmt::Result {
+        if link_addrs && let Some((src, dst)) = &self.link {
+            write!(f, "{src} → {dst}  ")?;
+        }
         write!(f, "{} → {}  {}", self.src.as_deref().unwrap_or("?"), self.dst.as_deref().unwrap_or("?"), self.stack())?;
         if let Some(d) = &self.detail {
             write!(f, " ({d})")?;
+        }
+        if let Some(frag) = &self.fragment {
+            write!(f, " {frag}")?;
         }
         if let Some(p) = &self.problem {
             write!(f, " [{p}]")?;
         }
         if let Some(inner) = &self.inner {
-            write!(f, "  |  inner {inner}")?;
+            write!(f, "  |  inner ")?;
+            inner.write(f, link_addrs)?;
         }
         Ok(())
     }
@@ -129,7 +202,7 @@ impl fmt::Display for PacketSummary {
 /// Decodes one frame. Pure; never panics.
 pub fn describe(frame: &[u8], link: LinkKind, tunnel_ports: &[u16]) -> PacketSummary {
     let mut s = PacketSummary::default();
-    let cx = Cx { tunnel_ports, depth: 0 };
+    let cx = Cx { tunnel_ports, depth: 0, partial: false };
     match link {
         LinkKind::Ethernet => cx.ethernet(frame, &mut s),
         LinkKind::RawIp => cx.raw_ip(frame, &mut s),
@@ -159,11 +232,15 @@ fn mac_at(b: &[u8], i: usize) -> Option<String> {
     Some(format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5]))
 }
 
-/// Decoding context: the tunnel ports and how deep inside tunnels we are.
+/// Decoding context: the tunnel ports, how deep inside tunnels we are, and whether the
+/// bytes are only the first piece of a fragmented packet.
 #[derive(Clone, Copy)]
 struct Cx<'a> {
     tunnel_ports: &'a [u16],
     depth: usize,
+    /// Inside the first fragment of a packet: lengths in headers (UDP, an inner IP packet)
+    /// run past the bytes at hand by design, which is no truncation to report.
+    partial: bool,
 }
 
 impl Cx<'_> {
@@ -187,6 +264,7 @@ impl Cx<'_> {
             return s.truncated("ethernet header", b.len(), 14);
         }
         if let (Some(src), Some(dst)) = (mac_at(b, 6), mac_at(b, 0)) {
+            s.link = Some((src.clone(), dst.clone()));
             s.set_addrs(src, dst);
         }
         let mut ethertype = u16_at(b, 12).unwrap_or(0);
@@ -258,7 +336,9 @@ impl Cx<'_> {
             }
             b.len()
         } else if total > b.len() {
-            s.truncated("ipv4 packet", b.len(), total);
+            if !self.partial {
+                s.truncated("ipv4 packet", b.len(), total);
+            }
             b.len()
         } else {
             total
@@ -267,12 +347,17 @@ impl Cx<'_> {
         let proto = b[9];
         let frag = u16_at(b, 6).unwrap_or(0);
         let offset = usize::from(frag & 0x1fff) * 8;
-        if offset != 0 {
-            s.detail = Some(format!("fragment offset {offset}, proto {proto}"));
-            return;
-        }
+        let more = frag & 0x2000 != 0;
         let payload = &b[ihl..end];
-        self.l4(proto, payload, ttl, s);
+        if more || offset != 0 {
+            let id = u32::from(u16_at(b, 4).unwrap_or(0));
+            s.fragment = Some(Fragment { id, offset, more });
+        }
+        if offset != 0 {
+            return continued(proto, payload, s);
+        }
+        // The first piece holds the transport header, but not all that it counts.
+        Cx { partial: self.partial || more, ..self }.l4(proto, payload, ttl, s);
     }
 
     fn ipv6(self, b: &[u8], s: &mut PacketSummary) {
@@ -290,7 +375,9 @@ impl Cx<'_> {
         let end = if plen == 0 {
             b.len() // jumbogram or GSO: use what we have
         } else if 40 + plen > b.len() {
-            s.truncated("ipv6 packet", b.len(), 40 + plen);
+            if !self.partial {
+                s.truncated("ipv6 packet", b.len(), 40 + plen);
+            }
             b.len()
         } else {
             40 + plen
@@ -298,6 +385,7 @@ impl Cx<'_> {
         let hop_limit = b[7];
         let mut next = b[6];
         let mut off = 40;
+        let mut cx = self;
         // Skip extension headers: hop-by-hop, routing, fragment, destination options.
         for _ in 0..8 {
             match next {
@@ -309,13 +397,18 @@ impl Cx<'_> {
                     off += (usize::from(len) + 1) * 8;
                 }
                 44 => {
-                    let (Some(nh), Some(fo)) = (u8_at(b, off), u16_at(b, off + 2)) else {
+                    let (Some(nh), Some(fo), Some(id)) = (u8_at(b, off), u16_at(b, off + 2), u32_at(b, off + 4)) else {
                         return s.truncated("ipv6 fragment header", end.saturating_sub(off), 8);
                     };
-                    if fo & 0xfff8 != 0 {
-                        s.detail = Some(format!("fragment offset {}, next {nh}", fo & 0xfff8));
-                        return;
+                    let (offset, more) = (usize::from(fo & 0xfff8), fo & 1 != 0);
+                    // Offset 0 without M is an "atomic" fragment: a whole packet, nothing to mark.
+                    if more || offset != 0 {
+                        s.fragment = Some(Fragment { id, offset, more });
                     }
+                    if offset != 0 {
+                        return continued(nh, b.get(off + 8..end).unwrap_or(&[]), s);
+                    }
+                    cx.partial |= more;
                     next = nh;
                     off += 8;
                 }
@@ -325,7 +418,7 @@ impl Cx<'_> {
         if off > end {
             return s.truncated("ipv6 extension headers", end.saturating_sub(40), off - 40);
         }
-        self.l4(next, &b[off..end], hop_limit, s);
+        cx.l4(next, &b[off..end], hop_limit, s);
     }
 
     /// Transport (or tunnelled network) layer after an IPv4/IPv6 header.
@@ -363,7 +456,9 @@ impl Cx<'_> {
         let end = if ulen < 8 {
             b.len() // 0 with UDP GSO; bogus otherwise, but show what we have
         } else if ulen > b.len() {
-            s.truncated("udp datagram", b.len(), ulen);
+            if !self.partial {
+                s.truncated("udp datagram", b.len(), ulen);
+            }
             b.len()
         } else {
             ulen
@@ -511,6 +606,36 @@ impl Cx<'_> {
             2 => format!("{spa} is-at {sha}"),
             op => format!("op {op}"),
         });
+    }
+}
+
+/// The name the stack uses for an IP protocol number, when the decoder has one.
+fn protocol_name(proto: u8) -> Option<&'static str> {
+    Some(match proto {
+        1 => "icmp",
+        2 => "igmp",
+        4 => "ip",
+        6 => "tcp",
+        17 => "udp",
+        41 => "ipv6",
+        47 => "gre",
+        50 => "esp",
+        58 => "icmpv6",
+        132 => "sctp",
+        _ => return None,
+    })
+}
+
+/// A fragment after the first: its bytes continue the payload of protocol `proto`, with no
+/// header of their own. The protocol is named (so `--only icmp` keeps every piece of a
+/// large ping), but not decoded.
+fn continued(proto: u8, payload: &[u8], s: &mut PacketSummary) {
+    match protocol_name(proto) {
+        Some(name) => {
+            s.push(name);
+            s.detail = Some(format!("continued, {} bytes", payload.len()));
+        }
+        None => s.detail = Some(format!("proto {proto} continued, {} bytes", payload.len())),
     }
 }
 

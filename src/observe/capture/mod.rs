@@ -7,12 +7,15 @@
 //! One line per packet, in both directions:
 //!
 //! ```text
-//! <seconds> <dir> <src> → <dst>  <stack>[ (<detail>)][ [<problem>]][  |  inner <src> → <dst>  <stack>...]
+//! <seconds> <dir> [<src-mac> → <dst-mac>  ]<src> → <dst>  <stack>[ (<detail>)][ <frag>][ [<problem>]][  |  inner ...]
 //! ```
 //!
 //! - `seconds`: since the capture started, right-aligned, 6 decimals (`   0.000123`).
 //! - `dir`: `out` for packets this interface sends (`PACKET_OUTGOING`), `in ` otherwise;
 //!   always 3 characters.
+//! - `src-mac → dst-mac`: only with `-e` (as `tcpdump -e`), the Ethernet header's addresses,
+//!   for every Ethernet frame, outer and inner (VXLAN's). A TUN device's packets have no link
+//!   header, so they show none (the capture says so once on stderr).
 //! - `src → dst`: IP addresses for IPv4/IPv6; for ARP the sender and target IPs; for other
 //!   frames the MAC addresses; `?` when the frame ends before the address.
 //! - `stack`: the protocols outermost first, joined by `:`, tshark's names: `eth`, `vlan`,
@@ -23,6 +26,11 @@
 //!   `40000 → 80 [S.], 0 bytes` (TCP ports, tcpdump's flag letters, payload size),
 //!   `9000 → 9000, 84 bytes` (UDP ports, payload size), `who-has 10.0.0.20 tell 10.0.0.10`,
 //!   `10.0.0.20 is-at 02:..`, `51234 → 4789, vni 42`, `port unreachable for udp a:p → b:q`.
+//! - `frag`: on each piece of a fragmented IPv4/IPv6 packet, outer or inner:
+//!   `frag id=4242 off=1480 MF` (the identification the pieces share, where this piece's
+//!   payload starts, `MF` when more follow). The first piece is decoded as usual; the others
+//!   carry no transport header: their stack ends with the protocol they continue and the
+//!   detail says `continued, N bytes`.
 //! - `problem`: in square brackets when the frame is short or malformed
 //!   (`[truncated ipv4 header: 10 of 20 bytes]`); the line still shows what was decoded.
 //! - `inner`: after `  |  inner `, the packet a tunnel carries, in the same format (without
@@ -42,7 +50,8 @@
 //! ```
 //!
 //! If the kernel dropped packets (socket buffer full), one last line starting with `#` says
-//! how many.
+//! how many. When the capture ends, one line on stderr says how many packets it saw
+//! (`0 packets seen on enp0s8 in 2.0 s`), so that an empty stdout still has an answer.
 //!
 //! The format is meant to stay stable: scripts may split on the first `  |  inner ` and on
 //! the double spaces around the stack.
@@ -57,7 +66,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow};
 
-pub use decode::{LinkKind, PacketSummary};
+pub use decode::{LinkKind, PROTOCOLS, PacketSummary};
 
 use crate::sys::packet::{self as pkt, PacketSocket};
 use crate::sys::signal;
@@ -75,8 +84,11 @@ pub struct CaptureOptions {
     pub tunnel_ports: Vec<u16>,
     /// Stop after this long.
     pub timeout: Option<Duration>,
-    /// Keep only packets carrying this protocol at any depth (`icmp`, `udp`, `arp`, ...).
+    /// Keep only packets carrying this protocol at any depth (`icmp`, `udp`, `arp`, ...):
+    /// one of [`PROTOCOLS`].
     pub only: Option<String>,
+    /// Show the MAC addresses of each Ethernet header (`-e`).
+    pub link_addrs: bool,
 }
 
 impl Default for CaptureOptions {
@@ -88,6 +100,7 @@ impl Default for CaptureOptions {
             tunnel_ports: vec![crate::model::topology::TUNNEL_PORT],
             timeout: None,
             only: None,
+            link_addrs: false,
         }
     }
 }
@@ -117,9 +130,28 @@ pub fn describe(frame: &[u8], link: LinkKind, tunnel_ports: &[u16]) -> PacketSum
     decode::describe(frame, link, tunnel_ports)
 }
 
-/// One output line (without the newline): time since start, direction, summary.
-pub fn format_line(elapsed: Duration, dir: Direction, summary: &PacketSummary) -> String {
-    format!("{:>11.6} {} {}", elapsed.as_secs_f64(), dir.as_str(), summary)
+/// One output line (without the newline): time since start, direction, summary (with the
+/// MAC addresses first when `link_addrs`).
+pub fn format_line(elapsed: Duration, dir: Direction, summary: &PacketSummary, link_addrs: bool) -> String {
+    if link_addrs {
+        format!("{:>11.6} {} {}", elapsed.as_secs_f64(), dir.as_str(), summary.with_link_addrs())
+    } else {
+        format!("{:>11.6} {} {}", elapsed.as_secs_f64(), dir.as_str(), summary)
+    }
+}
+
+/// The closing line: how many packets were seen (and, with `--only`, how many others were
+/// left out), so that a capture that printed nothing still says what happened.
+pub fn closing_line(iface: &str, seen: u64, left_out: u64, only: Option<&str>, elapsed: Duration) -> String {
+    let plural = |n: u64| if n == 1 { "" } else { "s" };
+    let mut line = match only {
+        Some(p) => format!("{seen} {p} packet{} seen on {iface} in {:.1} s", plural(seen), elapsed.as_secs_f64()),
+        None => format!("{seen} packet{} seen on {iface} in {:.1} s", plural(seen), elapsed.as_secs_f64()),
+    };
+    if left_out > 0 {
+        line.push_str(&format!(" ({left_out} other{} left out)", plural(left_out)));
+    }
+    line
 }
 
 /// How often the loop wakes up to look at the stop flag and the deadline.
@@ -127,17 +159,17 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Receive buffer: room for a 64 KiB GSO super-packet plus headers.
 const BUF_LEN: usize = 256 * 1024;
 
-/// Captures until `count` packets, `timeout`, or SIGINT/SIGTERM; prints one line per packet
-/// to `out` and returns how many packets were seen. Ctrl-C ends it cleanly: the pcap file is
-/// complete and `Ok` is returned.
-///
-/// For the duration of the call SIGINT and SIGTERM are caught process-wide (previous
-/// handlers restored afterwards). A caller with its own signal handling (e.g. tokio's
-/// `ctrl_c`) should use [`run_until`] with its own flag instead.
 fn summary_has(s: &PacketSummary, proto: &str) -> bool {
     s.protocols.contains(&proto) || s.inner.as_deref().is_some_and(|i| summary_has(i, proto))
 }
 
+/// Captures until `count` packets, `timeout`, or SIGINT/SIGTERM; prints one line per packet
+/// to `out` (and the closing count on stderr) and returns how many packets were seen. Ctrl-C
+/// ends it cleanly: the pcap file is complete and `Ok` is returned.
+///
+/// For the duration of the call SIGINT and SIGTERM are caught process-wide (previous
+/// handlers restored afterwards). A caller with its own signal handling (e.g. tokio's
+/// `ctrl_c`) should use [`run_until`] with its own flag instead.
 pub fn run(opts: &CaptureOptions, out: &mut dyn Write) -> Result<u64> {
     let _signals = signal::catch_stop_signals().context("installing the SIGINT handler")?;
     run_until(opts, out, signal::stop_flag())
@@ -158,6 +190,9 @@ pub fn run_until(opts: &CaptureOptions, out: &mut dyn Write, stop: &AtomicBool) 
         None => None,
     };
 
+    if opts.link_addrs && link == LinkKind::RawIp {
+        tell!("{iface} has no link-layer header (it carries bare IP packets): no MAC addresses to show");
+    }
     // Said once the socket sees packets, so that whoever starts traffic next (a person, a
     // test) can wait for this line instead of guessing.
     tell!(
@@ -168,6 +203,7 @@ pub fn run_until(opts: &CaptureOptions, out: &mut dyn Write, stop: &AtomicBool) 
     let deadline = opts.timeout.map(|t| start + t);
     let mut buf = vec![0u8; BUF_LEN];
     let mut seen: u64 = 0;
+    let mut left_out: u64 = 0;
     let mut result = Ok(());
 
     while opts.count.is_none_or(|c| seen < c) && !stop.load(Ordering::SeqCst) {
@@ -194,6 +230,7 @@ pub fn run_until(opts: &CaptureOptions, out: &mut dyn Write, stop: &AtomicBool) 
         if let Some(want) = &opts.only
             && !summary_has(&summary, want)
         {
+            left_out += 1;
             continue;
         }
         seen += 1;
@@ -203,7 +240,7 @@ pub fn run_until(opts: &CaptureOptions, out: &mut dyn Write, stop: &AtomicBool) 
             result = Err(anyhow::Error::new(e).context("writing the pcap file"));
             break;
         }
-        let line = format_line(start.elapsed(), Direction::from_pkttype(r.pkttype), &summary);
+        let line = format_line(start.elapsed(), Direction::from_pkttype(r.pkttype), &summary, opts.link_addrs);
         match writeln!(out, "{line}").and_then(|()| out.flush()) {
             Ok(()) => {}
             // `cnet capture ... | head`: the reader is gone, stop quietly.
@@ -224,5 +261,33 @@ pub fn run_until(opts: &CaptureOptions, out: &mut dyn Write, stop: &AtomicBool) 
     {
         let _ = writeln!(out, "# {drops} packets dropped by the kernel (socket buffer full)");
     }
+    if result.is_ok() {
+        tell!("{}", closing_line(iface, seen, left_out, opts.only.as_deref(), start.elapsed()));
+    }
     result.map(|()| seen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closing_line_counts_what_was_seen_and_left_out() {
+        let t = Duration::from_millis(2000);
+        assert_eq!(closing_line("enp0s8", 0, 0, None, t), "0 packets seen on enp0s8 in 2.0 s");
+        assert_eq!(closing_line("enp0s8", 1, 0, None, t), "1 packet seen on enp0s8 in 2.0 s");
+        assert_eq!(closing_line("br0", 3, 1, Some("icmp"), t), "3 icmp packets seen on br0 in 2.0 s (1 other left out)");
+        assert_eq!(closing_line("br0", 0, 12, Some("tcp"), t), "0 tcp packets seen on br0 in 2.0 s (12 others left out)");
+    }
+
+    #[test]
+    fn lines_show_macs_only_when_asked() {
+        let mut frame = vec![2, 0, 0, 0, 0, 0x0b, 2, 0, 0, 0, 0, 0x0a, 0x88, 0xcc];
+        frame.extend_from_slice(&[0; 4]);
+        let s = describe(&frame, LinkKind::Ethernet, &[]);
+        let plain = format_line(Duration::from_micros(1500), Direction::In, &s, false);
+        let with = format_line(Duration::from_micros(1500), Direction::In, &s, true);
+        assert_eq!(plain, "   0.001500 in  02:00:00:00:00:0a → 02:00:00:00:00:0b  eth:ethertype (ethertype 0x88cc, 4 bytes)");
+        assert_eq!(with, format!("   0.001500 in  02:00:00:00:00:0a → 02:00:00:00:00:0b  {}", &plain[16..]));
+    }
 }

@@ -39,6 +39,26 @@ fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, ttl: u8, payload: &[u8]) -> Vec<u
     h
 }
 
+/// One piece of a fragmented IPv4 packet: `offset` in bytes (a multiple of 8), `more` the MF
+/// flag, `payload` this piece's bytes.
+fn ipv4_piece(src: [u8; 4], dst: [u8; 4], proto: u8, id: u16, offset: usize, more: bool, payload: &[u8]) -> Vec<u8> {
+    let mut p = ipv4(src, dst, proto, 64, payload);
+    p[4..6].copy_from_slice(&id.to_be_bytes());
+    let flags = (offset / 8) as u16 | if more { 0x2000 } else { 0 };
+    p[6..8].copy_from_slice(&flags.to_be_bytes());
+    p
+}
+
+/// A 3000-byte ping cut as the kernel cuts it for a 1500-byte MTU: 1480 + 1480 + 48 bytes.
+fn fragmented_ping(src: [u8; 4], dst: [u8; 4], id: u16) -> Vec<Vec<u8>> {
+    let mut icmp = icmp_echo(8, 77, 1);
+    icmp.resize(3008, 0xab);
+    [(0, true), (1480, true), (2960, false)]
+        .iter()
+        .map(|&(off, more)| ipv4_piece(src, dst, 1, id, off, more, &icmp[off..(off + 1480).min(icmp.len())]))
+        .collect()
+}
+
 fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
     let mut h = vec![0x60, 0, 0, 0];
     h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
@@ -110,6 +130,156 @@ fn ethernet_ip_icmp_on_bridge() {
     assert_eq!(s.dst.as_deref(), Some("172.16.1.2"));
     assert_eq!(s.problem, None);
     assert_eq!(s.to_string(), "172.16.0.2 → 172.16.1.2  eth:ip:icmp (echo request id=77 seq=1 ttl=63)");
+}
+
+#[test]
+fn link_addresses_come_first_with_e() {
+    let f = eth(MAC_B, MAC_A, 0x0800, &inner_ping());
+    let s = describe(&f, LinkKind::Ethernet, &[9000]);
+    assert_eq!(s.link, Some(("02:00:00:00:00:0a".to_string(), "02:00:00:00:00:0b".to_string())));
+    assert_eq!(
+        s.with_link_addrs().to_string(),
+        "02:00:00:00:00:0a → 02:00:00:00:00:0b  172.16.0.2 → 172.16.1.2  eth:ip:icmp (echo request id=77 seq=1 ttl=63)"
+    );
+    // Without -e the line is as before.
+    assert_eq!(s.to_string(), "172.16.0.2 → 172.16.1.2  eth:ip:icmp (echo request id=77 seq=1 ttl=63)");
+    // ARP: the MACs of the frame, then the addresses ARP asks about.
+    let req = eth(BCAST, MAC_A, 0x0806, &arp(1, MAC_A, NODE1, [0; 6], NODE2));
+    assert_eq!(
+        describe(&req, LinkKind::Ethernet, &[]).with_link_addrs().to_string(),
+        "02:00:00:00:00:0a → ff:ff:ff:ff:ff:ff  10.0.0.10 → 10.0.0.20  eth:arp (who-has 10.0.0.20 tell 10.0.0.10)"
+    );
+}
+
+#[test]
+fn link_addresses_of_inner_frames_but_none_on_tun() {
+    // VXLAN carries a whole Ethernet frame: its MACs are shown too.
+    let mac_c = [0x02, 0, 0, 0, 0, 0x0c];
+    let mac_d = [0x02, 0, 0, 0, 0, 0x0d];
+    let mut vx = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+    vx.extend_from_slice(&eth(mac_d, mac_c, 0x0800, &inner_ping()));
+    let f = eth(MAC_B, MAC_A, 0x0800, &ipv4(NODE1, NODE2, 17, 64, &udp(51234, 4789, &vx)));
+    assert_eq!(
+        describe(&f, LinkKind::Ethernet, &[9000]).with_link_addrs().to_string(),
+        "02:00:00:00:00:0a → 02:00:00:00:00:0b  10.0.0.10 → 10.0.0.20  eth:ip:udp:vxlan (51234 → 4789, vni 1)  |  \
+         inner 02:00:00:00:00:0c → 02:00:00:00:00:0d  172.16.0.2 → 172.16.1.2  eth:ip:icmp (echo request id=77 seq=1 ttl=63)"
+    );
+    // A tunnel datagram's inner packet has no link header: nothing to show, outer MACs only.
+    let f = eth(MAC_B, MAC_A, 0x0800, &ipv4(NODE1, NODE2, 17, 64, &udp(9000, 9000, &inner_ping())));
+    let line = describe(&f, LinkKind::Ethernet, &[9000]).with_link_addrs().to_string();
+    assert!(line.starts_with("02:00:00:00:00:0a → 02:00:00:00:00:0b  10.0.0.10 → 10.0.0.20  eth:ip:udp"), "{line}");
+    assert!(line.contains("|  inner 172.16.0.2 → 172.16.1.2  ip:icmp"), "{line}");
+    // On a TUN device: no link header, so -e changes nothing.
+    let s = describe(&inner_ping(), LinkKind::RawIp, &[9000]);
+    assert_eq!(s.link, None);
+    assert_eq!(s.with_link_addrs().to_string(), s.to_string());
+}
+
+#[test]
+fn ipv4_fragments_are_marked() {
+    let pieces = fragmented_ping(CON1, CON_REMOTE, 4242);
+    let lines: Vec<String> = pieces.iter().map(|p| line(&eth(MAC_B, MAC_A, 0x0800, p), LinkKind::Ethernet)).collect();
+    assert_eq!(
+        lines,
+        [
+            "172.16.0.2 → 172.16.1.2  eth:ip:icmp (echo request id=77 seq=1 ttl=64) frag id=4242 off=0 MF",
+            "172.16.0.2 → 172.16.1.2  eth:ip:icmp (continued, 1480 bytes) frag id=4242 off=1480 MF",
+            "172.16.0.2 → 172.16.1.2  eth:ip:icmp (continued, 48 bytes) frag id=4242 off=2960",
+        ]
+    );
+    let first = describe(&pieces[0], LinkKind::RawIp, &[]);
+    assert_eq!(first.fragment, Some(Fragment { id: 4242, offset: 0, more: true }));
+    assert_eq!(first.problem, None);
+    // A whole packet (DF set, no offset, no MF) is not marked.
+    assert_eq!(describe(&inner_ping(), LinkKind::RawIp, &[]).fragment, None);
+    // An unknown protocol continued is still marked.
+    let odd = ipv4_piece(NODE1, NODE2, 253, 7, 8, false, b"12345678");
+    assert_eq!(line(&odd, LinkKind::RawIp), "10.0.0.10 → 10.0.0.20  ip (proto 253 continued, 8 bytes) frag id=7 off=8");
+}
+
+#[test]
+fn fragments_inside_a_tunnel_and_of_the_tunnel() {
+    // Inner: each piece of a large ping crosses the tunnel in a datagram of its own.
+    let pieces = fragmented_ping(CON1, CON_REMOTE, 99);
+    let outer = eth(MAC_B, MAC_A, 0x0800, &ipv4(NODE1, NODE2, 17, 64, &udp(9000, 9000, &pieces[1])));
+    assert_eq!(
+        line(&outer, LinkKind::Ethernet),
+        "10.0.0.10 → 10.0.0.20  eth:ip:udp (9000 → 9000, 1500 bytes)  |  \
+         inner 172.16.0.2 → 172.16.1.2  ip:icmp (continued, 1480 bytes) frag id=99 off=1480 MF"
+    );
+    // Outer: the datagram itself cut in two. The first piece holds the UDP header and the
+    // start of the inner packet, whose lengths run past it: no truncation to report.
+    let datagram = udp(9000, 9000, &pieces[0]);
+    let (head, tail) = datagram.split_at(1000);
+    let first = ipv4_piece(NODE1, NODE2, 17, 5, 0, true, head);
+    let s = describe(&eth(MAC_B, MAC_A, 0x0800, &first), LinkKind::Ethernet, &[9000]);
+    assert_eq!(s.problem, None, "{s}");
+    assert_eq!(s.fragment, Some(Fragment { id: 5, offset: 0, more: true }));
+    let inner = s.inner.as_ref().expect("the inner packet decoded from its first bytes");
+    assert_eq!(inner.problem, None, "{s}");
+    assert_eq!(inner.fragment, Some(Fragment { id: 99, offset: 0, more: true }));
+    assert_eq!(
+        s.to_string(),
+        "10.0.0.10 → 10.0.0.20  eth:ip:udp (9000 → 9000, 992 bytes) frag id=5 off=0 MF  |  \
+         inner 172.16.0.2 → 172.16.1.2  ip:icmp (echo request id=77 seq=1 ttl=64) frag id=99 off=0 MF"
+    );
+    let second = ipv4_piece(NODE1, NODE2, 17, 5, 1000, false, tail);
+    assert_eq!(line(&second, LinkKind::RawIp), "10.0.0.10 → 10.0.0.20  ip:udp (continued, 508 bytes) frag id=5 off=1000");
+    // A packet that is not a fragment still reports a real truncation.
+    let whole = ipv4(NODE1, NODE2, 17, 64, &datagram);
+    assert!(describe(&whole[..1020], LinkKind::RawIp, &[9000]).problem.is_some());
+}
+
+#[test]
+fn ipv6_fragments_are_marked() {
+    let a: Ipv6Addr = "fd00::1".parse().unwrap();
+    let b: Ipv6Addr = "fd00::2".parse().unwrap();
+    // fragment header: next header, reserved, offset<<3 | M, identification
+    let mut first = vec![58, 0, 0x00, 0x01, 0, 0, 0x30, 0x39];
+    first.extend_from_slice(&icmp_echo(128, 5, 9)[..16]);
+    assert_eq!(
+        line(&ipv6(a, b, 44, &first), LinkKind::RawIp),
+        "fd00::1 → fd00::2  ipv6:icmpv6 (echo request id=5 seq=9 hlim=64) frag id=12345 off=0 MF"
+    );
+    let mut last = vec![58, 0, 0x05, 0xc8, 0, 0, 0x30, 0x39];
+    last.extend_from_slice(&[0; 24]);
+    assert_eq!(
+        line(&ipv6(a, b, 44, &last), LinkKind::RawIp),
+        "fd00::1 → fd00::2  ipv6:icmpv6 (continued, 24 bytes) frag id=12345 off=1480"
+    );
+    // An atomic fragment (offset 0, no M) is a whole packet: not marked.
+    let mut atomic = vec![58, 0, 0, 0, 0, 0, 0, 1];
+    atomic.extend_from_slice(&icmp_echo(128, 5, 9)[..16]);
+    assert_eq!(describe(&ipv6(a, b, 44, &atomic), LinkKind::RawIp, &[]).fragment, None);
+}
+
+#[test]
+fn every_protocol_the_decoder_names_is_one_only_accepts() {
+    // Decode all the frames of these tests and random bytes; every name in a stack must be
+    // in PROTOCOLS, or `--only` would refuse a protocol the capture prints.
+    fn all_in(s: &PacketSummary) {
+        for p in &s.protocols {
+            assert!(PROTOCOLS.contains(p), "{p} is not in PROTOCOLS");
+        }
+        if let Some(i) = &s.inner {
+            all_in(i);
+        }
+    }
+    let mut rng = Rng(42);
+    for _ in 0..20_000 {
+        let len = (rng.next() % 120) as usize;
+        let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        for link in [LinkKind::Ethernet, LinkKind::RawIp] {
+            all_in(&describe(&bytes, link, &[9000]));
+        }
+    }
+    for proto in 0..=255u8 {
+        all_in(&describe(&ipv4(NODE1, NODE2, proto, 64, &[0; 40]), LinkKind::RawIp, &[9000]));
+        all_in(&describe(&ipv4_piece(NODE1, NODE2, proto, 1, 8, false, &[0; 8]), LinkKind::RawIp, &[]));
+    }
+    for ethertype in [0x0800, 0x86dd, 0x0806, 0x8100, 0x0100, 0x88cc] {
+        all_in(&describe(&eth(MAC_B, MAC_A, ethertype, &[0x45; 60]), LinkKind::Ethernet, &[9000]));
+    }
 }
 
 #[test]
@@ -346,6 +516,8 @@ fn every_prefix_of_valid_frames_decodes_without_panic() {
         eth(MAC_B, MAC_A, 0x86dd, &ipv6(a, a, 58, &icmp_echo(128, 1, 1))),
         eth(MAC_B, MAC_A, 0x0800, &ipv4(NODE1, NODE2, 6, 64, &tcp(1, 2, 0x12, b"x"))),
         eth(MAC_B, MAC_A, 0x86dd, &ipv6(a, a, 44, &[17, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 2])),
+        eth(MAC_B, MAC_A, 0x0800, &ipv4_piece(NODE1, NODE2, 17, 3, 0, true, &udp(9000, 9000, &inner_ping())[..40])),
+        eth(MAC_B, MAC_A, 0x0800, &fragmented_ping(CON1, CON_REMOTE, 1)[1]),
     ];
     for f in &frames {
         for n in 0..=f.len() {
