@@ -361,6 +361,26 @@ pub fn diagram(a: &DiagramArgs) -> Result<()> {
     Ok(())
 }
 
+/// `cnet trace FROM TO`: the packet's path, hop by hop. Returns whether it gets there (or,
+/// with --host, leaves this machine on its way); a drop is exit 1, as a failed check is.
+pub fn trace(a: &TraceArgs) -> Result<bool> {
+    require_admin()?;
+    let opts = crate::observe::trace::TraceOptions {
+        host: a.host,
+        size: a.size,
+        arrive_on: a.arrive_on.clone(),
+        src: a.src,
+        ttl: a.ttl,
+    };
+    let t = crate::observe::trace::trace(&a.from, &a.to, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&t)?);
+    } else {
+        print!("{}", crate::observe::trace::render(&t));
+    }
+    Ok(t.drop_reason().is_none())
+}
+
 /// `cnet tunnel`: the data plane in the foreground until SIGINT/SIGTERM.
 pub fn tunnel(a: &TunnelArgs) -> Result<()> {
     require_admin()?;
