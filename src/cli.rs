@@ -71,6 +71,9 @@ pub enum Command {
     /// (internal) Put a fault into the node this runs in.
     #[command(name = "__break", hide = true)]
     BreakHere(BreakHereArgs),
+    /// Follow a packet hop by hop through what is up: each hop's route, next hop and MAC,
+    /// encapsulation, TTL, and where and why it would be dropped.
+    Trace(TraceArgs),
     /// Print a shell completion script: `cnet completions bash > /etc/bash_completion.d/cnet`.
     Completions(CompletionsArgs),
     /// Print the manual page (roff): `cnet man | man -l -`.
@@ -78,6 +81,9 @@ pub enum Command {
     /// (internal) Hold new namespaces until stdin closes.
     #[command(name = "__hold", hide = true)]
     Hold,
+    /// (internal) Evaluate one hop of `cnet trace` in this namespace; answer JSON.
+    #[command(name = "__trace-hop", hide = true)]
+    TraceHop(TraceHopArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -175,6 +181,9 @@ pub struct TestArgs {
     /// Milliseconds to wait for each reply.
     #[arg(long, default_value_t = 1000)]
     pub timeout_ms: u64,
+    /// (internal) Do not trace failed checks (the lab traces them across its nodes).
+    #[arg(long, hide = true)]
+    pub no_trace: bool,
 }
 
 #[derive(Args, Debug)]
@@ -308,6 +317,42 @@ pub struct BreakArgs {
 pub struct BreakHereArgs {
     #[arg(value_enum)]
     pub fault: crate::model::fault::Fault,
+}
+
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    /// Where the packet starts: node1, node1/con1, 2-single-node/con2 (lab); with --host,
+    /// `node` or a container's name.
+    pub from: String,
+    /// Its destination: an address (172.16.1.2), or a place (node2/con1).
+    pub to: String,
+    /// Every hop as JSON: namespace, route, next hop, encapsulation, TTL, verdict.
+    #[arg(long)]
+    pub json: bool,
+    /// Trace on this machine (what `up --host` built); the trace ends where the packet
+    /// leaves it.
+    #[arg(long)]
+    pub host: bool,
+    /// The IP packet's size in bytes (ping's default is 84).
+    #[arg(long, default_value_t = crate::observe::trace::DEFAULT_SIZE, value_parser = clap::value_parser!(u16).range(28..))]
+    pub size: u16,
+    /// With --host: the packet arrives on this interface (follow a packet that left another
+    /// machine; its trace there prints this command).
+    #[arg(long = "in", requires = "host")]
+    pub arrive_on: Option<String>,
+    /// With --in: the packet's source address.
+    #[arg(long, requires = "arrive_on")]
+    pub src: Option<Ipv4Addr>,
+    /// With --in: the TTL it arrives with.
+    #[arg(long, requires = "arrive_on")]
+    pub ttl: Option<u8>,
+}
+
+#[derive(Args, Debug)]
+pub struct TraceHopArgs {
+    /// The hop's query, as JSON.
+    #[arg(long)]
+    pub query: String,
 }
 
 #[derive(Args, Debug)]

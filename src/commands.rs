@@ -218,7 +218,7 @@ pub fn test(a: &TestArgs) -> Result<bool> {
     }
     let (results, multi) = if !a.host && lab::is_up() {
         let mut all = Vec::new();
-        let args = ["test", "--host", "--json", "--timeout-ms", &a.timeout_ms.to_string()].map(String::from);
+        let args = ["test", "--host", "--json", "--no-trace", "--timeout-ms", &a.timeout_ms.to_string()].map(String::from);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         for (i, status, stdout) in lab::in_every_node(&args)? {
             // Exit 1 with an answer: some checks failed, which the answer says.
@@ -250,6 +250,10 @@ pub fn test(a: &TestArgs) -> Result<bool> {
     if results.is_empty() {
         bail!("nothing is up to test");
     }
+    let mut results = results;
+    if !a.no_trace {
+        explain_failures(&mut results, a.host);
+    }
     let pass = results.iter().all(|n| n.results.iter().all(|r| r.pass));
     if a.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
@@ -269,6 +273,56 @@ pub fn test(a: &TestArgs) -> Result<bool> {
         }
     }
     Ok(pass)
+}
+
+/// How many failed checks are traced: each trace asks every hop on the way, and the first
+/// few already say where the network is broken.
+const TRACED_FAILURES: usize = 8;
+
+/// Add to each failed check (the first few) what `cnet trace` finds: where the request, or
+/// else the reply, is dropped and why ("dropped at node2: net.ipv4.ip_forward is 0").
+fn explain_failures(results: &mut [NodeChecks], host: bool) {
+    use crate::observe::trace::{TraceOptions, trace};
+    let opts = TraceOptions { host, ..TraceOptions::default() };
+    let mut traced = 0;
+    for n in results.iter_mut() {
+        let node = format!("node{}", n.node);
+        for r in n.results.iter_mut().filter(|r| !r.pass) {
+            if traced == TRACED_FAILURES {
+                return;
+            }
+            traced += 1;
+            // Places as trace takes them: node2/con1 in the lab, node or con1 on this machine.
+            let from = match (host, r.check.from.as_str()) {
+                (true, f) => f.to_string(),
+                (false, "node") => node.clone(),
+                (false, c) => format!("{node}/{c}"),
+            };
+            let found = match trace(&from, &r.check.to.to_string(), &opts) {
+                Ok(t) => match t.drop_reason() {
+                    Some(why) => Some(why),
+                    // The request gets there: then the reply does not. Follow it back.
+                    // (On this machine alone the way back cannot be followed past it.)
+                    None if !host => reply_drop(&r.check.target, &from),
+                    None => None,
+                },
+                Err(e) => Some(format!("(trace: {e:#})")),
+            };
+            if let Some(why) = found {
+                r.error = Some(format!("{}; {why}", r.error.as_deref().unwrap_or("failed")));
+            }
+        }
+    }
+}
+
+/// Where the reply from `target` (a check's target: node2, node2/br0, node2/con1) back to
+/// the check's source `from` is dropped, if it is.
+fn reply_drop(target: &str, from: &str) -> Option<String> {
+    use crate::observe::trace::{TraceOptions, trace};
+    let back_from = target.strip_suffix("/br0").unwrap_or(target);
+    let opts = TraceOptions::default();
+    let t = trace(back_from, from, &opts).ok()?;
+    t.drop_reason().map(|why| format!("the reply is {why}"))
 }
 
 /// The topology this machine has up (from its record), or the stage given on the command line.
@@ -402,6 +456,26 @@ pub fn diagram(a: &DiagramArgs) -> Result<()> {
         DiagramFormat::Dot => print!("{}", d.dot()),
     }
     Ok(())
+}
+
+/// `cnet trace FROM TO`: the packet's path, hop by hop. Returns whether it gets there (or,
+/// with --host, leaves this machine on its way); a drop is exit 1, as a failed check is.
+pub fn trace(a: &TraceArgs) -> Result<bool> {
+    require_admin()?;
+    let opts = crate::observe::trace::TraceOptions {
+        host: a.host,
+        size: a.size,
+        arrive_on: a.arrive_on.clone(),
+        src: a.src,
+        ttl: a.ttl,
+    };
+    let t = crate::observe::trace::trace(&a.from, &a.to, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&t)?);
+    } else {
+        print!("{}", crate::observe::trace::render(&t));
+    }
+    Ok(t.drop_reason().is_none())
 }
 
 /// `cnet tunnel`: the data plane in the foreground until SIGINT/SIGTERM.

@@ -96,6 +96,12 @@ fn run() -> ExitCode {
         Command::Explain(a) => commands::explain(a),
         Command::Capture(a) => commands::capture(a),
         Command::Diagram(a) => commands::diagram(a),
+        Command::Trace(a) => match commands::trace(a) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
+        Command::TraceHop(a) => crate::observe::trace::hop_command(&a.query),
         Command::Tunnel(a) => commands::tunnel(a),
         Command::Hold => commands::hold(),
         Command::Break(a) => commands::break_(a),

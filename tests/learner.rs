@@ -119,6 +119,8 @@ cnet down -q
     assert_eq!(r.section("forwarding").trim(), "0");
     let test = r.section("test");
     assert!(test.contains("exit=1") && test.contains("FAIL"), "{test}");
+    // Each failure says what `cnet trace` found.
+    assert!(test.contains("dropped at node2: net.ipv4.ip_forward is 0"), "{test}");
     assert!(r.section("status").contains("no-forwarding on node2"), "{}", r.section("status"));
     let list = r.section("list");
     for f in ["no-forwarding", "no-route", "strict-rp-filter", "mtu", "stop-tunnel"] {
