@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::model::topology::{Backend, Ipv4Net, Stage, TUNNEL_PORT};
+use crate::model::topology::{Backend, Fabric, Ipv4Net, Stage, TUNNEL_PORT};
 use crate::model::wire::WireFormat;
 use crate::observe::capture::PROTOCOLS;
 use crate::tunnel::Peer;
@@ -103,6 +103,18 @@ pub struct TopologyArgs {
     /// passing whole 64 KB super-packets (udp-gso: cnet to cnet, over the lab's cables).
     #[arg(long, value_enum, default_value_t = Backend::Udp)]
     pub backend: Backend,
+    /// Stages 3-4 in the lab: the nodes share one L2 network (l2, the talk's), or each sits
+    /// on its own subnet behind a router (routed: stage 3 fails there, stage 4 works).
+    #[arg(long, value_enum, default_value_t = Fabric::L2)]
+    pub fabric: Fabric,
+    /// With --fabric routed: install on the router the pod routes each node's BGP speaker
+    /// would announce (Calico), so that stage 3 works through it.
+    #[arg(long)]
+    pub advertise_pod_routes: bool,
+    /// Stage 4: a direct route to peers on the node's own subnet, the overlay only to the
+    /// others (flannel's DirectRouting).
+    #[arg(long)]
+    pub direct_routing: bool,
 }
 
 #[derive(Args, Debug)]
@@ -133,6 +145,9 @@ pub struct UpArgs {
     /// (internal) Run by the lab inside one of its nodes.
     #[arg(long, hide = true)]
     pub in_lab: bool,
+    /// (internal) Run by the lab inside its router (routed fabric): build the router's part.
+    #[arg(long, hide = true, requires = "in_lab")]
+    pub router: bool,
 }
 
 #[derive(Args, Debug)]

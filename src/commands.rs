@@ -34,6 +34,9 @@ pub fn options(t: &TopologyArgs) -> Options {
         pod_cidr: t.pod_cidr,
         backend: t.backend,
         underlay_mtu: t.backend.default_underlay_mtu(),
+        fabric: t.fabric,
+        advertise_pod_routes: t.advertise_pod_routes,
+        direct_routing: t.direct_routing,
     }
 }
 
@@ -55,8 +58,14 @@ pub fn up(a: &UpArgs) -> Result<()> {
     }
     let rt = runtime()?;
     if a.host {
-        let req =
-            NodeRequest { options: opts, node: a.node, underlay: a.underlay.clone(), peers: a.peers.clone(), in_lab: a.in_lab };
+        let req = NodeRequest {
+            options: opts,
+            node: a.node,
+            underlay: a.underlay.clone(),
+            peers: a.peers.clone(),
+            in_lab: a.in_lab,
+            router: a.router,
+        };
         let pace = if a.quiet {
             Pace::Quiet
         } else if a.step {
@@ -336,7 +345,7 @@ async fn host_topology(a: &TestArgs) -> Result<(Topology, u32)> {
         )
     };
     let options = Options::new(stage).with_backend(a.backend);
-    let req = NodeRequest { options, node: a.node, underlay: None, peers: Vec::new(), in_lab: false };
+    let req = NodeRequest { options, node: a.node, underlay: None, peers: Vec::new(), in_lab: false, router: false };
     let nl = Netlink::here(&PathBuf::from(NETNS_DIR))?;
     let (topo, _) = node::resolve(&req, &nl).await?;
     Ok((topo, a.node))

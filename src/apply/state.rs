@@ -294,6 +294,9 @@ pub struct LabState {
     /// Faults put in by `cnet break` ("no-forwarding on node2"), for `status` to show.
     #[serde(default)]
     pub faults: Vec<String>,
+    /// Lab members that are not nodes (the routed fabric's `router`), created so far.
+    #[serde(default)]
+    pub members: Vec<String>,
 }
 
 pub fn lab_dir() -> PathBuf {

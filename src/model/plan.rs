@@ -464,9 +464,26 @@ fn multi_node_steps(b: &mut Builder, topo: &Topology, node: &Node, underlay: &st
     match (topo.stage(), topo.options.backend) {
         (Stage::MultiNode, _) => {
             for (p, ip) in &peers {
-                b.push(Step::AddRoute { netns: None, dst: Some(p.pod_net), via: Some(*ip), dev: underlay.into(), onlink: false },
-                    format!("A static route to node {}'s pod subnet {} through that node ({ip}): it works because the nodes share one L2 network (flannel host-gw).",
-                        p.index, p.pod_net));
+                // A routed fabric that was taught the pod routes carries them: the node's
+                // default route (to the router) is the way, no static route is added.
+                if !topo.on_link(node.index, p.index) && topo.options.advertise_pod_routes {
+                    continue;
+                }
+                let why = if topo.on_link(node.index, p.index) {
+                    format!(
+                        "A static route to node {}'s pod subnet {} through that node ({ip}): it works because the nodes share one L2 network (flannel host-gw).",
+                        p.index, p.pod_net
+                    )
+                } else {
+                    format!(
+                        "A static route to node {}'s pod subnet {} through that node ({ip}), as the talk has it. Here {ip} is on another subnet, behind a router: the kernel will refuse it (see `cnet up` for why).",
+                        p.index, p.pod_net
+                    )
+                };
+                b.push(
+                    Step::AddRoute { netns: None, dst: Some(p.pod_net), via: Some(*ip), dev: underlay.into(), onlink: false },
+                    why,
+                );
             }
             ip_forward(b);
         }
@@ -509,6 +526,7 @@ fn multi_node_steps(b: &mut Builder, topo: &Topology, node: &Node, underlay: &st
                 )
             };
             b.push(Step::StartTunnel { dev: "tun0".into(), local, peers: tunnel_peers, wire }, what);
+            direct_routes(b, topo, node, underlay);
             rp_filter(b, underlay, "tun0");
         }
         (Stage::Overlay, Backend::Vxlan) => {
@@ -529,16 +547,86 @@ fn multi_node_steps(b: &mut Builder, topo: &Topology, node: &Node, underlay: &st
             let (no_ll, why) = (b.no_link_local, b.no_ll_why());
             b.push(Step::LinkUp { netns: None, dev: "vxlan0".into(), addrgen_none: no_ll }, format!("Bring vxlan0 up{why}."));
             for (p, _) in &peers {
+                if topo.options.direct_routing && topo.on_link(node.index, p.index) {
+                    continue; // routed directly, below
+                }
                 let gw = p.tun_addr().addr;
                 b.push(
                     Step::AddRoute { netns: None, dst: Some(p.pod_net), via: Some(gw), dev: "vxlan0".into(), onlink: true },
                     format!("Node {}'s pod subnet {} through its overlay address {gw} on vxlan0.", p.index, p.pod_net),
                 );
             }
+            direct_routes(b, topo, node, underlay);
             rp_filter(b, underlay, "vxlan0");
         }
         (s, _) => unreachable!("stage {s} is not multi-node"),
     }
+}
+
+/// `--direct-routing`: a peer on this node's own subnet is reached by a plain route, more
+/// specific than the overlay's, with no encapsulation; the others still go through the
+/// overlay (flannel's DirectRouting, Calico's CrossSubnet).
+fn direct_routes(b: &mut Builder, topo: &Topology, node: &Node, underlay: &str) {
+    if !topo.options.direct_routing {
+        return;
+    }
+    for p in topo.peers_of(node.index).filter(|p| topo.on_link(node.index, p.index)) {
+        let ip = p.ip.addr;
+        b.push(
+            Step::AddRoute { netns: None, dst: Some(p.pod_net), via: Some(ip), dev: underlay.into(), onlink: false },
+            format!("Direct routing: node {} ({ip}) is on this node's own subnet, so its pod subnet {} is routed to it plainly, as in stage 3; only peers behind a router go through the overlay.", p.index, p.pod_net),
+        );
+    }
+}
+
+/// What `up` says when the kernel refuses a static route to `via`: what on-link means, why
+/// the router in between cannot carry the pod subnet, and the three ways out.
+pub fn not_on_link_why(dst: &Ipv4Net, via: Ipv4Addr, dev: &str) -> String {
+    format!(
+        "the next hop {via} is not on-link: a route's gateway must be reachable directly on {dev}'s own subnet (one ARP away), and {via} is on another subnet, behind a router. Nor could the router carry the packet: it knows only the node subnets and has never heard of {dst}. The ways out: teach the fabric the pod routes (what Calico does with BGP; here --advertise-pod-routes), encapsulate so that the router sees only node addresses (stage 4: cnet up overlay --fabric routed), or both: route directly where the peer is on-link and encapsulate elsewhere (--direct-routing)"
+    )
+}
+
+/// The routed fabric's router (a lab member): its address on each node subnet, forwarding,
+/// and with --advertise-pod-routes the routes each node's BGP speaker would announce.
+/// Its cables (eth1, eth2, ...) are the lab's, as a node's enp0s8 is.
+pub fn router_plan(topo: &Topology) -> NodePlan {
+    let mut b = Builder { steps: Vec::new(), no_link_local: false, explained_no_ll: false, said: Vec::new() };
+    for (k, s) in topo.subnets.iter().enumerate() {
+        let dev = router_port(k);
+        let names: Vec<String> = s.nodes.iter().map(|n| format!("node{n}")).collect();
+        let addr = Ipv4Net::new(s.router, s.net.prefix);
+        b.push(
+            Step::AddAddr { netns: None, dev: dev.clone(), addr },
+            format!("Give the router {addr} on {dev}, the subnet {} of {}: their gateway.", s.net.trunc(), names.join(" and ")),
+        );
+        b.push(Step::LinkUp { netns: None, dev: dev.clone(), addrgen_none: false }, format!("Bring {dev} up."));
+    }
+    b.push(
+        Step::Sysctl { key: "net.ipv4.ip_forward".into(), value: "1".into() },
+        "Turn on forwarding: the router joins the node subnets, as a cloud network or a data-centre fabric does. It knows those subnets and nothing else.",
+    );
+    if topo.options.advertise_pod_routes {
+        for n in &topo.nodes {
+            let k = topo.subnets.iter().position(|s| s.nodes.contains(&n.index)).expect("every node has a subnet");
+            b.push(
+                Step::AddRoute { netns: None, dst: Some(n.pod_net), via: Some(n.ip.addr), dev: router_port(k), onlink: false },
+                format!(
+                    "What node {}'s BGP speaker (Calico's BIRD) would announce: its pod subnet {} via {}.",
+                    n.index, n.pod_net, n.ip.addr
+                ),
+            );
+        }
+    }
+    NodePlan { node: 0, hostname: ROUTER.into(), steps: b.steps }
+}
+
+/// The routed fabric's router: its name as a lab member and its hostname.
+pub const ROUTER: &str = "router";
+
+/// The router's cable to the k-th subnet (0-based): eth1, eth2, ...
+pub fn router_port(k: usize) -> String {
+    format!("eth{}", k + 1)
 }
 
 fn ip_forward(b: &mut Builder) {

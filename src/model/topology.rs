@@ -220,11 +220,108 @@ pub struct Options {
     pub backend: Backend,
     /// The underlay MTU, from which tun0's MTU is computed (underlay − 28; − 42 for udp-gso).
     pub underlay_mtu: u32,
+    /// Stages 3-4 in the lab: how the nodes' network joins them.
+    #[serde(default)]
+    pub fabric: Fabric,
+    /// Routed fabric: the router knows the pod subnets, as a BGP speaker on each node would
+    /// have announced them (Calico's BIRD); stage 3 then works through the router.
+    #[serde(default)]
+    pub advertise_pod_routes: bool,
+    /// Stage 4: route straight to peers on this node's own subnet, encapsulate only to the
+    /// others (flannel's DirectRouting, Calico's CrossSubnet).
+    #[serde(default)]
+    pub direct_routing: bool,
+}
+
+/// The nodes' own network in the lab.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fabric {
+    /// One L2 network (a switch): the talk's "same L2 network".
+    #[default]
+    L2,
+    /// Each node on a small subnet of its own (nodes 2 and 3 share one when there are 3 or
+    /// more), joined by a router that knows only the node subnets: a cloud network or a
+    /// data-centre fabric.
+    Routed,
+}
+
+impl Fabric {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fabric::L2 => "l2",
+            Fabric::Routed => "routed",
+        }
+    }
+}
+
+/// Routed fabric: the most nodes whose addresses 10.0.0.(10·i) each fit a subnet without a
+/// neighbour's (10.0.0.80 sits on a /28 boundary).
+pub const MAX_ROUTED_NODES: u32 = 7;
+
+/// One subnet of a routed fabric: its prefix, the router's address on it, its nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Subnet {
+    pub net: Ipv4Net,
+    pub router: Ipv4Addr,
+    pub nodes: Vec<u32>,
+}
+
+/// The routed fabric's subnets: node 1 alone (the talk's pair must be apart), nodes 2 and 3
+/// together when there are three or more (both cases in one lab), every other node alone.
+/// Each is the smallest aligned prefix (/30 up to /27) that holds its nodes' addresses as
+/// hosts and no other node's; the router takes its first free host address.
+pub fn routed_subnets(nodes: u32) -> Result<Vec<Subnet>> {
+    let ip = |i: u32| u32::from(Ipv4Addr::new(10, 0, 0, (10 * i) as u8));
+    let mut groups: Vec<Vec<u32>> = vec![vec![1]];
+    let mut i = 2;
+    while i <= nodes {
+        if i == 2 && nodes >= 3 {
+            groups.push(vec![2, 3]);
+            i += 2;
+        } else {
+            groups.push(vec![i]);
+            i += 1;
+        }
+    }
+    let mut out = Vec::new();
+    for g in groups {
+        let found = (27..=30u8).rev().find_map(|prefix| {
+            let mask = u32::MAX << (32 - prefix);
+            let base = ip(g[0]) & mask;
+            let (net, bcast) = (base, base | !mask);
+            let hosts_ok = g.iter().all(|n| ip(*n) & mask == base && ip(*n) != net && ip(*n) != bcast);
+            let alone = (1..=nodes).filter(|n| !g.contains(n)).all(|n| ip(n) & mask != base);
+            let router = (net + 1..bcast).find(|a| !(1..=nodes).any(|n| ip(n) == *a));
+            (hosts_ok && alone).then_some(router).flatten().map(|r| Subnet {
+                net: Ipv4Net::new(Ipv4Addr::from(base), prefix),
+                router: Ipv4Addr::from(r),
+                nodes: g.clone(),
+            })
+        });
+        match found {
+            Some(s) => out.push(s),
+            None => bail!(
+                "--fabric routed takes at most {MAX_ROUTED_NODES} nodes: node i's address 10.0.0.(10·i) must fit a subnet of its own"
+            ),
+        }
+    }
+    Ok(out)
 }
 
 impl Options {
     pub fn new(stage: Stage) -> Self {
-        Options { stage, containers: 2, nodes: 2, pod_cidr: None, backend: Backend::Udp, underlay_mtu: 1500 }
+        Options {
+            stage,
+            containers: 2,
+            nodes: 2,
+            pod_cidr: None,
+            backend: Backend::Udp,
+            underlay_mtu: 1500,
+            fabric: Fabric::L2,
+            advertise_pod_routes: false,
+            direct_routing: false,
+        }
     }
 
     /// With `backend` and the underlay MTU that goes with it.
@@ -287,6 +384,8 @@ impl Node {
 pub struct Topology {
     pub options: Options,
     pub nodes: Vec<Node>,
+    /// A routed fabric's subnets (empty on an L2 fabric or a real machine).
+    pub subnets: Vec<Subnet>,
 }
 
 impl Topology {
@@ -327,9 +426,21 @@ impl Topology {
         if !stage.is_multi_node() && options.nodes != 2 && options.nodes != 1 {
             bail!("--nodes applies to stages 3 and 4 (multi-node, overlay) only");
         }
+        if options.fabric == Fabric::Routed && !stage.is_multi_node() {
+            bail!("--fabric applies to stages 3 and 4 (multi-node, overlay): a single node has no fabric");
+        }
+        if options.advertise_pod_routes && options.fabric != Fabric::Routed {
+            bail!("--advertise-pod-routes teaches the routed fabric's router: give --fabric routed too");
+        }
+        if options.direct_routing && stage != Stage::Overlay {
+            bail!("--direct-routing applies to stage 4 (overlay): it chooses, per peer, between a direct route and the tunnel");
+        }
+        let subnets = if options.fabric == Fabric::Routed { routed_subnets(node_count)? } else { Vec::new() };
         let mut nodes = Vec::new();
         for i in 1..=node_count {
-            let ip = Ipv4Net::new(Ipv4Addr::new(10, 0, 0, (10 * i) as u8), UNDERLAY_PREFIX);
+            let addr = Ipv4Addr::new(10, 0, 0, (10 * i) as u8);
+            let prefix = subnets.iter().find(|s| s.nodes.contains(&i)).map_or(UNDERLAY_PREFIX, |s| s.net.prefix);
+            let ip = Ipv4Net::new(addr, prefix);
             let hostname = stage.hostname(i);
             let node = match stage {
                 Stage::Namespace => Node {
@@ -409,7 +520,7 @@ impl Topology {
             };
             nodes.push(node);
         }
-        Ok(Topology { options, nodes })
+        Ok(Topology { options, nodes, subnets })
     }
 
     pub fn node(&self, index: u32) -> Result<&Node> {
@@ -427,6 +538,27 @@ impl Topology {
     /// The other nodes, as node `index` sees them (for routes and tunnel peers).
     pub fn peers_of(&self, index: u32) -> impl Iterator<Item = &Node> {
         self.nodes.iter().filter(move |n| n.index != index)
+    }
+
+    /// Whether node `b`'s address is on node `a`'s own subnet: a next hop the kernel can
+    /// reach directly (on-link), without a router in between.
+    pub fn on_link(&self, a: u32, b: u32) -> bool {
+        match (self.nodes.iter().find(|n| n.index == a), self.nodes.iter().find(|n| n.index == b)) {
+            (Some(x), Some(y)) => x.ip.contains_net(&Ipv4Net::new(y.ip.addr, 32)),
+            _ => false,
+        }
+    }
+
+    /// The routed fabric's router address on node `index`'s subnet (its gateway).
+    pub fn gateway_of(&self, index: u32) -> Option<Ipv4Addr> {
+        self.subnets.iter().find(|s| s.nodes.contains(&index)).map(|s| s.router)
+    }
+
+    /// Use a real host's underlay address and prefix for node `index` (host mode).
+    pub fn set_node_net(&mut self, index: u32, net: Ipv4Net) {
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.index == index) {
+            n.ip = net;
+        }
     }
 
     /// Use a real host's underlay address for node `index` (host mode, `--peer`).

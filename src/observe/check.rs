@@ -3,7 +3,10 @@
 //!
 //! Expected TTL: replies start at 64 and lose one per router on the way back. Within a
 //! node nothing is routed (the bridge is L2), so 64; across nodes the target's node routes
-//! the reply if the target is a container, and the source's node if the source is one.
+//! the reply if the target is a container, and the source's node if the source is one. On
+//! a routed fabric the router is one more, when the nodes are on different subnets and the
+//! reply crosses it as it is: not inside the overlay (in stage 4 only node-to-node traffic
+//! is not encapsulated; the router sees only the outer packets of the rest).
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -94,7 +97,17 @@ pub fn node_checks(topo: &Topology, me: u32) -> (Vec<Check>, &'static str) {
     for (from, from_container) in sources_list {
         let ts = if bounded { bounded_targets(topo, me, &from) } else { targets(topo, me, false) };
         for t in ts {
-            let routers = if t.node == me { 0 } else { from_container as u8 + (t.kind == 2) as u8 };
+            let routers = if t.node == me {
+                0
+            } else {
+                // In stage 4 only node to node crosses the router as it is: a reply to a
+                // container, or to the node's tun0 address (its source towards pods), rides
+                // the overlay.
+                let overlay = topo.stage() == crate::model::topology::Stage::Overlay;
+                let fabric =
+                    !topo.subnets.is_empty() && !topo.on_link(t.node, me) && !(overlay && (from_container || t.kind != 0));
+                from_container as u8 + (t.kind == 2) as u8 + fabric as u8
+            };
             checks.push(Check { from: from.clone(), to: t.ip, target: t.label, expect_ttl: 64 - routers });
         }
     }

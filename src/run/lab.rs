@@ -13,7 +13,8 @@ use std::process::{Command, ExitStatus, Stdio};
 
 use crate::apply::netlink::Netlink;
 use crate::apply::state::{LabState, lab_dir, run_dir};
-use crate::model::topology::{Ipv4Net, Options, Topology, UNDERLAY_DEV};
+use crate::model::plan::{ROUTER, RouteSpec, router_port};
+use crate::model::topology::{Options, Topology, UNDERLAY_DEV};
 use crate::run::enter;
 use crate::sys::ns::{self, NodeNs};
 use anyhow::{Context, Result, anyhow, bail};
@@ -22,8 +23,18 @@ const SWITCH_BRIDGE: &str = "underlay";
 const LAB_ALIAS: &str = "cnet:lab";
 
 pub fn node_ns(index: u32) -> NodeNs {
-    let d = lab_dir().join(format!("node{index}"));
+    member_ns(&format!("node{index}"))
+}
+
+/// A lab member's persisted namespaces: a node (`node2`) or another member (`router`).
+pub fn member_ns(name: &str) -> NodeNs {
+    let d = lab_dir().join(name);
     NodeNs { net: d.join("net"), mnt: d.join("mnt"), uts: d.join("uts") }
+}
+
+/// Every member of a lab record: its nodes, then the others.
+fn member_names(state: &LabState) -> Vec<String> {
+    state.nodes.iter().map(|i| format!("node{i}")).chain(state.members.iter().cloned()).collect()
 }
 
 fn switch_ns() -> PathBuf {
@@ -52,6 +63,13 @@ fn node_runner_args(opts: &Options, index: u32, v: Verbosity) -> Vec<String> {
     ];
     if opts.stage.is_multi_node() {
         a.extend(["--nodes".into(), opts.nodes.to_string(), "--backend".into(), opts.backend.name().into()]);
+        a.extend(["--fabric".into(), opts.fabric.name().into()]);
+        if opts.advertise_pod_routes {
+            a.push("--advertise-pod-routes".into());
+        }
+        if opts.direct_routing {
+            a.push("--direct-routing".into());
+        }
     }
     if let Some(c) = opts.pod_cidr {
         a.extend(["--pod-cidr".into(), c.to_string()]);
@@ -93,6 +111,7 @@ pub async fn up(opts: &Options, v: Verbosity) -> Result<()> {
         made_run_mount,
         made_netns_dir,
         faults: Vec::new(),
+        members: Vec::new(),
     };
     state.write()?;
     let result = build(&topo, &mut state, v).await;
@@ -108,30 +127,58 @@ pub async fn up(opts: &Options, v: Verbosity) -> Result<()> {
 }
 
 async fn build(topo: &Topology, state: &mut LabState, v: Verbosity) -> Result<()> {
-    let switch = create_switch().await?;
+    let routed = !topo.subnets.is_empty();
+    let switch = create_switch(topo).await?;
     let hosts = hosts_file(topo);
-    for n in &topo.nodes {
-        create_node(n.index, &n.hostname, &hosts, state)?;
-        cable(&switch, n.index, n.ip, topo.options.underlay_mtu)
-            .await
-            .with_context(|| format!("cannot connect {} to the lab's switch", n.hostname))?;
+    if routed {
+        create_member(ROUTER, ROUTER, &hosts, state)?;
+        for (k, s) in topo.subnets.iter().enumerate() {
+            plug(&switch, &format!("{ROUTER}{}", k + 1), &subnet_bridge(k), ROUTER, &router_port(k), topo.options.underlay_mtu)
+                .await
+                .with_context(|| format!("cannot connect the router to subnet {}", s.net.trunc()))?;
+        }
     }
     for n in &topo.nodes {
-        if !matches!(v, Verbosity::Quiet) {
-            say!("== {} ({}): {} ==", n.short_name(), n.hostname, n.ip);
-        }
+        create_member(&n.short_name(), &n.hostname, &hosts, state)?;
+        cable(&switch, topo, n).await.with_context(|| format!("cannot connect {} to the lab's switch", n.hostname))?;
+    }
+    if routed {
+        // The router first: the fabric exists before the nodes are built on it.
+        run_builder(ROUTER, ROUTER, &router_runner_args(&topo.options, v), v, topo).await?;
+    }
+    for n in &topo.nodes {
         let place = format!("{} ({})", n.short_name(), n.hostname);
-        let mut runner = enter::cnet(&node_ns(n.index), &place, None, &node_runner_args(&topo.options, n.index, v), true)?;
-        // stdin too: `--step` reads Enter there.
-        runner.command().stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
-        // Awaited, not waited for: a Ctrl-C must be able to stop the build (the runner is
-        // killed and the lab's `down` removes what it had made).
-        let status = runner.run_async().await?;
-        if !status.success() {
-            bail!("{place}: its builder failed ({status}) without saying why");
-        }
+        run_builder(&n.short_name(), &place, &node_runner_args(&topo.options, n.index, v), v, topo).await?;
     }
     Ok(())
+}
+
+/// Run the node runner inside lab member `name` (a node, or the router), showing its steps.
+async fn run_builder(name: &str, place: &str, args: &[String], v: Verbosity, topo: &Topology) -> Result<()> {
+    if !matches!(v, Verbosity::Quiet) {
+        let addr = topo.nodes.iter().find(|n| n.short_name() == name).map_or_else(
+            || topo.subnets.iter().map(|s| format!("{}/{}", s.router, s.net.prefix)).collect::<Vec<_>>().join(" "),
+            |n| n.ip.to_string(),
+        );
+        say!("== {place}: {addr} ==");
+    }
+    let mut runner = enter::cnet(&member_ns(name), place, None, args, true)?;
+    // stdin too: `--step` reads Enter there.
+    runner.command().stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    // Awaited, not waited for: a Ctrl-C must be able to stop the build (the runner is
+    // killed and the lab's `down` removes what it had made).
+    let status = runner.run_async().await?;
+    if !status.success() {
+        bail!("{place}: its builder failed ({status}) without saying why");
+    }
+    Ok(())
+}
+
+/// The arguments that make `cnet up` inside the router build the router's part.
+fn router_runner_args(opts: &Options, v: Verbosity) -> Vec<String> {
+    let mut a = node_runner_args(opts, 1, v);
+    a.push("--router".into());
+    a
 }
 
 /// The lab nodes' /etc/hosts: localhost, the node itself (`{self}`), every node by its
@@ -144,25 +191,41 @@ fn hosts_file(topo: &Topology) -> String {
     h
 }
 
-/// The lab's L2 network: a bridge in a namespace of its own. Its veth peers (the nodes'
-/// enp0s8) go into the node namespaces under /run/cnet/lab.
-async fn create_switch() -> Result<Netlink> {
+/// The lab's network: a namespace of its own holding a bridge per L2 segment — one for the
+/// whole lab on an L2 fabric, one per subnet on a routed fabric. The cables' far ends (the
+/// nodes' enp0s8, the router's ports) go into the members under /run/cnet/lab.
+async fn create_switch(topo: &Topology) -> Result<Netlink> {
     let path = switch_ns();
     std::fs::create_dir_all(path.parent().unwrap())?;
     let fd = ns::create_netns(&path, ns::open_netlink).context("cannot create the lab's switch namespace")?;
     let switch = Netlink::from_socket(fd, &lab_dir());
-    switch.add_bridge(SWITCH_BRIDGE, LAB_ALIAS).await.context("cannot create the lab's switch bridge")?;
-    switch.link_up(None, SWITCH_BRIDGE, false).await?;
+    let bridges: Vec<String> = if topo.subnets.is_empty() {
+        vec![SWITCH_BRIDGE.to_string()]
+    } else {
+        (0..topo.subnets.len()).map(subnet_bridge).collect()
+    };
+    for b in bridges {
+        switch.add_bridge(&b, LAB_ALIAS).await.context("cannot create the lab's switch bridge")?;
+        switch.link_up(None, &b, false).await?;
+    }
     Ok(switch)
 }
 
-/// A VM-like node: a held child unshares its namespaces, they are bound under
-/// /run/cnet/lab/nodeN, and the child exits.
-fn create_node(index: u32, hostname: &str, hosts: &str, state: &mut LabState) -> Result<()> {
-    let nsp = node_ns(index);
+/// The switch's bridge for the k-th subnet of a routed fabric (0-based).
+fn subnet_bridge(k: usize) -> String {
+    format!("subnet{}", k + 1)
+}
+
+/// A VM-like lab member (a node, or the router): a held child unshares its namespaces,
+/// they are bound under /run/cnet/lab/NAME, and the child exits.
+fn create_member(name: &str, hostname: &str, hosts: &str, state: &mut LabState) -> Result<()> {
+    let nsp = member_ns(name);
     let dir = nsp.net.parent().unwrap();
     std::fs::create_dir_all(dir)?;
-    state.nodes.push(index);
+    match name.strip_prefix("node").and_then(|i| i.parse().ok()) {
+        Some(index) => state.nodes.push(index),
+        None => state.members.push(name.to_string()),
+    }
     state.write()?;
     // The node's own /etc/hosts and /etc/resolv.conf, as a VM has: its name and the other
     // nodes' resolve at once (Python's http.server looks its own name up before it serves),
@@ -207,40 +270,64 @@ fn create_node(index: u32, hostname: &str, hosts: &str, state: &mut LabState) ->
     Err(last.expect("at least one attempt"))
 }
 
-/// The node's cable to the switch: `enp0s8` in the node, its other end on the switch's
-/// bridge; then, inside the node, the VM's own address, as Vagrant's private network gave it.
-/// Cables are Ethernet's 1500 bytes, but 65535 for the udp-gso backend, whose datagrams
-/// carry whole 64 KB packets (the node reads its tun0's MTU off enp0s8's).
-async fn cable(switch: &Netlink, index: u32, ip: Ipv4Net, mtu: u32) -> Result<()> {
-    let port = format!("node{index}");
-    // The node's end is its NIC, not cnet's: it stays out of cnet's group, as a VM's would.
-    switch.add_veth(&port, UNDERLAY_DEV, &format!("node{index}/net"), LAB_ALIAS, false).await?;
-    if mtu != 1500 {
-        switch.set_mtu(&port, mtu).await?;
+/// The node's cable to the switch: `enp0s8` in the node, its other end on its segment's
+/// bridge; then, inside the node, the VM's own network as its provider gave it: the address
+/// (with the routed fabric's small prefix), and on a routed fabric the default route to the
+/// router, as DHCP would set it. Cables are Ethernet's 1500 bytes, but 65535 for the udp-gso
+/// backend, whose datagrams carry whole 64 KB packets (the node reads tun0's MTU off enp0s8).
+async fn cable(switch: &Netlink, topo: &Topology, n: &crate::model::topology::Node) -> Result<()> {
+    let mtu = topo.options.underlay_mtu;
+    let bridge = match topo.subnets.iter().position(|s| s.nodes.contains(&n.index)) {
+        Some(k) => subnet_bridge(k),
+        None => SWITCH_BRIDGE.to_string(),
+    };
+    plug(switch, &n.short_name(), &bridge, &n.short_name(), UNDERLAY_DEV, mtu).await?;
+    let node = Netlink::at(&node_ns(n.index).net, &lab_dir())?;
+    node.add_addr(None, UNDERLAY_DEV, n.ip).await?;
+    if let Some(gw) = topo.gateway_of(n.index) {
+        let default = RouteSpec { dst: None, via: Some(gw), dev: UNDERLAY_DEV.into(), onlink: false };
+        node.add_route(None, &default).await?;
     }
-    switch.set_master(&port, SWITCH_BRIDGE, false).await?;
-    switch.link_up(None, &port, false).await?;
-    let node = Netlink::at(&node_ns(index).net, &lab_dir())?;
-    node.link_up(None, "lo", false).await?;
+    Ok(())
+}
+
+/// A cable from the switch's `bridge` (port `port`) to lab member `member`, where its end is
+/// `dev`; both ends up, and the member's lo too.
+async fn plug(switch: &Netlink, port: &str, bridge: &str, member: &str, dev: &str, mtu: u32) -> Result<()> {
+    // The member's end is its NIC, not cnet's: it stays out of cnet's group, as a VM's would.
+    switch.add_veth(port, dev, &format!("{member}/net"), LAB_ALIAS, false).await?;
     if mtu != 1500 {
-        node.set_mtu(UNDERLAY_DEV, mtu).await?;
+        switch.set_mtu(port, mtu).await?;
     }
-    node.add_addr(None, UNDERLAY_DEV, ip).await?;
-    node.link_up(None, UNDERLAY_DEV, false).await
+    switch.set_master(port, bridge, false).await?;
+    switch.link_up(None, port, false).await?;
+    let m = Netlink::at(&member_ns(member).net, &lab_dir())?;
+    m.link_up(None, "lo", false).await?;
+    if mtu != 1500 {
+        m.set_mtu(dev, mtu).await?;
+    }
+    m.link_up(None, dev, false).await
 }
 
 /// What is left of a lab on disk, whatever its record says: the nodes whose directories
 /// are under /run/cnet/lab, and whether the switch is there. The namespaces bound there are
 /// the lab's marks; with them `down` needs no record. None if there is nothing.
 fn remains() -> Option<LabState> {
-    let dir = std::fs::read_dir(lab_dir()).ok()?;
-    let mut nodes: Vec<u32> = dir.flatten().filter_map(|e| e.file_name().to_str()?.strip_prefix("node")?.parse().ok()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(lab_dir()).ok()?.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).collect();
+    let mut nodes: Vec<u32> = names.iter().filter_map(|n| n.strip_prefix("node")?.parse().ok()).collect();
     nodes.sort_unstable();
+    let members: Vec<String> = names
+        .iter()
+        .filter(|n| *n != "switch" && n.strip_prefix("node").and_then(|i| i.parse::<u32>().ok()).is_none())
+        .cloned()
+        .collect();
     let switch = switch_ns().exists();
-    if nodes.is_empty() && !switch {
+    if nodes.is_empty() && members.is_empty() && !switch {
         return None;
     }
     Some(LabState {
+        members,
         options: Options::new(crate::model::topology::Stage::Namespace),
         nodes,
         complete: false,
@@ -256,11 +343,16 @@ fn remains() -> Option<LabState> {
 pub async fn down(quiet: bool) -> Result<bool> {
     let state = match LabState::read() {
         Ok(Some(mut state)) => {
-            // Nodes made after the record's last write are removed as well.
+            // Members made after the record's last write are removed as well.
             if let Some(r) = remains() {
                 for n in r.nodes {
                     if !state.nodes.contains(&n) {
                         state.nodes.push(n);
+                    }
+                }
+                for m in r.members {
+                    if !state.members.contains(&m) {
+                        state.members.push(m);
                     }
                 }
             }
@@ -301,6 +393,7 @@ fn remains_none() -> LabState {
         made_run_mount: false,
         made_netns_dir: false,
         faults: Vec::new(),
+        members: Vec::new(),
     }
 }
 
@@ -309,11 +402,12 @@ async fn down_lab(state: &LabState) -> Result<()> {
     // Undo each node's plan from inside, as on a real host (restores what it changed). The
     // nodes are independent: all at once, so that their tunnels stop in parallel.
     let mut running = Vec::new();
-    for index in state.nodes.iter().rev() {
-        let nsp = node_ns(*index);
+    let members = member_names(state);
+    for name in members.iter().rev() {
+        let nsp = member_ns(name);
         if ns::is_ns_file(&nsp.net) && ns::is_ns_file(&nsp.mnt) {
             let args = ["down", "--host", "--quiet", "--in-lab"].map(String::from);
-            let mut remover = match enter::cnet(&nsp, &format!("node{index}"), None, &args, false) {
+            let mut remover = match enter::cnet(&nsp, name, None, &args, false) {
                 Ok(r) => r,
                 Err(e) => {
                     errors.push(e);
@@ -336,8 +430,8 @@ async fn down_lab(state: &LabState) -> Result<()> {
         }
     }
     let (mnt, net) = (crate::apply::process::Members::scan("mnt"), crate::apply::process::Members::scan("net"));
-    for index in state.nodes.iter().rev() {
-        let nsp = node_ns(*index);
+    for name in members.iter().rev() {
+        let nsp = member_ns(name);
         // Whatever still runs in the node (a demo server, a shell) goes with the VM.
         let mut pids = mnt.of(&nsp.mnt);
         pids.extend(net.of(&nsp.net));
@@ -345,7 +439,7 @@ async fn down_lab(state: &LabState) -> Result<()> {
         pids.dedup();
         for pid in pids {
             if let Err(e) = crate::apply::process::stop_process(pid) {
-                errors.push(e.context(format!("node{index}")));
+                errors.push(e.context(name.clone()));
             }
         }
     }
@@ -359,8 +453,8 @@ async fn down_lab(state: &LabState) -> Result<()> {
             errors.push(e.context("cannot delete the switch's links"));
         }
     }
-    for index in &state.nodes {
-        let nsp = node_ns(*index);
+    for name in &members {
+        let nsp = member_ns(name);
         for p in [&nsp.net, &nsp.uts, &nsp.mnt] {
             if let Err(e) = ns::delete_ns_file(p) {
                 errors.push(e);
@@ -417,12 +511,21 @@ pub fn find_node(name: &str) -> Result<(LabState, u32)> {
     Ok((state, n.index))
 }
 
-/// Split `node1/con1` into the lab node and a container of it, checked against the lab.
-fn target(target: &str) -> Result<(u32, Option<String>)> {
+/// Split `node1/con1` into the lab member and a container of it, checked against the lab:
+/// a node (node1, 2, 3-multi-node-1) or another member (router).
+fn target(target: &str) -> Result<(NodeNs, Option<String>)> {
     let (node, container) = match target.split_once('/') {
         Some((n, c)) => (n, Some(c)),
         None => (target, None),
     };
+    if let Ok(state) = lab_in_use()
+        && state.members.iter().any(|m| m == node)
+    {
+        if container.is_some() {
+            bail!("{node} has no containers");
+        }
+        return Ok((member_ns(node), None));
+    }
     let (state, index) = find_node(node)?;
     if let Some(c) = container {
         let topo = Topology::new(state.options.clone())?;
@@ -434,19 +537,19 @@ fn target(target: &str) -> Result<(u32, Option<String>)> {
             );
         }
     }
-    Ok((index, container.map(str::to_string)))
+    Ok((node_ns(index), container.map(str::to_string)))
 }
 
-/// A program that runs inside a lab node, or one of its containers (`node1/con1`).
+/// A program that runs inside a lab member, or one of a node's containers (`node1/con1`).
 pub fn command_in(target_name: &str, program: &str, args: &[String]) -> Result<Command> {
-    let (index, container) = target(target_name)?;
-    enter::command_in(&node_ns(index), container.as_deref(), program, args)
+    let (nsp, container) = target(target_name)?;
+    enter::command_in(&nsp, container.as_deref(), program, args)
 }
 
-/// cnet itself inside a lab node or one of its containers (`cnet capture node1 ...`).
+/// cnet itself inside a lab member or one of a node's containers (`cnet capture node1 ...`).
 pub fn cnet_in(target_name: &str, args: &[String]) -> Result<enter::CnetInNode> {
-    let (index, container) = target(target_name)?;
-    enter::cnet(&node_ns(index), target_name, container.as_deref(), args, false)
+    let (nsp, container) = target(target_name)?;
+    enter::cnet(&nsp, target_name, container.as_deref(), args, false)
 }
 
 /// Run the same cnet subcommand inside every node and gather each one's exit status and

@@ -25,6 +25,8 @@ pub struct NodeRequest {
     pub underlay: Option<String>,
     pub peers: Vec<Ipv4Addr>,
     pub in_lab: bool,
+    /// The lab's router (routed fabric), not a node: its plan is model::plan::router_plan.
+    pub router: bool,
 }
 
 pub const NETNS_DIR: &str = "/run/netns";
@@ -72,15 +74,16 @@ async fn resolve_with(
             by_ip.or_else(|| links.iter().find(|l| l.name == UNDERLAY_DEV).map(|l| l.name.clone()))
         }
     };
-    let node_ip = match &underlay {
+    let node_net = match &underlay {
         Some(u) => {
             // The talk's address if the underlay holds it (a VM may have several), else its first.
             let idx = links.iter().find(|l| &l.name == u).map(|l| l.index);
-            let on_dev: Vec<_> = addrs.iter().filter(|a| Some(a.dev) == idx).map(|a| a.addr.addr).collect();
-            on_dev.iter().find(|a| **a == me.ip.addr).or(on_dev.first()).copied()
+            let on_dev: Vec<Ipv4Net> = addrs.iter().filter(|a| Some(a.dev) == idx).map(|a| a.addr).collect();
+            on_dev.iter().find(|a| a.addr == me.ip.addr).or(on_dev.first()).copied()
         }
         None => None,
     };
+    let node_ip = node_net.map(|n| n.addr);
     if topo.stage().is_multi_node() {
         let Some(u) = &underlay else {
             bail!(
@@ -88,8 +91,12 @@ async fn resolve_with(
                 me.ip.addr
             )
         };
-        let Some(ip) = node_ip else { bail!("the underlay interface {u} has no IPv4 address: give it the node's address first") };
-        topo.set_node_ip(req.node, ip);
+        let Some(net) = node_net else {
+            bail!("the underlay interface {u} has no IPv4 address: give it the node's address first")
+        };
+        let ip = net.addr;
+        // With its real prefix: which peers are on-link is decided from it.
+        topo.set_node_net(req.node, net);
         let others: Vec<u32> = topo.peers_of(req.node).map(|n| n.index).collect();
         if req.peers.len() > others.len() {
             bail!("{} --peer addresses given, but this stage has only {} other node(s)", req.peers.len(), others.len());
@@ -109,6 +116,21 @@ async fn resolve_with(
         for p in topo.peers_of(req.node) {
             if p.ip.addr == ip {
                 bail!("node {}'s address {ip} is this node's own: give the other node's with --peer IP", p.index);
+            }
+        }
+        // On a real machine a static route to a peer off this subnet is found out before
+        // anything is built (the lab lets the kernel refuse it, as a lesson).
+        if topo.stage() == Stage::MultiNode && !req.in_lab {
+            for p in topo.peers_of(req.node) {
+                if !topo.on_link(req.node, p.index) {
+                    bail!(
+                        "stage 3 needs the nodes on one L2 network, but node {} ({}) is not on this node's subnet {}: {}",
+                        p.index,
+                        p.ip.addr,
+                        net.trunc(),
+                        crate::model::plan::not_on_link_why(&p.pod_net, p.ip.addr, u)
+                    );
+                }
             }
         }
     } else if let Some(ip) = node_ip {
@@ -254,9 +276,29 @@ async fn shell_here() -> Result<()> {
 pub async fn up(req: &NodeRequest, pace: Pace) -> Result<()> {
     let nl = Netlink::here(&PathBuf::from(NETNS_DIR))?;
     let links: Vec<_> = dump_links(&nl.node_handle()).await?.iter().map(link_view).collect();
-    let (topo, header) = resolve_with(req, &nl, &links).await?;
-    check_pod_nets_against(&topo, &addr_views(&dump_addrs(&nl.node_handle()).await?), &links)?;
-    let plan = node_plan(&topo, topo.node(req.node)?, &header.underlay);
+    let (topo, header, plan) = if req.router {
+        // The routed fabric's router: its plan, nothing to resolve (the lab cabled it).
+        let topo = Topology::new(req.options.clone())?;
+        let plan = crate::model::plan::router_plan(&topo);
+        let header = NodeHeader {
+            format: crate::apply::state::RECORD_FORMAT,
+            options: topo.options.clone(),
+            node: 0,
+            underlay: String::new(),
+            node_ip: Ipv4Addr::UNSPECIFIED,
+            peers: Vec::new(),
+            netns_dir: PathBuf::from(NETNS_DIR),
+            in_lab: true,
+            made_netns_mount: false,
+            steps: Vec::new(),
+        };
+        (topo, header, plan)
+    } else {
+        let (topo, header) = resolve_with(req, &nl, &links).await?;
+        check_pod_nets_against(&topo, &addr_views(&dump_addrs(&nl.node_handle()).await?), &links)?;
+        let plan = node_plan(&topo, topo.node(req.node)?, &header.underlay);
+        (topo, header, plan)
+    };
     check_conflicts(&nl, &plan, &links).await?;
     // As `ip netns add` does, so `ip netns` sees cnet's namespaces from any mount namespace.
     let mut header = header;
@@ -352,10 +394,20 @@ async fn fail(
     } else {
         format!("undoing the steps already done also failed ({}); run `cnet down`", join_errors(&errors))
     };
+    // A static route refused because its gateway is not on-link (a routed fabric): the
+    // kernel's words, then what they mean.
+    let unreachable =
+        e.chain().any(|c| c.downcast_ref::<std::io::Error>().and_then(|io| io.raw_os_error()) == Some(libc::ENETUNREACH));
+    let why = match &plan.steps[step].step {
+        Step::AddRoute { dst: Some(dst), via: Some(via), dev, .. } if unreachable => {
+            format!(" — {}", crate::model::plan::not_on_link_why(dst, *via, dev))
+        }
+        _ => String::new(),
+    };
     let message = if crate::error::kind(&e) == Some(crate::error::FailureKind::Stopped) {
         format!("stopped at your request before step {} ({}); {undo}", step + 1, plan.steps[step].command)
     } else {
-        format!("step {} ({}) failed: {e:#}; {undo}", step + 1, plan.steps[step].command)
+        format!("step {} ({}) failed: {e:#}{why}; {undo}", step + 1, plan.steps[step].command)
     };
     crate::error::same_kind(&e, message)
 }
