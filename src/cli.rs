@@ -400,6 +400,9 @@ pub struct DiagramArgs {
     /// Stage 4's overlay to draw (default: as up, else udp).
     #[arg(long, value_enum)]
     pub backend: Option<Backend>,
+    /// The nodes' network to draw, stages 3-4 (default: as up, else l2).
+    #[arg(long, value_enum)]
+    pub fabric: Option<Fabric>,
 }
 
 /// `10.0.0.20:9000` or `10.0.0.20` (the talk's port 9000).

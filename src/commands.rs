@@ -374,7 +374,12 @@ pub fn explain(a: &ExplainArgs) -> Result<()> {
         ExplainFormat::ShDown => print!("{}", crate::observe::explain::shell_down_script(&topo)),
         ExplainFormat::Json => {
             let plans: Vec<_> = topo.nodes.iter().map(|n| node_plan(&topo, n, crate::model::topology::UNDERLAY_DEV)).collect();
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "topology": topo, "plans": plans }))?);
+            // The routed fabric's router: its plan beside the nodes'.
+            let router = (!topo.subnets.is_empty()).then(|| crate::model::plan::router_plan(&topo));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "topology": topo, "plans": plans, "router": router }))?
+            );
         }
     }
     Ok(())
@@ -451,13 +456,19 @@ pub fn diagram(a: &DiagramArgs) -> Result<()> {
             && a.nodes.is_none_or(|n| n == o.nodes)
             && a.containers.is_none_or(|c| c == o.containers)
             && a.backend.is_none_or(|b| b == o.backend)
+            && a.fabric.is_none_or(|f| f == o.fabric)
     };
     let d = if up.as_ref().is_some_and(asked) || (live_stage == Some(stage) && up.is_none()) {
-        crate::observe::diagram::from_status(&live)?
+        let d = crate::observe::diagram::from_status(&live)?;
+        match &up {
+            Some(o) => d.with_fabric(&Topology::new(o.clone())?),
+            None => d,
+        }
     } else {
         let mut opts = Options::new(stage).with_backend(a.backend.unwrap_or_default());
         opts.nodes = a.nodes.unwrap_or(opts.nodes);
         opts.containers = a.containers.unwrap_or(opts.containers);
+        opts.fabric = a.fabric.unwrap_or_default();
         crate::observe::diagram::from_plan(&Topology::new(opts)?)
     };
     match a.format {

@@ -46,6 +46,31 @@ pub struct NodeBox {
 pub struct Diagram {
     pub title: String,
     pub nodes: Vec<NodeBox>,
+    /// A routed fabric in place of the switch: its subnets and the router joining them.
+    pub fabric: Option<String>,
+}
+
+/// How a routed fabric is labelled: each subnet with its nodes and the router's address on
+/// it, and what the router knows.
+fn fabric_label(topo: &Topology) -> Option<String> {
+    if topo.subnets.is_empty() {
+        return None;
+    }
+    let nets: Vec<String> = topo
+        .subnets
+        .iter()
+        .map(|s| format!("{} ({})", s.net.trunc(), s.nodes.iter().map(|n| format!("node{n}")).collect::<Vec<_>>().join(", ")))
+        .collect();
+    let knows = if topo.options.advertise_pod_routes { ", pods advertised" } else { "" };
+    Some(format!("router between {}{knows}", nets.join(", ")))
+}
+
+impl Diagram {
+    /// The fabric as the topology has it (the live state does not include the router).
+    pub fn with_fabric(mut self, topo: &Topology) -> Diagram {
+        self.fabric = fabric_label(topo);
+        self
+    }
 }
 
 fn addrs_text(a: &[Ipv4Net]) -> String {
@@ -94,8 +119,12 @@ pub fn from_plan(topo: &Topology) -> Diagram {
     let underlay_mtu = topo.options.underlay_mtu;
     let mut nodes = Vec::new();
     for n in &topo.nodes {
-        // The cable and its address come from the lab (or the machine), not the plan.
+        // The cable and its address come from the lab (or the machine), not the plan; so does
+        // a routed fabric's default route to the router.
         let mut routes = vec![format!("{} dev {UNDERLAY_DEV}", n.ip.trunc())];
+        if let Some(gw) = topo.gateway_of(n.index) {
+            routes.push(format!("default via {gw} dev {UNDERLAY_DEV}"));
+        }
         let mut overlay: Option<Iface> = None;
         let mut carrier = None;
         for st in node_plan(topo, n, UNDERLAY_DEV).steps {
@@ -146,7 +175,7 @@ pub fn from_plan(topo: &Topology) -> Diagram {
             routes,
         });
     }
-    Diagram { title: format!("Stage {} ({}), from the plan", stage.number(), stage.name()), nodes }
+    Diagram { title: format!("Stage {} ({}), from the plan", stage.number(), stage.name()), nodes, fabric: fabric_label(topo) }
 }
 
 pub fn from_status(statuses: &[NodeStatus]) -> Result<Diagram> {
@@ -190,7 +219,7 @@ pub fn from_status(statuses: &[NodeStatus]) -> Result<Diagram> {
             routes,
         });
     }
-    Ok(Diagram { title: format!("Stage {} ({}), live from the kernel", stage.number(), stage.name()), nodes })
+    Ok(Diagram { title: format!("Stage {} ({}), live from the kernel", stage.number(), stage.name()), nodes, fabric: None })
 }
 
 /// What joins the nodes, drawn as a vertical line left of their boxes (a rail), from its
@@ -244,7 +273,10 @@ impl Diagram {
     fn rails(&self) -> Vec<Rail> {
         let mut rails = Vec::new();
         if self.nodes.iter().filter(|n| n.underlay.is_some()).count() > 1 {
-            let label = format!("L2 network {}(a switch)", self.underlay_nets().map(|n| n + " ").unwrap_or_default());
+            let label = match &self.fabric {
+                Some(f) => f.clone(),
+                None => format!("L2 network {}(a switch)", self.underlay_nets().map(|n| n + " ").unwrap_or_default()),
+            };
             rails.push(Rail { label, double: false, joins: Joins::Underlay });
         }
         let overlays: Vec<&NodeBox> = self.nodes.iter().filter(|n| n.overlay.is_some()).collect();
@@ -414,7 +446,10 @@ impl Diagram {
         let mut s = String::new();
         writeln!(s, "graph cnet {{\n  label=\"{}\";\n  node [shape=box, fontname=monospace];", self.title).unwrap();
         let nets = self.underlay_nets().map(|n| n + "\\n").unwrap_or_default();
-        writeln!(s, "  switch [label=\"L2 network\\n{nets}(a switch)\", shape=ellipse];").unwrap();
+        match &self.fabric {
+            Some(f) => writeln!(s, "  switch [label=\"{}\", shape=ellipse];", f.replacen(": ", "\\n", 1)).unwrap(),
+            None => writeln!(s, "  switch [label=\"L2 network\\n{nets}(a switch)\", shape=ellipse];").unwrap(),
+        }
         for n in &self.nodes {
             writeln!(s, "  subgraph \"cluster_{}\" {{\n    label=\"{} ({})\";", n.short, n.short, n.hostname).unwrap();
             for i in [&n.underlay, &n.bridge, &n.overlay].into_iter().flatten() {

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::model::plan::{NodePlan, node_plan, node_plan_with};
+use crate::model::plan::{NodePlan, node_plan, node_plan_with, router_plan};
 use crate::model::topology::{Backend, GSO_UNDERLAY_MTU, Topology, UNDERLAY_DEV};
 
 fn plans(topo: &Topology) -> Vec<NodePlan> {
@@ -13,8 +13,17 @@ fn plans(topo: &Topology) -> Vec<NodePlan> {
 pub fn print_text(topo: &Topology) {
     let stage = topo.stage();
     say!("Stage {} ({}): {} node(s)", stage.number(), stage.name(), topo.nodes.len());
+    if !topo.subnets.is_empty() {
+        // The routed fabric's router comes first: the nodes are built on it.
+        let p = router_plan(topo);
+        say!("\n== router: joins the node subnets (cabled by the lab: eth1, eth2, ...) ==");
+        for (i, s) in p.steps.iter().enumerate() {
+            crate::out::print_step(i, p.steps.len(), &s.why, &s.command);
+        }
+    }
     for (n, p) in topo.nodes.iter().zip(plans(topo)) {
-        say!("\n== {} ({}): {} on {UNDERLAY_DEV}, pods {} ==", n.short_name(), n.hostname, n.ip, n.pod_net);
+        let gw = topo.gateway_of(n.index).map_or(String::new(), |g| format!(", gateway {g}"));
+        say!("\n== {} ({}): {} on {UNDERLAY_DEV}{gw}, pods {} ==", n.short_name(), n.hostname, n.ip, n.pod_net);
         for (i, s) in p.steps.iter().enumerate() {
             crate::out::print_step(i, p.steps.len(), &s.why, &s.command);
         }
@@ -100,8 +109,17 @@ pub fn shell_script(topo: &Topology) -> String {
             writeln!(s, "\n# {}\n{}", st.why, st.command).unwrap();
         }
     } else {
-        writeln!(s, "node=${{1:?usage: $0 NODE (1..{})}}", topo.nodes.len()).unwrap();
+        let router = if topo.subnets.is_empty() { "" } else { " or router" };
+        writeln!(s, "node=${{1:?usage: $0 NODE (1..{}{router})}}", topo.nodes.len()).unwrap();
         writeln!(s, "case \"$node\" in").unwrap();
+        if !topo.subnets.is_empty() {
+            // The router's part, on a machine cabled to every node subnet (eth1, eth2, ...).
+            writeln!(s, "router)").unwrap();
+            for st in &router_plan(topo).steps {
+                writeln!(s, "  # {}\n  {}", st.why, st.command).unwrap();
+            }
+            writeln!(s, "  ;;").unwrap();
+        }
         for p in &all {
             writeln!(s, "{})", p.node).unwrap();
             for st in &p.steps {
