@@ -74,6 +74,9 @@ pub enum Command {
     /// Follow a packet hop by hop through what is up: each hop's route, next hop and MAC,
     /// encapsulation, TTL, and where and why it would be dropped.
     Trace(TraceArgs),
+    /// The demo HTTP server of stages 5-6: every request gets one line saying who answers
+    /// and the client address it sees (NAT and DNAT at work).
+    Serve(ServeArgs),
     /// Print a shell completion script: `cnet completions bash > /etc/bash_completion.d/cnet`.
     Completions(CompletionsArgs),
     /// Print the manual page (roff): `cnet man | man -l -`.
@@ -145,9 +148,10 @@ pub struct UpArgs {
     /// (internal) Run by the lab inside one of its nodes.
     #[arg(long, hide = true)]
     pub in_lab: bool,
-    /// (internal) Run by the lab inside its router (routed fabric): build the router's part.
+    /// (internal) Run by the lab inside one of its other members (router, gateway, outside):
+    /// build that member's part.
     #[arg(long, hide = true, requires = "in_lab")]
-    pub router: bool,
+    pub member: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -368,6 +372,16 @@ pub struct TraceHopArgs {
     /// The hop's query, as JSON.
     #[arg(long)]
     pub query: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The name it answers with (con1).
+    #[arg(long)]
+    pub name: String,
+    /// The address and port to listen on.
+    #[arg(long, value_parser = parse_endpoint)]
+    pub listen: SocketAddrV4,
 }
 
 #[derive(Args, Debug)]

@@ -64,7 +64,7 @@ pub fn up(a: &UpArgs) -> Result<()> {
             underlay: a.underlay.clone(),
             peers: a.peers.clone(),
             in_lab: a.in_lab,
-            router: a.router,
+            member: a.member.clone(),
         };
         let pace = if a.quiet {
             Pace::Quiet
@@ -345,7 +345,7 @@ async fn host_topology(a: &TestArgs) -> Result<(Topology, u32)> {
         )
     };
     let options = Options::new(stage).with_backend(a.backend);
-    let req = NodeRequest { options, node: a.node, underlay: None, peers: Vec::new(), in_lab: false, router: false };
+    let req = NodeRequest { options, node: a.node, underlay: None, peers: Vec::new(), in_lab: false, member: None };
     let nl = Netlink::here(&PathBuf::from(NETNS_DIR))?;
     let (topo, _) = node::resolve(&req, &nl).await?;
     Ok((topo, a.node))
@@ -374,11 +374,12 @@ pub fn explain(a: &ExplainArgs) -> Result<()> {
         ExplainFormat::ShDown => print!("{}", crate::observe::explain::shell_down_script(&topo)),
         ExplainFormat::Json => {
             let plans: Vec<_> = topo.nodes.iter().map(|n| node_plan(&topo, n, crate::model::topology::UNDERLAY_DEV)).collect();
-            // The routed fabric's router: its plan beside the nodes'.
-            let router = (!topo.subnets.is_empty()).then(|| crate::model::plan::router_plan(&topo));
+            // The lab's other members (router, gateway, outside): their plans beside the nodes'.
+            let members: Vec<_> =
+                crate::model::plan::members(&topo).iter().map(|m| crate::model::plan::member_plan(&topo, m)).collect();
             println!(
                 "{}",
-                serde_json::to_string_pretty(&serde_json::json!({ "topology": topo, "plans": plans, "router": router }))?
+                serde_json::to_string_pretty(&serde_json::json!({ "topology": topo, "plans": plans, "members": members }))?
             );
         }
     }

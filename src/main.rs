@@ -28,6 +28,8 @@ mod observe;
 mod out;
 mod run;
 mod sys;
+// nftables over netlink: a protocol library, like sys, that knows nothing of cnet.
+mod nft;
 mod tunnel;
 
 use std::process::ExitCode;
@@ -49,7 +51,7 @@ fn run() -> ExitCode {
     };
     // Commands that only report end quietly when their reader goes away (`cnet test | head`);
     // those that change the machine keep going (their output is written with `say!`).
-    if !matches!(cli.command, Command::Up(_) | Command::Down(_) | Command::Tunnel(_) | Command::Hold) {
+    if !matches!(cli.command, Command::Up(_) | Command::Down(_) | Command::Tunnel(_) | Command::Hold | Command::Serve(_)) {
         sys::signal::default_sigpipe();
     }
     // A report channel from the cnet that started us (in a lab node): taken first, so that
@@ -106,6 +108,7 @@ fn run() -> ExitCode {
         Command::Hold => commands::hold(),
         Command::Break(a) => commands::break_(a),
         Command::BreakHere(a) => commands::break_here(a),
+        Command::Serve(a) => run::serve::run(&a.name, a.listen),
         Command::Completions(a) => commands::completions(a),
         Command::Man => commands::man(),
     };

@@ -11,8 +11,10 @@ use crate::apply::netlink::{ALIAS_PREFIX, CNET_GROUP, Netlink, link_view};
 use crate::apply::process::{Members, is_cnet_process, stop_process};
 use crate::apply::state::{Done, SysctlChange, SysctlLog};
 use crate::apply::sysctl;
+use crate::model::nat;
 use crate::model::plan::RouteSpec;
 use crate::model::plan::{Step, Undo};
+use crate::nft;
 use crate::sys::ns;
 
 pub fn alias(stage: &str) -> String {
@@ -36,6 +38,11 @@ fn injected_failure(index: usize) -> Result<()> {
         Some((step, None)) if step == index + 1 => anyhow::bail!("failure injected by CNET_FAIL_AT_STEP"),
         _ => Ok(()),
     }
+}
+
+/// Commit one nftables transaction in this process's network namespace.
+fn nft_commit(b: nft::Batch) -> Result<()> {
+    nft::Nft::open()?.commit(b).map(drop)
 }
 
 /// How many requests of one batch are in flight at once: enough to hide round trips,
@@ -113,6 +120,30 @@ pub async fn apply(nl: &Netlink, index: usize, step: &Step, stage: &str) -> Resu
             sysctl::write(key, value)?;
             done.old = Some(old);
         }
+        Step::AddNatTable => {
+            let mut b = nft::Batch::new();
+            // Exclusive: a `table ip cnet` already there (not cnet's) is not taken over.
+            b.add_table(&nat::table_skeleton(), true);
+            nft_commit(b)?;
+        }
+        Step::AddNatChain { chain } => {
+            let mut b = nft::Batch::new();
+            let c = nft::Chain { name: chain.name().into(), base: Some(chain.base()), rules: Vec::new() };
+            b.add_chain(&nat::table_skeleton(), &c);
+            nft_commit(b)?;
+        }
+        Step::AddNatRule { chain, rule } => {
+            let mut b = nft::Batch::new();
+            b.add_rule(&nat::table_skeleton(), chain.name(), &rule.to_nft());
+            nft_commit(b)?;
+        }
+        Step::StartServer { netns, name, listen } => {
+            let path = netns.as_ref().map(|n| nl.netns_path(n));
+            // Not recorded as the step's pid (that is the tunnel's): the server goes with its
+            // namespace, or is found by its command line.
+            crate::apply::launch::start_server(path.as_deref(), name, *listen)?;
+        }
+        Step::SetHairpin { dev } => nl.set_hairpin(dev).await?,
         Step::StartTunnel { dev, local, peers, wire } => {
             done.pid = Some(crate::apply::launch::start(dev, *local, peers, *wire).await?)
         }
@@ -167,6 +198,25 @@ pub async fn teardown(nl: &Netlink, plan: &[Step], done: &[Done], started_until:
             && !crate::apply::netlink::is_gone(&e)
         {
             errors.push(e.context(format!("cannot delete the route {}", added_by.command())));
+        }
+    }
+    // 2b. cnet's nftables table, whole (its chains and rules go with it) — only if its
+    //     comment says it is cnet's; and demo servers outside any container.
+    for (u, _) in &undos {
+        match u {
+            Undo::DeleteNatTable => match nft::Nft::open().and_then(|mut n| n.delete_cnet_table(nft::Family::Ip, nat::TABLE)) {
+                Ok(_) => {}
+                Err(e) if e.is::<nft::NotCnets>() => tracing::warn!("{e:#}: left alone"),
+                Err(e) => errors.push(e.context("cannot delete cnet's nftables table")),
+            },
+            Undo::StopServer { listen } => {
+                for pid in crate::apply::process::cnet_processes_with(&["serve", "--listen", &listen.to_string()]) {
+                    if let Err(e) = stop_process(pid) {
+                        errors.push(e);
+                    }
+                }
+            }
+            _ => {}
         }
     }
     // 3. Sysctls back to what they were — unless someone else changed them since (then

@@ -123,10 +123,51 @@ pub fn recorded_pid() -> Option<u32> {
     fs::read_to_string(pid_path()).ok()?.trim().parse().ok()
 }
 
-/// Remove the tunnel's files once it has stopped.
+/// Remove the tunnel's files once it has stopped, and the demo servers' logs.
 pub fn remove_files() -> Result<()> {
     for f in [stats_path(), log_path(), pid_path()] {
         crate::apply::state::remove_if_exists(&f)?;
     }
+    if let Ok(dir) = fs::read_dir(run_dir()) {
+        for e in dir.flatten() {
+            if e.file_name().to_string_lossy().starts_with("serve-") {
+                crate::apply::state::remove_if_exists(&e.path())?;
+            }
+        }
+    }
     Ok(())
+}
+
+/// Start cnet's demo HTTP server (`cnet serve`) in the network namespace at `netns` (or
+/// here), and wait until it listens. It lives in that namespace: `down` stops what runs in a
+/// container's namespace before deleting it, and a member's with the member.
+pub fn start_server(netns: Option<&std::path::Path>, name: &str, listen: SocketAddrV4) -> Result<u32> {
+    let log = fs::File::create(run_dir().join(format!("serve-{name}.log"))).context("cannot create the server's log")?;
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.args(["serve", "--name", name, "--listen", &listen.to_string()]);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
+    // Its own process group: a Ctrl-C at the terminal that ran `up` must not stop it.
+    cmd.process_group(0);
+    if let Some(ns) = netns {
+        crate::sys::ns::enter_netns(&mut cmd, ns)?;
+    }
+    let mut child = cmd.spawn().context("cannot start the demo server")?;
+    let pid = child.id();
+    let stdout = child.stdout.take().expect("piped");
+    // "ready" once it listens; a thread reads it so that the wait can be bounded.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(READY_WITHIN) {
+        Ok(line) if line.trim() == "ready" => Ok(pid),
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let said = fs::read_to_string(run_dir().join(format!("serve-{name}.log"))).unwrap_or_default();
+            Err(anyhow!("the demo server {name} did not start: {}", said.lines().last().unwrap_or("no output")))
+        }
+    }
 }

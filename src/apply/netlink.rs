@@ -268,6 +268,13 @@ impl Netlink {
         self.node.link().set(msg).execute().await.map_err(|e| link_error(e, dev))
     }
 
+    /// `bridge link set dev DEV hairpin on`.
+    pub async fn set_hairpin(&self, dev: &str) -> Result<()> {
+        let i = self.link_index(None, dev).await?;
+        let msg = rtnetlink::LinkBridgePort::new(i).hairpin(true).build();
+        self.node.link().set_port(msg).execute().await.map_err(|e| link_error(e, dev))
+    }
+
     pub async fn set_mtu(&self, dev: &str, mtu: u32) -> Result<()> {
         self.node.link().set(self.set_link(None, dev).mtu(mtu).build()).execute().await.map_err(|e| link_error(e, dev))
     }

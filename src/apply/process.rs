@@ -47,6 +47,25 @@ pub fn cnet_tunnels_here() -> Vec<u32> {
         .collect()
 }
 
+/// cnet processes in this network namespace whose command line has every one of `words`.
+pub fn cnet_processes_with(words: &[&str]) -> Vec<u32> {
+    let here = ns::ns_id(Path::new("/proc/self/ns/net"));
+    cnet_processes_anywhere(words)
+        .into_iter()
+        .filter(|pid| ns::ns_id(Path::new(&format!("/proc/{pid}/ns/net"))) == here)
+        .collect()
+}
+
+/// cnet processes, in any namespace this one can see, whose command line has every one of
+/// `words`.
+pub fn cnet_processes_anywhere(words: &[&str]) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me && is_cnet_process(*pid, words))
+        .collect()
+}
+
 /// SIGTERM; after 2 s SIGKILL; an error if it is still there 3 s after that (stuck in the
 /// kernel), so that `down` reports it instead of hanging. The kernel wakes us when it exits
 /// (pidfd), no polling.

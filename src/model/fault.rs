@@ -55,8 +55,8 @@ impl Fault {
         let ok = match self {
             Fault::NoForwarding | Fault::StrictRpFilter => stage.is_multi_node(),
             Fault::NoRoute => true,
-            Fault::Mtu => stage == Stage::Overlay,
-            Fault::StopTunnel => stage == Stage::Overlay && backend != Backend::Vxlan,
+            Fault::Mtu => stage.has_overlay(),
+            Fault::StopTunnel => stage.has_overlay() && backend != Backend::Vxlan,
         };
         let needs = match self {
             Fault::NoForwarding | Fault::StrictRpFilter => "stages 3 and 4 (a node that routes between nodes)",

@@ -3,6 +3,7 @@
 //! their `ip` equivalents and how each is undone (plan). Nothing here touches the kernel.
 
 pub mod fault;
+pub mod nat;
 pub mod plan;
 pub mod topology;
 pub mod wire;

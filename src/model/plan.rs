@@ -9,7 +9,11 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::topology::{Backend, Ipv4Net, Node, Stage, TUNNEL_PORT, Topology, VXLAN_PORT, VXLAN_VNI};
+use crate::model::nat::{NatChain, NatRule};
+use crate::model::topology::{
+    Backend, GATEWAY, GATEWAY_OUT, Ipv4Net, Node, OUTSIDE, PUBLISHED_PORT, SERVER_PORT, SERVICE_PORT, SERVICE_VIP, Stage,
+    TUNNEL_PORT, Topology, UNDERLAY_PREFIX, VXLAN_PORT, VXLAN_VNI,
+};
 use crate::model::wire::WireFormat;
 
 /// Where a step runs: the node itself, or inside one of its containers (a named netns).
@@ -86,6 +90,26 @@ pub enum Step {
         local: SocketAddrV4,
         peers: Vec<(SocketAddrV4, Ipv4Net)>,
         wire: WireFormat,
+    },
+    /// `table ip cnet`, marked as cnet's by its comment (stages 5-6).
+    AddNatTable,
+    AddNatChain {
+        chain: NatChain,
+    },
+    AddNatRule {
+        chain: NatChain,
+        rule: NatRule,
+    },
+    /// cnet's demo HTTP server (`cnet serve`) in a container (or on the member itself).
+    StartServer {
+        netns: Netns,
+        name: String,
+        listen: SocketAddrV4,
+    },
+    /// `bridge link set dev DEV hairpin on`: the bridge may send a frame back out of the
+    /// port it came in by.
+    SetHairpin {
+        dev: String,
     },
 }
 
@@ -190,6 +214,14 @@ impl Step {
                 s.push_str(" &");
                 s
             }
+            Step::AddNatTable => crate::model::nat::table_command(),
+            Step::AddNatChain { chain } => chain.command(),
+            Step::AddNatRule { chain, rule } => rule.command(*chain),
+            Step::StartServer { netns, name, listen } => {
+                let inside = netns.as_ref().map_or(String::new(), |n| format!("ip netns exec {n} "));
+                format!("{inside}cnet serve --name {name} --listen {listen} &")
+            }
+            Step::SetHairpin { dev } => format!("bridge link set dev {dev} hairpin on"),
         }
     }
 
@@ -211,6 +243,11 @@ impl Step {
             }
             Step::StartTunnel { dev, local, .. } => Some(Undo::StopTunnel { dev, local: *local }),
             Step::Sysctl { key, value } => Some(Undo::RestoreSysctl { key, set_to: value }),
+            // Chains and rules go with the table; a server with its container's namespace (or
+            // with its lab member); a port's mode with its link.
+            Step::AddNatTable => Some(Undo::DeleteNatTable),
+            Step::StartServer { netns: None, listen, .. } => Some(Undo::StopServer { listen: *listen }),
+            Step::AddNatChain { .. } | Step::AddNatRule { .. } | Step::StartServer { .. } | Step::SetHairpin { .. } => None,
             Step::SetMaster { .. }
             | Step::SetMtu { .. }
             | Step::AddAddr { .. }
@@ -265,6 +302,12 @@ pub enum Undo<'s> {
         dev: &'s str,
         local: SocketAddrV4,
     },
+    /// `table ip cnet`, whole (only if its comment says it is cnet's).
+    DeleteNatTable,
+    /// A demo server started outside any container namespace.
+    StopServer {
+        listen: SocketAddrV4,
+    },
     /// Back to the value read before the step, if it is still the one cnet set.
     RestoreSysctl {
         key: &'s str,
@@ -289,6 +332,8 @@ impl Undo<'_> {
                 format!("pkill -f '{pat}' && for i in $(seq 40); do pgrep -f '{pat}' > /dev/null || break; sleep 0.05; done")
             }
             Undo::RestoreSysctl { key, .. } => format!("# set {key} back to its old value if it matters"),
+            Undo::DeleteNatTable => format!("nft delete table ip {}", crate::model::nat::TABLE),
+            Undo::StopServer { listen } => format!("pkill -f '[c]net serve .*--listen {listen}'"),
         }
     }
 }
@@ -352,9 +397,103 @@ pub fn node_plan_with(topo: &Topology, node: &Node, underlay: &str, no_link_loca
             if stage.is_multi_node() {
                 multi_node_steps(&mut b, topo, node, underlay);
             }
+            if stage.has_nat() {
+                nat_steps(&mut b, topo, node);
+            }
         }
     }
     NodePlan { node: node.index, hostname: node.hostname.clone(), steps: b.steps }
+}
+
+/// Stages 5 and 6: the world beyond the nodes (egress NAT, node 1's published port, the
+/// demo servers) and, in stage 6, the service on every node. Each rule in cnet's own
+/// nftables table, with the `nft` command it equals.
+fn nat_steps(b: &mut Builder, topo: &Topology, node: &Node) {
+    let pods = Ipv4Net::new(Ipv4Addr::new(172, 16, 0, 0), 16);
+    let con1 = &node.containers[0];
+    let con1_at = SocketAddrV4::new(con1.addr.addr, SERVER_PORT);
+    b.push(Step::AddNatTable, "Create cnet's own nftables table, `table ip cnet`, marked by its comment: `down` deletes it whole, and no table of yours is touched.");
+    b.push(Step::AddNatChain { chain: NatChain::Prerouting }, "Its prerouting chain (type nat, priority dstnat): where the destination of a packet arriving at this node may be rewritten (DNAT), before routing decides where it goes.");
+    b.push(
+        Step::AddNatChain { chain: NatChain::Output },
+        "Its output chain: the same for packets this node itself sends, which never pass prerouting.",
+    );
+    b.push(Step::AddNatChain { chain: NatChain::Postrouting }, "Its postrouting chain (priority srcnat): where the source of a leaving packet may be rewritten (masquerade), after routing.");
+    b.push(
+        Step::AddNatRule { chain: NatChain::Postrouting, rule: NatRule::Masquerade { pods, except: vec![pods, node.ip.trunc()], oif: None } },
+        format!("Egress NAT (Docker's and the CNI bridge plugin's ipMasq): pod traffic for anything that is not a pod or a node leaves with this node's address. The gateway, like any upstream router, knows nothing of pod subnets: without this, a container's ping to {} dies there. Pod-to-pod and pod-to-node traffic keeps its source: the overlay carries pod addresses.", OUTSIDE.addr),
+    );
+    if node.index == 1 {
+        b.push(
+            Step::AddNatRule { chain: NatChain::Prerouting, rule: NatRule::Publish { port: PUBLISHED_PORT, to: con1_at } },
+            format!("A published port (docker run -p {PUBLISHED_PORT}:{SERVER_PORT}, the CNI portmap plugin): a connection to any address of this node on port {PUBLISHED_PORT}, from outside, from another node or from a container, goes to {} {con1_at}.", con1.name),
+        );
+        b.push(
+            Step::AddNatRule { chain: NatChain::Output, rule: NatRule::Publish { port: PUBLISHED_PORT, to: con1_at } },
+            format!("... and a connection this node makes itself (curl localhost:{PUBLISHED_PORT}): locally generated packets pass output, not prerouting, so they need their own rule."),
+        );
+        b.push(
+            Step::Sysctl { key: "net.ipv4.conf.br0.route_localnet".into(), value: "1".into() },
+            "... localhost: a packet from 127.0.0.1 sent out of br0 is dropped as a martian unless route_localnet is on for br0.",
+        );
+        b.push(
+            Step::AddNatRule {
+                chain: NatChain::Postrouting,
+                rule: NatRule::MasqueradeFrom { src: Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8) },
+            },
+            format!("... and its source becomes br0's address: {} could never answer 127.0.0.1, which is its own.", con1.name),
+        );
+        b.push(
+            Step::AddNatRule { chain: NatChain::Postrouting, rule: NatRule::Hairpin { subnet: node.pod_net, backend: con1_at } },
+            format!("Hairpin: a container on this bridge reaching {}:{PUBLISHED_PORT} is sent back out on br0 to {}; without masquerade {} would answer it directly from {}, an address it never spoke to, and the reply would be dropped.", node.ip.addr, con1.name, con1.name, con1.addr.addr),
+        );
+    }
+    if topo.stage() == Stage::Services {
+        service_steps(b, topo, node, con1_at);
+    }
+    if node.index == 1 || topo.stage() == Stage::Services {
+        b.push(
+            Step::StartServer { netns: Some(con1.name.clone()), name: con1.name.clone(), listen: con1_at },
+            format!("Start cnet's demo HTTP server in {} on {con1_at}: it answers every request with who answers and the address it sees you as, so curl shows NAT and DNAT at work (`down` stops it).", con1.name),
+        );
+    }
+}
+
+/// Stage 6: a ClusterIP-style service on this node, for its containers and itself, as
+/// kube-proxy programs every node.
+fn service_steps(b: &mut Builder, topo: &Topology, node: &Node, con1_at: SocketAddrV4) {
+    let vip = SocketAddrV4::new(SERVICE_VIP, SERVICE_PORT);
+    let backends: Vec<SocketAddrV4> =
+        topo.nodes.iter().map(|n| SocketAddrV4::new(n.containers[0].addr.addr, SERVER_PORT)).collect();
+    let n = backends.len();
+    for chain in [NatChain::Prerouting, NatChain::Output] {
+        for (pick, to) in backends.iter().enumerate() {
+            let why = match (chain, pick) {
+                (NatChain::Prerouting, 0) => format!(
+                    "The service {vip} (a ClusterIP: no interface holds the address) for this node's containers: a new connection goes to {to} with probability 1/{n} (numgen random); conntrack keeps each connection with the backend it got."
+                ),
+                (NatChain::Prerouting, k) if k + 1 < n => format!(
+                    "... else to {to}, with probability 1/{} of what is left (kube-proxy's cascade: each backend 1/{n} in all).",
+                    n - k
+                ),
+                (NatChain::Prerouting, _) => format!("... else to {to}: the last backend takes the rest."),
+                (_, 0) => format!("The same service for connections this node makes itself (output): first {to}, 1/{n}."),
+                (_, _) => format!("... else {to}."),
+            };
+            b.push(Step::AddNatRule { chain, rule: NatRule::ServicePick { vip, backends: backends.clone(), pick } }, why);
+        }
+    }
+    if node.index != 1 {
+        b.push(
+            Step::AddNatRule { chain: NatChain::Postrouting, rule: NatRule::Hairpin { subnet: node.pod_net, backend: con1_at } },
+            "Hairpin for the local backend: a container of this bridge sent to it through the service must see the answer come from the node, as the service did.",
+        );
+    }
+    let con1 = &node.containers[0];
+    b.push(
+        Step::SetHairpin { dev: con1.host_veth.clone() },
+        format!("{} reaching the service may be sent to itself: back out of the very bridge port it came in by, which a bridge refuses unless the port is in hairpin mode (kubelet's hairpin-veth).", con1.name),
+    );
 }
 
 /// Stage 1 (TALK.md steps 1-9).
@@ -487,7 +626,7 @@ fn multi_node_steps(b: &mut Builder, topo: &Topology, node: &Node, underlay: &st
             }
             ip_forward(b);
         }
-        (Stage::Overlay, backend @ (Backend::Udp | Backend::UdpGso)) => {
+        (s, backend @ (Backend::Udp | Backend::UdpGso)) if s.has_overlay() => {
             ip_forward(b);
             let tun = node.tun_addr();
             let mtu = topo.tun_mtu();
@@ -529,7 +668,7 @@ fn multi_node_steps(b: &mut Builder, topo: &Topology, node: &Node, underlay: &st
             direct_routes(b, topo, node, underlay);
             rp_filter(b, underlay, "tun0");
         }
-        (Stage::Overlay, Backend::Vxlan) => {
+        (s, Backend::Vxlan) if s.has_overlay() => {
             ip_forward(b);
             let tun = node.tun_addr();
             b.push(Step::AddVxlan { name: "vxlan0".into(), vni: VXLAN_VNI, local: node.ip.addr, underlay: underlay.into(), port: VXLAN_PORT },
@@ -586,6 +725,72 @@ pub fn not_on_link_why(dst: &Ipv4Net, via: Ipv4Addr, dev: &str) -> String {
         "the next hop {via} is not on-link: a route's gateway must be reachable directly on {dev}'s own subnet (one ARP away), and {via} is on another subnet, behind a router. Nor could the router carry the packet: it knows only the node subnets and has never heard of {dst}. The ways out: teach the fabric the pod routes (what Calico does with BGP; here --advertise-pod-routes), encapsulate so that the router sees only node addresses (stage 4: cnet up overlay --fabric routed), or both: route directly where the peer is on-link and encapsulate elsewhere (--direct-routing)"
     )
 }
+
+/// The lab's members other than the nodes, for this topology, in the order they are built.
+pub fn members(topo: &Topology) -> Vec<&'static str> {
+    let mut m = Vec::new();
+    if !topo.subnets.is_empty() {
+        m.push(ROUTER);
+    }
+    if topo.stage().has_nat() {
+        m.extend([GATEWAY_MEMBER, OUTSIDE_MEMBER]);
+    }
+    m
+}
+
+/// A lab member's plan (its cables are the lab's, as a node's enp0s8 is).
+pub fn member_plan(topo: &Topology, member: &str) -> NodePlan {
+    match member {
+        GATEWAY_MEMBER => gateway_plan(),
+        OUTSIDE_MEMBER => outside_plan(),
+        _ => router_plan(topo),
+    }
+}
+
+/// Stages 5-6: the lab's `gateway`, the nodes' way to the world (as an upstream router is):
+/// 10.0.0.1 on the nodes' network (eth0), 203.0.113.1 towards the outside world (eth1). It
+/// knows those two networks and nothing of pod subnets; it does no NAT of its own.
+pub fn gateway_plan() -> NodePlan {
+    let mut b = Builder { steps: Vec::new(), no_link_local: false, explained_no_ll: false, said: Vec::new() };
+    let inside = Ipv4Net::new(GATEWAY, UNDERLAY_PREFIX);
+    b.push(
+        Step::AddAddr { netns: None, dev: "eth0".into(), addr: inside },
+        format!("Give the gateway {inside} on eth0, the nodes' network: their default route points here."),
+    );
+    b.push(Step::LinkUp { netns: None, dev: "eth0".into(), addrgen_none: false }, "Bring eth0 up.");
+    b.push(
+        Step::AddAddr { netns: None, dev: "eth1".into(), addr: GATEWAY_OUT },
+        format!("Give it {GATEWAY_OUT} on eth1, towards the outside world."),
+    );
+    b.push(Step::LinkUp { netns: None, dev: "eth1".into(), addrgen_none: false }, "Bring eth1 up.");
+    b.push(
+        Step::Sysctl { key: "net.ipv4.ip_forward".into(), value: "1".into() },
+        "Turn on forwarding between the two. Like any upstream router it knows only the networks it is on: a packet from a pod address could go out, but no answer could find its way back (hence the nodes' masquerade).",
+    );
+    NodePlan { node: 0, hostname: GATEWAY_MEMBER.into(), steps: b.steps }
+}
+
+/// Stages 5-6: a host of the outside world (documentation space, TEST-NET-3), behind the
+/// gateway, with cnet's demo server to show whom it sees.
+pub fn outside_plan() -> NodePlan {
+    let mut b = Builder { steps: Vec::new(), no_link_local: false, explained_no_ll: false, said: Vec::new() };
+    b.push(Step::AddAddr { netns: None, dev: "eth0".into(), addr: OUTSIDE }, format!("Give the outside host {OUTSIDE} on eth0."));
+    b.push(Step::LinkUp { netns: None, dev: "eth0".into(), addrgen_none: false }, "Bring eth0 up.");
+    b.push(
+        Step::AddRoute { netns: None, dst: None, via: Some(GATEWAY_OUT.addr), dev: "eth0".into(), onlink: false },
+        format!("Its default route, via the gateway {}: it knows the world, not the nodes' private network.", GATEWAY_OUT.addr),
+    );
+    let listen = SocketAddrV4::new(OUTSIDE.addr, SERVER_PORT);
+    b.push(
+        Step::StartServer { netns: None, name: OUTSIDE_MEMBER.into(), listen },
+        format!("Start cnet's demo HTTP server on {listen}: it says whom it sees (the node's address, when a container's traffic is masqueraded)."),
+    );
+    NodePlan { node: 0, hostname: OUTSIDE_MEMBER.into(), steps: b.steps }
+}
+
+/// Stages 5-6: the lab's gateway and outside host, as members.
+pub const GATEWAY_MEMBER: &str = "gateway";
+pub const OUTSIDE_MEMBER: &str = "outside";
 
 /// The routed fabric's router (a lab member): its address on each node subnet, forwarding,
 /// and with --advertise-pod-routes the routes each node's BGP speaker would announce.

@@ -107,10 +107,15 @@ pub enum Stage {
     SingleNode,
     MultiNode,
     Overlay,
+    /// Beyond the talk: stage 4 plus the world outside (egress NAT, a published port).
+    Outside,
+    /// Beyond the talk: stage 5 plus a ClusterIP-style service.
+    Services,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 4] = [Stage::Namespace, Stage::SingleNode, Stage::MultiNode, Stage::Overlay];
+    pub const ALL: [Stage; 6] =
+        [Stage::Namespace, Stage::SingleNode, Stage::MultiNode, Stage::Overlay, Stage::Outside, Stage::Services];
 
     pub fn number(self) -> u8 {
         match self {
@@ -118,7 +123,17 @@ impl Stage {
             Stage::SingleNode => 2,
             Stage::MultiNode => 3,
             Stage::Overlay => 4,
+            Stage::Outside => 5,
+            Stage::Services => 6,
         }
+    }
+    /// Stage 4 and those built on it: the nodes are joined by an overlay.
+    pub fn has_overlay(self) -> bool {
+        matches!(self, Stage::Overlay | Stage::Outside | Stage::Services)
+    }
+    /// Stages 5 and 6: cnet's NAT table (egress masquerade, the published port).
+    pub fn has_nat(self) -> bool {
+        matches!(self, Stage::Outside | Stage::Services)
     }
     /// The command-line name: `cnet up single-node`.
     pub fn name(self) -> &'static str {
@@ -127,6 +142,8 @@ impl Stage {
             Stage::SingleNode => "single-node",
             Stage::MultiNode => "multi-node",
             Stage::Overlay => "overlay",
+            Stage::Outside => "outside",
+            Stage::Services => "services",
         }
     }
     /// The talk's directory / VM name.
@@ -136,10 +153,12 @@ impl Stage {
             Stage::SingleNode => "2-single-node",
             Stage::MultiNode => "3-multi-node",
             Stage::Overlay => "4-overlay-network",
+            Stage::Outside => "5-outside-world",
+            Stage::Services => "6-services",
         }
     }
     pub fn is_multi_node(self) -> bool {
-        matches!(self, Stage::MultiNode | Stage::Overlay)
+        matches!(self, Stage::MultiNode | Stage::Overlay | Stage::Outside | Stage::Services)
     }
     /// The hostname of node `i` (1-based), as the talk's Vagrant VMs were named.
     pub fn hostname(self, i: u32) -> String {
@@ -161,7 +180,7 @@ impl FromStr for Stage {
                 return Ok(st);
             }
         }
-        bail!("unknown stage '{s}': use namespace (1), single-node (2), multi-node (3) or overlay (4)")
+        bail!("unknown stage '{s}': use namespace (1), single-node (2), multi-node (3), overlay (4), outside (5) or services (6)")
     }
 }
 
@@ -340,6 +359,21 @@ pub const TUNNEL_PORT: u16 = 9000;
 pub const VXLAN_PORT: u16 = 4789;
 pub const VXLAN_VNI: u32 = 1;
 
+// Stages 5 and 6: the world beyond the nodes (documentation addresses, TEST-NET-3), the
+// published port and the service.
+/// The nodes' gateway on their network (the lab's `gateway` member).
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+/// The gateway's address towards the outside world, and the `outside` host's.
+pub const GATEWAY_OUT: Ipv4Net = Ipv4Net::new(Ipv4Addr::new(203, 0, 113, 1), 24);
+pub const OUTSIDE: Ipv4Net = Ipv4Net::new(Ipv4Addr::new(203, 0, 113, 10), 24);
+/// The port the demo servers (and the outside host's) listen on, in each container.
+pub const SERVER_PORT: u16 = 8000;
+/// Node 1's published port, forwarded to its con1:8000 (docker's `-p 8080:8000`).
+pub const PUBLISHED_PORT: u16 = 8080;
+/// Stage 6's service: a virtual IP on no interface (kube-proxy's ClusterIP), port 80.
+pub const SERVICE_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+pub const SERVICE_PORT: u16 = 80;
+
 /// Node i's pod subnet, 172.16.(i−1).0/24, as the talk gives node 1 and node 2.
 pub fn multi_node_pod_net(i: u32) -> Ipv4Net {
     Ipv4Net::new(Ipv4Addr::new(172, 16, (i - 1) as u8, 0), 24)
@@ -402,7 +436,7 @@ impl Topology {
         if stage == Stage::Namespace && options.containers != 1 && options.containers != 2 {
             bail!("stage 1 has exactly one container, 'con'; --containers applies to stages 2-4");
         }
-        if options.backend != Backend::Udp && stage != Stage::Overlay {
+        if options.backend != Backend::Udp && !stage.has_overlay() {
             bail!("--backend applies to stage 4 (overlay) only");
         }
         if options.pod_cidr.is_some() && stage != Stage::SingleNode {
@@ -432,8 +466,11 @@ impl Topology {
         if options.advertise_pod_routes && options.fabric != Fabric::Routed {
             bail!("--advertise-pod-routes teaches the routed fabric's router: give --fabric routed too");
         }
-        if options.direct_routing && stage != Stage::Overlay {
+        if options.direct_routing && !stage.has_overlay() {
             bail!("--direct-routing applies to stage 4 (overlay): it chooses, per peer, between a direct route and the tunnel");
+        }
+        if options.fabric == Fabric::Routed && stage.has_nat() {
+            bail!("stages 5 and 6 put a gateway on the nodes' one network (10.0.0.1): --fabric routed applies to stages 3 and 4");
         }
         let subnets = if options.fabric == Fabric::Routed { routed_subnets(node_count)? } else { Vec::new() };
         let mut nodes = Vec::new();
@@ -468,7 +505,7 @@ impl Topology {
                     check_pod_net(&pod_net, &ip)?;
                     // .1 is the bridge, containers from .2; stage 4 keeps .100 for tun0.
                     let mut reserved = vec![1u32];
-                    if stage == Stage::Overlay {
+                    if stage.has_overlay() {
                         reserved.push(100);
                     }
                     let usable = pod_net.host_count() as u32;

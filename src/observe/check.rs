@@ -103,7 +103,7 @@ pub fn node_checks(topo: &Topology, me: u32) -> (Vec<Check>, &'static str) {
                 // In stage 4 only node to node crosses the router as it is: a reply to a
                 // container, or to the node's tun0 address (its source towards pods), rides
                 // the overlay.
-                let overlay = topo.stage() == crate::model::topology::Stage::Overlay;
+                let overlay = topo.stage().has_overlay();
                 let fabric =
                     !topo.subnets.is_empty() && !topo.on_link(t.node, me) && !(overlay && (from_container || t.kind != 0));
                 from_container as u8 + (t.kind == 2) as u8 + fabric as u8
@@ -300,7 +300,7 @@ pub fn talk_count(stage: crate::model::topology::Stage) -> usize {
     match stage {
         Stage::Namespace => 4,
         Stage::SingleNode => 12,
-        Stage::MultiNode | Stage::Overlay => 24,
+        Stage::MultiNode | Stage::Overlay | Stage::Outside | Stage::Services => 24,
     }
 }
 

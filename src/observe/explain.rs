@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::model::plan::{NodePlan, node_plan, node_plan_with, router_plan};
+use crate::model::plan::{NodePlan, member_plan, members, node_plan, node_plan_with};
 use crate::model::topology::{Backend, GSO_UNDERLAY_MTU, Topology, UNDERLAY_DEV};
 
 fn plans(topo: &Topology) -> Vec<NodePlan> {
@@ -13,10 +13,10 @@ fn plans(topo: &Topology) -> Vec<NodePlan> {
 pub fn print_text(topo: &Topology) {
     let stage = topo.stage();
     say!("Stage {} ({}): {} node(s)", stage.number(), stage.name(), topo.nodes.len());
-    if !topo.subnets.is_empty() {
-        // The routed fabric's router comes first: the nodes are built on it.
-        let p = router_plan(topo);
-        say!("\n== router: joins the node subnets (cabled by the lab: eth1, eth2, ...) ==");
+    // The lab's other members come first: the nodes are built on them.
+    for m in members(topo) {
+        let p = member_plan(topo, m);
+        say!("\n== {m} (a lab member, cabled by the lab) ==");
         for (i, s) in p.steps.iter().enumerate() {
             crate::out::print_step(i, p.steps.len(), &s.why, &s.command);
         }
@@ -109,13 +109,13 @@ pub fn shell_script(topo: &Topology) -> String {
             writeln!(s, "\n# {}\n{}", st.why, st.command).unwrap();
         }
     } else {
-        let router = if topo.subnets.is_empty() { "" } else { " or router" };
-        writeln!(s, "node=${{1:?usage: $0 NODE (1..{}{router})}}", topo.nodes.len()).unwrap();
+        let others: String = members(topo).iter().map(|m| format!(", {m}")).collect();
+        writeln!(s, "node=${{1:?usage: $0 NODE (1..{}{others})}}", topo.nodes.len()).unwrap();
         writeln!(s, "case \"$node\" in").unwrap();
-        if !topo.subnets.is_empty() {
-            // The router's part, on a machine cabled to every node subnet (eth1, eth2, ...).
-            writeln!(s, "router)").unwrap();
-            for st in &router_plan(topo).steps {
+        // The other members' parts, each on a machine cabled as the lab cables it.
+        for m in members(topo) {
+            writeln!(s, "{m})").unwrap();
+            for st in &member_plan(topo, m).steps {
                 writeln!(s, "  # {}\n  {}", st.why, st.command).unwrap();
             }
             writeln!(s, "  ;;").unwrap();

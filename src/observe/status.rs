@@ -186,6 +186,9 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
     let mut missing = Vec::new();
     let mut tunnel = None;
     let mut overlay = None;
+    // cnet's nftables table, read once: whether it is there, and how many rules each chain holds.
+    let nat = if plan.iter().any(|s| matches!(s, Step::AddNatTable)) { nat_view() } else { None };
+    let mut nat_rules_so_far: std::collections::HashMap<&str, usize> = Default::default();
     for s in plan {
         let snap = |netns: &Option<String>| match netns {
             None => Some(&node_snap),
@@ -216,6 +219,17 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
             // The bridge FDB is not part of the snapshot; the checks prove it.
             Step::AddFdb { .. } => None,
             Step::Sysctl { key, value } => Some(crate::apply::sysctl::read(key).ok().as_deref() == Some(value.as_str())),
+            Step::AddNatTable | Step::AddNatChain { .. } => Some(nat.is_some()),
+            Step::AddNatRule { chain, .. } => {
+                let n = nat_rules_so_far.entry(chain.name()).or_default();
+                *n += 1;
+                Some(nat.as_ref().is_some_and(|t| t.get(chain.name()).copied().unwrap_or(0) >= *n))
+            }
+            Step::StartServer { listen, .. } => {
+                Some(!crate::apply::process::cnet_processes_anywhere(&["serve", "--listen", &listen.to_string()]).is_empty())
+            }
+            // The port's mode is not part of the snapshot; the checks prove it.
+            Step::SetHairpin { .. } => None,
             Step::StartTunnel { local, wire, .. } => {
                 let pid = done.iter().find_map(|d| d.pid).filter(|p| is_cnet_process(*p, &["tunnel", &local.to_string()]));
                 tunnel = fresh_tunnel_counters(pid).await;
@@ -244,6 +258,20 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
         tunnel,
         overlay,
     }))
+}
+
+/// cnet's nftables table here: rules per chain, or None if there is no such table of cnet's.
+fn nat_view() -> Option<std::collections::HashMap<String, usize>> {
+    let mut n = crate::nft::Nft::open().ok()?;
+    let t = n.find_table(crate::nft::Family::Ip, crate::model::nat::TABLE).ok()??;
+    if !t.is_cnet() {
+        return None;
+    }
+    let mut counts = std::collections::HashMap::new();
+    for r in n.list_rules(crate::nft::Family::Ip, crate::model::nat::TABLE).ok()? {
+        *counts.entry(r.chain).or_insert(0) += 1;
+    }
+    Some(counts)
 }
 
 /// The tunnel's counters, fresh: it writes them four times a second, and at once when

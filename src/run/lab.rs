@@ -13,13 +13,15 @@ use std::process::{Command, ExitStatus, Stdio};
 
 use crate::apply::netlink::Netlink;
 use crate::apply::state::{LabState, lab_dir, run_dir};
-use crate::model::plan::{ROUTER, RouteSpec, router_port};
+use crate::model::plan::{GATEWAY_MEMBER, OUTSIDE_MEMBER, ROUTER, RouteSpec, members, router_port};
 use crate::model::topology::{Options, Topology, UNDERLAY_DEV};
 use crate::run::enter;
 use crate::sys::ns::{self, NodeNs};
 use anyhow::{Context, Result, anyhow, bail};
 
 const SWITCH_BRIDGE: &str = "underlay";
+/// Stages 5-6: the segment between the gateway and the outside host.
+const WORLD_BRIDGE: &str = "world";
 const LAB_ALIAS: &str = "cnet:lab";
 
 pub fn node_ns(index: u32) -> NodeNs {
@@ -138,13 +140,25 @@ async fn build(topo: &Topology, state: &mut LabState, v: Verbosity) -> Result<()
                 .with_context(|| format!("cannot connect the router to subnet {}", s.net.trunc()))?;
         }
     }
+    if topo.stage().has_nat() {
+        // The gateway on the nodes' network (eth0) and on a second segment, the world, where
+        // the outside host is (its eth0).
+        let mtu = topo.options.underlay_mtu;
+        create_member(GATEWAY_MEMBER, GATEWAY_MEMBER, &hosts, state)?;
+        plug(&switch, GATEWAY_MEMBER, SWITCH_BRIDGE, GATEWAY_MEMBER, "eth0", mtu).await.context("cannot connect the gateway")?;
+        plug(&switch, "gateway-world", WORLD_BRIDGE, GATEWAY_MEMBER, "eth1", 1500).await.context("cannot connect the gateway")?;
+        create_member(OUTSIDE_MEMBER, OUTSIDE_MEMBER, &hosts, state)?;
+        plug(&switch, OUTSIDE_MEMBER, WORLD_BRIDGE, OUTSIDE_MEMBER, "eth0", 1500)
+            .await
+            .context("cannot connect the outside host")?;
+    }
     for n in &topo.nodes {
         create_member(&n.short_name(), &n.hostname, &hosts, state)?;
         cable(&switch, topo, n).await.with_context(|| format!("cannot connect {} to the lab's switch", n.hostname))?;
     }
-    if routed {
-        // The router first: the fabric exists before the nodes are built on it.
-        run_builder(ROUTER, ROUTER, &router_runner_args(&topo.options, v), v, topo).await?;
+    // The other members first: the network exists before the nodes are built on it.
+    for m in members(topo) {
+        run_builder(m, m, &member_runner_args(&topo.options, m, v), v, topo).await?;
     }
     for n in &topo.nodes {
         let place = format!("{} ({})", n.short_name(), n.hostname);
@@ -156,10 +170,12 @@ async fn build(topo: &Topology, state: &mut LabState, v: Verbosity) -> Result<()
 /// Run the node runner inside lab member `name` (a node, or the router), showing its steps.
 async fn run_builder(name: &str, place: &str, args: &[String], v: Verbosity, topo: &Topology) -> Result<()> {
     if !matches!(v, Verbosity::Quiet) {
-        let addr = topo.nodes.iter().find(|n| n.short_name() == name).map_or_else(
-            || topo.subnets.iter().map(|s| format!("{}/{}", s.router, s.net.prefix)).collect::<Vec<_>>().join(" "),
-            |n| n.ip.to_string(),
-        );
+        let addr = match (topo.nodes.iter().find(|n| n.short_name() == name), name) {
+            (Some(n), _) => n.ip.to_string(),
+            (None, GATEWAY_MEMBER) => format!("{}/24 {}", crate::model::topology::GATEWAY, crate::model::topology::GATEWAY_OUT),
+            (None, OUTSIDE_MEMBER) => crate::model::topology::OUTSIDE.to_string(),
+            (None, _) => topo.subnets.iter().map(|s| format!("{}/{}", s.router, s.net.prefix)).collect::<Vec<_>>().join(" "),
+        };
         say!("== {place}: {addr} ==");
     }
     let mut runner = enter::cnet(&member_ns(name), place, None, args, true)?;
@@ -174,10 +190,10 @@ async fn run_builder(name: &str, place: &str, args: &[String], v: Verbosity, top
     Ok(())
 }
 
-/// The arguments that make `cnet up` inside the router build the router's part.
-fn router_runner_args(opts: &Options, v: Verbosity) -> Vec<String> {
+/// The arguments that make `cnet up` inside a lab member build that member's part.
+fn member_runner_args(opts: &Options, member: &str, v: Verbosity) -> Vec<String> {
     let mut a = node_runner_args(opts, 1, v);
-    a.push("--router".into());
+    a.extend(["--member".into(), member.into()]);
     a
 }
 
@@ -199,11 +215,14 @@ async fn create_switch(topo: &Topology) -> Result<Netlink> {
     std::fs::create_dir_all(path.parent().unwrap())?;
     let fd = ns::create_netns(&path, ns::open_netlink).context("cannot create the lab's switch namespace")?;
     let switch = Netlink::from_socket(fd, &lab_dir());
-    let bridges: Vec<String> = if topo.subnets.is_empty() {
+    let mut bridges: Vec<String> = if topo.subnets.is_empty() {
         vec![SWITCH_BRIDGE.to_string()]
     } else {
         (0..topo.subnets.len()).map(subnet_bridge).collect()
     };
+    if topo.stage().has_nat() {
+        bridges.push(WORLD_BRIDGE.to_string());
+    }
     for b in bridges {
         switch.add_bridge(&b, LAB_ALIAS).await.context("cannot create the lab's switch bridge")?;
         switch.link_up(None, &b, false).await?;
@@ -284,7 +303,8 @@ async fn cable(switch: &Netlink, topo: &Topology, n: &crate::model::topology::No
     plug(switch, &n.short_name(), &bridge, &n.short_name(), UNDERLAY_DEV, mtu).await?;
     let node = Netlink::at(&node_ns(n.index).net, &lab_dir())?;
     node.add_addr(None, UNDERLAY_DEV, n.ip).await?;
-    if let Some(gw) = topo.gateway_of(n.index) {
+    let gateway = topo.gateway_of(n.index).or(topo.stage().has_nat().then_some(crate::model::topology::GATEWAY));
+    if let Some(gw) = gateway {
         let default = RouteSpec { dst: None, via: Some(gw), dev: UNDERLAY_DEV.into(), onlink: false };
         node.add_route(None, &default).await?;
     }
@@ -596,7 +616,7 @@ pub fn print_next_steps(topo: &Topology) {
             let far = topo.nodes[1].containers[0].addr.addr;
             say!("  cnet exec node1/con1 -- ping -c1 {far}    # TTL 62: both nodes route it");
             say!("  cnet exec node1 -- ping -c1 {far}    # TTL 63: node 2 routes it");
-            if stage == crate::model::topology::Stage::Overlay {
+            if stage.has_overlay() {
                 say!("  cnet capture node2 enp0s8 --only icmp -c 2    # the ICMP inside UDP");
             }
         }

@@ -5,3 +5,4 @@
 pub mod enter;
 pub mod lab;
 pub mod node;
+pub mod serve;

@@ -25,8 +25,9 @@ pub struct NodeRequest {
     pub underlay: Option<String>,
     pub peers: Vec<Ipv4Addr>,
     pub in_lab: bool,
-    /// The lab's router (routed fabric), not a node: its plan is model::plan::router_plan.
-    pub router: bool,
+    /// One of the lab's other members (router, gateway, outside), not a node: its plan is
+    /// model::plan::member_plan.
+    pub member: Option<String>,
 }
 
 pub const NETNS_DIR: &str = "/run/netns";
@@ -160,7 +161,7 @@ fn check_pod_nets_against(
     links: &[crate::apply::netlink::LinkView],
 ) -> Result<()> {
     let mut ours: Vec<Ipv4Net> = topo.nodes.iter().filter(|n| n.bridge.is_some()).map(|n| n.pod_net).collect();
-    if topo.stage() == Stage::Overlay {
+    if topo.stage().has_overlay() {
         ours.extend(topo.nodes.first().map(|n| n.tun_addr().trunc()));
     }
     for a in addrs {
@@ -276,10 +277,10 @@ async fn shell_here() -> Result<()> {
 pub async fn up(req: &NodeRequest, pace: Pace) -> Result<()> {
     let nl = Netlink::here(&PathBuf::from(NETNS_DIR))?;
     let links: Vec<_> = dump_links(&nl.node_handle()).await?.iter().map(link_view).collect();
-    let (topo, header, plan) = if req.router {
-        // The routed fabric's router: its plan, nothing to resolve (the lab cabled it).
+    let (topo, header, plan) = if let Some(member) = &req.member {
+        // A lab member's plan: nothing to resolve (the lab cabled it).
         let topo = Topology::new(req.options.clone())?;
-        let plan = crate::model::plan::router_plan(&topo);
+        let plan = crate::model::plan::member_plan(&topo, member);
         let header = NodeHeader {
             format: crate::apply::state::RECORD_FORMAT,
             options: topo.options.clone(),
@@ -511,7 +512,7 @@ pub fn print_next_steps(topo: &Topology, node: u32) {
             say!("  ip netns exec {} ping -c1 {}    # TTL 64: same L2", c[0].name, second.addr.addr);
             say!("  cnet test --host");
         }
-        Stage::MultiNode | Stage::Overlay => {
+        Stage::MultiNode | Stage::Overlay | Stage::Outside | Stage::Services => {
             let other = topo.peers_of(node).next().expect("a peer");
             let far = other.containers[0].addr.addr;
             say!("  ip netns exec con1 ping -c1 {far}    # TTL 62: both nodes route it");

@@ -253,6 +253,22 @@ pub fn allowed_cpus() -> Vec<usize> {
     (0..nix::sched::CpuSet::count()).filter(|c| set.is_set(*c).unwrap_or(false)).collect()
 }
 
+/// Set up `cmd` to run in the network namespace persisted at `netns` (what `ip netns exec`
+/// does for the network part).
+pub fn enter_netns(cmd: &mut Command, netns: &Path) -> Result<()> {
+    let fd: OwnedFd = File::open(netns).with_context(|| format!("cannot open network namespace {}", netns.display()))?.into();
+    // SAFETY: in the forked child: only setns on a descriptor opened above.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 /// The persisted namespaces of one lab node.
 pub struct NodeNs {
     pub net: PathBuf,
