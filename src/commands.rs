@@ -235,6 +235,16 @@ pub fn test(a: &TestArgs) -> Result<bool> {
                 serde_json::from_slice(&stdout).map_err(|_| anyhow!("node{i}: cnet test ended with {status} and no answer"))?;
             all.append(&mut r);
         }
+        // Stages 5-6: what the outside host sees of node 1's published port.
+        if let Ok(Some(lab)) = crate::apply::state::LabState::read()
+            && lab.options.stage.has_nat()
+        {
+            let topo = Topology::new(lab.options.clone())?;
+            let checks = crate::observe::probe::outside_probes(&topo);
+            let at = lab::member_ns(crate::model::plan::OUTSIDE_MEMBER).net;
+            let results = crate::sys::ns::in_netns(&at, || Ok(crate::observe::probe::run(&checks, &at, timeout)))?;
+            all.push(NodeChecks { node: 0, hostname: "outside".into(), plan: "full".into(), results });
+        }
         let multi = all.len() > 1;
         (all, multi)
     } else {
@@ -252,7 +262,12 @@ pub fn test(a: &TestArgs) -> Result<bool> {
                 }
             }
         };
-        let results = check::run_in_rounds(&checks, &PathBuf::from(NETNS_DIR), timeout, &mut forget);
+        let mut results = check::run_in_rounds(&checks, &PathBuf::from(NETNS_DIR), timeout, &mut forget);
+        // Stages 5-6: the outside world, the published port, the service.
+        let probes = crate::observe::probe::node_probes(&topo, node);
+        let (pings, http): (Vec<_>, Vec<_>) = probes.into_iter().partition(|c| c.probe.is_ping());
+        results.extend(check::run(&pings, &PathBuf::from(NETNS_DIR), timeout));
+        results.extend(crate::observe::probe::run(&http, &PathBuf::from(NETNS_DIR), timeout));
         let hostname = node::hostname();
         (vec![NodeChecks { node, hostname, plan: plan.into(), results }], topo.stage().is_multi_node())
     };
@@ -296,7 +311,7 @@ fn explain_failures(results: &mut [NodeChecks], host: bool) {
     let mut traced = 0;
     for n in results.iter_mut() {
         let node = format!("node{}", n.node);
-        for r in n.results.iter_mut().filter(|r| !r.pass) {
+        for r in n.results.iter_mut().filter(|r| !r.pass && r.check.probe.is_ping()) {
             if traced == TRACED_FAILURES {
                 return;
             }

@@ -453,6 +453,10 @@ fn nat_steps(b: &mut Builder, topo: &Topology, node: &Node) {
     }
     if node.index == 1 || topo.stage() == Stage::Services {
         b.push(
+            Step::SetHairpin { dev: con1.host_veth.clone() },
+            format!("{} reaching its own published port (or the service) is sent to itself: back out of the very bridge port it came in by, which a bridge refuses unless the port is in hairpin mode (kubelet's hairpin-veth).", con1.name),
+        );
+        b.push(
             Step::StartServer { netns: Some(con1.name.clone()), name: con1.name.clone(), listen: con1_at },
             format!("Start cnet's demo HTTP server in {} on {con1_at}: it answers every request with who answers and the address it sees you as, so curl shows NAT and DNAT at work (`down` stops it).", con1.name),
         );
@@ -489,11 +493,6 @@ fn service_steps(b: &mut Builder, topo: &Topology, node: &Node, con1_at: SocketA
             "Hairpin for the local backend: a container of this bridge sent to it through the service must see the answer come from the node, as the service did.",
         );
     }
-    let con1 = &node.containers[0];
-    b.push(
-        Step::SetHairpin { dev: con1.host_veth.clone() },
-        format!("{} reaching the service may be sent to itself: back out of the very bridge port it came in by, which a bridge refuses unless the port is in hairpin mode (kubelet's hairpin-veth).", con1.name),
-    );
 }
 
 /// Stage 1 (TALK.md steps 1-9).

@@ -632,10 +632,14 @@ mod tests {
             ("3-multi-node", Stage::MultiNode),
             ("overlay", Stage::Overlay),
             ("4-overlay-network", Stage::Overlay),
+            ("5", Stage::Outside),
+            ("5-outside-world", Stage::Outside),
+            ("services", Stage::Services),
+            ("6-services", Stage::Services),
         ] {
             assert_eq!(s.parse::<Stage>().unwrap(), st, "{s}");
         }
-        assert!("5".parse::<Stage>().is_err());
+        assert!("7".parse::<Stage>().is_err());
     }
 
     #[test]

@@ -30,6 +30,29 @@ pub struct Check {
     /// What owns `to`, e.g. "con2 (node 2)".
     pub target: String,
     pub expect_ttl: u8,
+    /// What is sent: an ICMP echo (the talk's checks), or an HTTP request (stages 5-6).
+    #[serde(default, skip_serializing_if = "Probe::is_ping")]
+    pub probe: Probe,
+}
+
+/// How a check reaches its target.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Probe {
+    /// ICMP echo: the reply must arrive with `expect_ttl`.
+    #[default]
+    Ping,
+    /// `GET /` to `to:port`: answered by `answered_by` (the demo server's "con1 on NODE"),
+    /// which must see the client as `seen_as` where given (NAT at work).
+    Http { port: u16, answered_by: String, seen_as: Option<Ipv4Addr> },
+    /// `connections` new connections to a service `to:port` must reach every one of `backends`.
+    Service { port: u16, connections: u32, backends: Vec<String> },
+}
+
+impl Probe {
+    pub fn is_ping(&self) -> bool {
+        *self == Probe::Ping
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -40,6 +63,9 @@ pub struct CheckResult {
     pub ttl: Option<u8>,
     pub rtt_ms: Option<f64>,
     pub error: Option<String>,
+    /// An HTTP probe's answer (the demo server's line), or a service's backends seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -108,7 +134,7 @@ pub fn node_checks(topo: &Topology, me: u32) -> (Vec<Check>, &'static str) {
                     !topo.subnets.is_empty() && !topo.on_link(t.node, me) && !(overlay && (from_container || t.kind != 0));
                 from_container as u8 + (t.kind == 2) as u8 + fabric as u8
             };
-            checks.push(Check { from: from.clone(), to: t.ip, target: t.label, expect_ttl: 64 - routers });
+            checks.push(Check { from: from.clone(), to: t.ip, target: t.label, expect_ttl: 64 - routers, probe: Probe::Ping });
         }
     }
     (checks, if bounded { "bounded" } else { "full" })
@@ -215,6 +241,7 @@ fn run_once(checks: &[Check], netns_dir: &Path, timeout: Duration, round: u16) -
                             ttl: Some(ttl),
                             // Microseconds are all an ICMP round trip can tell.
                             rtt_ms: Some((rtt.as_secs_f64() * 1e6).round() / 1000.0),
+                            answer: None,
                         },
                         None => CheckResult {
                             check: c,
@@ -222,9 +249,17 @@ fn run_once(checks: &[Check], netns_dir: &Path, timeout: Duration, round: u16) -
                             ttl: None,
                             rtt_ms: None,
                             error: Some(format!("no reply within {} ms", timeout.as_millis())),
+                            answer: None,
                         },
                     },
-                    Err(e) => CheckResult { check: c, pass: false, ttl: None, rtt_ms: None, error: Some(format!("{e:#}")) },
+                    Err(e) => CheckResult {
+                        check: c,
+                        pass: false,
+                        ttl: None,
+                        rtt_ms: None,
+                        error: Some(format!("{e:#}")),
+                        answer: None,
+                    },
                 });
             }
         }
@@ -265,7 +300,11 @@ pub const ROWS_SHOWN: usize = 60;
 /// One node's checks as a table: every row, or (`all` false) only the failed ones.
 pub fn print_table(n: &NodeChecks, multi: bool, all: bool) {
     let passed = n.results.iter().filter(|r| r.pass).count();
-    let title = if multi { format!("node{} ({})", n.node, n.hostname) } else { n.hostname.clone() };
+    let title = match (multi, n.node) {
+        (_, 0) => n.hostname.clone(),
+        (true, i) => format!("node{i} ({})", n.hostname),
+        (false, _) => n.hostname.clone(),
+    };
     println!("{title}: {passed}/{} checks passed ({} plan)", n.results.len(), n.plan);
     if passed < n.results.len() && n.results.len() > 800 {
         // Checks run in rounds that drop their ARP entries, but the kernel's table is shared
@@ -284,12 +323,21 @@ pub fn print_table(n: &NodeChecks, multi: bool, all: bool) {
         let ttl = r.ttl.map_or("-".into(), |t| t.to_string());
         let rtt = r.rtt_ms.map_or("-".into(), |t| format!("{t:.3} ms"));
         let verdict = if r.pass {
-            crate::out::verdict("ok", true)
+            // An HTTP row shows what answered: that is the lesson (who, and whom it saw).
+            match &r.answer {
+                Some(a) => format!("{}: {a}", crate::out::verdict("ok", true)),
+                None => crate::out::verdict("ok", true),
+            }
         } else {
             format!("{}: {}", crate::out::verdict("FAIL", false), r.error.as_deref().unwrap_or(""))
         };
-        let to = format!("{} {}", r.check.to, r.check.target);
-        println!("  {:<8} {:<28} {:>4} {:>5} {:>9}  {verdict}", r.check.from, to, ttl, r.check.expect_ttl, rtt);
+        let to = match &r.check.probe {
+            Probe::Ping => format!("{} {}", r.check.to, r.check.target),
+            Probe::Http { port, .. } => format!("{}:{port} {}", r.check.to, r.check.target),
+            Probe::Service { port, connections, .. } => format!("{}:{port} x{connections}", r.check.to),
+        };
+        let want = if r.check.probe.is_ping() { r.check.expect_ttl.to_string() } else { "-".into() };
+        println!("  {:<8} {:<28} {:>4} {:>5} {:>9}  {verdict}", r.check.from, to, ttl, want, rtt);
     }
 }
 

@@ -6,5 +6,6 @@ pub mod capture;
 pub mod check;
 pub mod diagram;
 pub mod explain;
+pub mod probe;
 pub mod status;
 pub mod trace;
