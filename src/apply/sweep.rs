@@ -6,8 +6,9 @@
 //! tunnel processes started by `up` (cnet's binary, `tunnel ... --stats /run/cnet/tunnel.json`,
 //! running in this very network namespace). A route has no mark: only with no usable record,
 //! and only when stage 3's links are found, the static routes stage 3 adds (a /24 of the
-//! pod space via a gateway, added by hand) are taken for cnet's. Nothing else is touched: a
-//! namespace without a marked link, a link outside the group, another program.
+//! pod space via a gateway, added by hand) are taken for cnet's; cnet's nftables table `ip
+//! cnet`, known by its comment. Nothing else is touched: a namespace without a marked link, a
+//! link outside the group, a table without cnet's comment, another program.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -17,8 +18,10 @@ use anyhow::Result;
 
 use crate::apply::netlink::{ALIAS_PREFIX, CNET_GROUP, Netlink, dump_links, dump_routes, link_view, route_views};
 use crate::apply::process::{Members, cnet_tunnels_here, stop_process};
+use crate::model::nat;
 use crate::model::plan::RouteSpec;
 use crate::model::topology::{MAX_NODES, Stage, multi_node_pod_net};
+use crate::nft;
 use crate::sys::ns;
 
 /// What was found carrying cnet's marks in this network namespace.
@@ -30,11 +33,17 @@ pub struct Marks {
     /// their identity, so that one renamed or replaced meanwhile is left alone.
     pub namespaces: Vec<(String, Option<(u64, u64)>)>,
     pub routes: Vec<RouteSpec>,
+    /// Stages 5-6's table `ip cnet`, its comment saying it is cnet's.
+    pub nat_table: bool,
 }
 
 impl Marks {
     pub fn is_empty(&self) -> bool {
-        self.tunnels.is_empty() && self.links.is_empty() && self.namespaces.is_empty() && self.routes.is_empty()
+        self.tunnels.is_empty()
+            && self.links.is_empty()
+            && self.namespaces.is_empty()
+            && self.routes.is_empty()
+            && !self.nat_table
     }
 }
 
@@ -51,6 +60,7 @@ impl fmt::Display for Marks {
             count(self.namespaces.len(), "namespace", "namespaces"),
             count(self.tunnels.len(), "tunnel", "tunnels"),
             count(self.routes.len(), "route", "routes"),
+            count(self.nat_table as usize, "nftables table", "nftables tables"),
         ]
         .into_iter()
         .flatten()
@@ -94,7 +104,14 @@ pub async fn survey(nl: &Netlink, netns_dir: &Path, known: &HashSet<String>, inf
             }
         }
     }
+    marks.nat_table = cnet_nat_table_here()?;
     Ok(marks)
+}
+
+/// Whether this namespace holds cnet's nftables table (by name and comment).
+pub fn cnet_nat_table_here() -> Result<bool> {
+    let table = nft::Nft::open()?.find_table(nft::Family::Ip, nat::TABLE)?;
+    Ok(table.is_some_and(|t| t.is_cnet()))
 }
 
 async fn holds_marked_link(path: &Path) -> bool {
@@ -138,6 +155,11 @@ pub async fn remove(nl: &Netlink, marks: &Marks, errors: &mut Vec<anyhow::Error>
         {
             errors.push(e.context(format!("cannot delete the route to {}", r.dst.map_or("default".into(), |d| d.to_string()))));
         }
+    }
+    if marks.nat_table
+        && let Err(e) = nft::Nft::open().and_then(|mut n| n.delete_cnet_table(nft::Family::Ip, nat::TABLE))
+    {
+        errors.push(e.context("cannot delete cnet's nftables table"));
     }
     if !marks.links.is_empty()
         && let Err(e) = nl.del_cnet_group().await

@@ -398,7 +398,7 @@ pub fn node_plan_with(topo: &Topology, node: &Node, underlay: &str, no_link_loca
                 multi_node_steps(&mut b, topo, node, underlay);
             }
             if stage.has_nat() {
-                nat_steps(&mut b, topo, node);
+                nat_steps(&mut b, topo, node, underlay);
             }
         }
     }
@@ -408,10 +408,11 @@ pub fn node_plan_with(topo: &Topology, node: &Node, underlay: &str, no_link_loca
 /// Stages 5 and 6: the world beyond the nodes (egress NAT, node 1's published port, the
 /// demo servers) and, in stage 6, the service on every node. Each rule in cnet's own
 /// nftables table, with the `nft` command it equals.
-fn nat_steps(b: &mut Builder, topo: &Topology, node: &Node) {
+fn nat_steps(b: &mut Builder, topo: &Topology, node: &Node, underlay: &str) {
     let pods = Ipv4Net::new(Ipv4Addr::new(172, 16, 0, 0), 16);
     let con1 = &node.containers[0];
     let con1_at = SocketAddrV4::new(con1.addr.addr, SERVER_PORT);
+    let egress = node.egress.as_deref().unwrap_or(underlay);
     b.push(Step::AddNatTable, "Create cnet's own nftables table, `table ip cnet`, marked by its comment: `down` deletes it whole, and no table of yours is touched.");
     b.push(Step::AddNatChain { chain: NatChain::Prerouting }, "Its prerouting chain (type nat, priority dstnat): where the destination of a packet arriving at this node may be rewritten (DNAT), before routing decides where it goes.");
     b.push(
@@ -420,8 +421,11 @@ fn nat_steps(b: &mut Builder, topo: &Topology, node: &Node) {
     );
     b.push(Step::AddNatChain { chain: NatChain::Postrouting }, "Its postrouting chain (priority srcnat): where the source of a leaving packet may be rewritten (masquerade), after routing.");
     b.push(
-        Step::AddNatRule { chain: NatChain::Postrouting, rule: NatRule::Masquerade { pods, except: vec![pods, node.ip.trunc()], oif: None } },
-        format!("Egress NAT (Docker's and the CNI bridge plugin's ipMasq): pod traffic for anything that is not a pod or a node leaves with this node's address. The gateway, like any upstream router, knows nothing of pod subnets: without this, a container's ping to {} dies there. Pod-to-pod and pod-to-node traffic keeps its source: the overlay carries pod addresses.", OUTSIDE.addr),
+        Step::AddNatRule {
+            chain: NatChain::Postrouting,
+            rule: NatRule::Masquerade { pods, except: vec![pods, node.ip.trunc()], oif: Some(egress.to_string()) },
+        },
+        format!("Egress NAT (Docker's and the CNI bridge plugin's ipMasq): pod traffic for anything that is not a pod or a node, leaving by {egress} (the interface of the default route), leaves with {egress}'s address. The gateway, like any upstream router, knows nothing of pod subnets: without this, a container's ping to {} dies there. Pod-to-pod and pod-to-node traffic keeps its source: the overlay carries pod addresses.", OUTSIDE.addr),
     );
     if node.index == 1 {
         b.push(

@@ -401,6 +401,10 @@ pub struct Node {
     /// Stage 2+: the bridge `br0` and its address (the pod subnet's .1).
     pub bridge: Option<Ipv4Net>,
     pub containers: Vec<Container>,
+    /// Stages 5-6: the interface holding the node's default route, where pod traffic leaves
+    /// for the world and is masqueraded (found on the machine; none: the underlay).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<String>,
 }
 
 impl Node {
@@ -493,6 +497,7 @@ impl Topology {
                         // The talk gives no prefix: a /32.
                         addr: Ipv4Net::new(Ipv4Addr::new(172, 16, 0, 1), 32),
                     }],
+                    egress: None,
                 },
                 _ => {
                     let pod_net = match options.pod_cidr {
@@ -552,6 +557,7 @@ impl Topology {
                         pod_net,
                         bridge: Some(Ipv4Net::new(pod_net.nth(1).unwrap(), pod_net.prefix)),
                         containers,
+                        egress: None,
                     }
                 }
             };
@@ -595,6 +601,13 @@ impl Topology {
     pub fn set_node_net(&mut self, index: u32, net: Ipv4Net) {
         if let Some(n) = self.nodes.iter_mut().find(|n| n.index == index) {
             n.ip = net;
+        }
+    }
+
+    /// The interface holding node `index`'s default route (stages 5-6: where it masquerades).
+    pub fn set_node_egress(&mut self, index: u32, dev: String) {
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.index == index) {
+            n.egress = Some(dev);
         }
     }
 

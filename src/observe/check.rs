@@ -42,10 +42,12 @@ pub enum Probe {
     /// ICMP echo: the reply must arrive with `expect_ttl`.
     #[default]
     Ping,
-    /// `GET /` to `to:port`: answered by `answered_by` (the demo server's "con1 on NODE"),
-    /// which must see the client as `seen_as` where given (NAT at work).
+    /// `GET /` to `to:port`: answered by the demo server listening on `answered_by`
+    /// ("172.16.0.2:8000", which its answer names), which must see the client as `seen_as`
+    /// where given (NAT at work).
     Http { port: u16, answered_by: String, seen_as: Option<Ipv4Addr> },
-    /// `connections` new connections to a service `to:port` must reach every one of `backends`.
+    /// `connections` new connections to a service `to:port` must reach every one of
+    /// `backends` (the servers' listening addresses).
     Service { port: u16, connections: u32, backends: Vec<String> },
 }
 

@@ -25,8 +25,10 @@ pub fn node_probes(topo: &Topology, me: u32) -> Vec<Check> {
     }
     let node = topo.node(me).expect("node exists");
     let first = &topo.nodes[0];
-    let publisher = format!("{} on {}", first.containers[0].name, first.hostname);
-    let outside = "outside on outside".to_string();
+    // A demo server is known by the address it listens on, which its answer names (a host's
+    // name is the machine's own in host mode, not the lab's).
+    let publisher = server_at(first);
+    let outside = SocketAddrV4::new(OUTSIDE.addr, SERVER_PORT).to_string();
     let mut sources: Vec<(String, bool)> = vec![("node".into(), false)];
     sources.extend(node.containers.iter().map(|c| (c.name.clone(), true)));
     let mut v = Vec::new();
@@ -51,7 +53,7 @@ pub fn node_probes(topo: &Topology, me: u32) -> Vec<Check> {
             probe: Probe::Http { port: PUBLISHED_PORT, answered_by: publisher.clone(), seen_as: None },
         });
         if stage == Stage::Services {
-            let backends = topo.nodes.iter().map(|n| format!("{} on {}", n.containers[0].name, n.hostname)).collect();
+            let backends = topo.nodes.iter().map(server_at).collect();
             v.push(Check {
                 from: from.clone(),
                 to: SERVICE_VIP,
@@ -83,12 +85,18 @@ pub fn outside_probes(topo: &Topology) -> Vec<Check> {
         to: first.ip.addr,
         target: "node1".into(),
         expect_ttl: 0,
-        probe: Probe::Http {
-            port: PUBLISHED_PORT,
-            answered_by: format!("{} on {}", first.containers[0].name, first.hostname),
-            seen_as: Some(OUTSIDE.addr),
-        },
+        probe: Probe::Http { port: PUBLISHED_PORT, answered_by: server_at(first), seen_as: Some(OUTSIDE.addr) },
     }]
+}
+
+/// Where node `n`'s demo server (in its con1) listens, as its answers name it.
+fn server_at(n: &crate::model::topology::Node) -> String {
+    SocketAddrV4::new(n.containers[0].addr.addr, SERVER_PORT).to_string()
+}
+
+/// The demo server's answer names its listening address in brackets.
+fn answered_by(line: &str, at: &str) -> bool {
+    line.contains(&format!("({at})"))
 }
 
 /// Run HTTP and service probes (pings are check::run's), each from its source: the
@@ -117,8 +125,8 @@ fn probe(c: &Check, timeout: Duration) -> Result<String> {
         Probe::Ping => bail!("a ping is not an HTTP probe"),
         Probe::Http { port, answered_by, seen_as } => {
             let line = get(SocketAddrV4::new(c.to, *port), timeout)?;
-            if !line.starts_with(answered_by.as_str()) {
-                bail!("answered by '{line}', not {answered_by}");
+            if !self::answered_by(&line, answered_by) {
+                bail!("answered by '{line}', not the server on {answered_by}");
             }
             if let Some(want) = seen_as {
                 let seen = line.rsplit("sees you as ").next().and_then(|a| a.split(':').next()).unwrap_or("");
@@ -134,7 +142,7 @@ fn probe(c: &Check, timeout: Duration) -> Result<String> {
                 let line = get(SocketAddrV4::new(c.to, *port), timeout)?;
                 let who = backends
                     .iter()
-                    .find(|b| line.starts_with(b.as_str()))
+                    .find(|b| answered_by(&line, b))
                     .ok_or_else(|| anyhow!("answered by '{line}', not a backend"))?;
                 if !seen.contains(who) {
                     seen.push(who.clone());

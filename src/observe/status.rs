@@ -1,7 +1,7 @@
 //! `cnet status`: what is up, read back from the kernel, and whether it matches the plan.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::{Context, Result};
 use rtnetlink::Handle;
@@ -129,6 +129,64 @@ pub struct NodeStatus {
     /// runs) or the kernel's VXLAN device (its port and VNI read back from the kernel).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub overlay: Option<Carrier>,
+    /// Stages 5-6: the live NAT translations in this node's conntrack table.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub translations: Vec<Translation>,
+}
+
+/// One connection conntrack has translated: who sent it where, and what it became.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Translation {
+    pub proto: String,
+    /// The client as it sent: source and destination before any rewriting.
+    pub from: SocketAddrV4,
+    pub to: SocketAddrV4,
+    /// DNAT: who really answers (a published port's container, a service's backend).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub answered_by: Option<SocketAddrV4>,
+    /// SNAT (masquerade): the source the other end sees.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub seen_as: Option<SocketAddrV4>,
+}
+
+impl std::fmt::Display for Translation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // ICMP has no ports (conntrack keeps the echo id there): addresses only.
+        let at = |a: SocketAddrV4| if self.proto == "icmp" { a.ip().to_string() } else { a.to_string() };
+        write!(f, "{:<4} {} -> {}", self.proto, at(self.from), at(self.to))?;
+        if let Some(b) = self.answered_by {
+            write!(f, ", answered by {}", at(b))?;
+        }
+        if let Some(s) = self.seen_as {
+            write!(f, ", seen as {}", at(s))?;
+        }
+        Ok(())
+    }
+}
+
+/// The translated connections in this namespace's conntrack table, in the kernel's (hash)
+/// order. A reply tuple that is not the original turned round is the NAT.
+pub fn translations() -> Vec<Translation> {
+    let Ok(entries) = crate::nft::Nft::open().and_then(|mut n| n.conntrack()) else { return Vec::new() };
+    entries
+        .iter()
+        .filter(|c| c.is_dnat() || c.is_snat())
+        .map(|c| {
+            let at = |a, p| SocketAddrV4::new(a, p);
+            Translation {
+                proto: match c.proto {
+                    6 => "tcp".into(),
+                    17 => "udp".into(),
+                    1 => "icmp".into(),
+                    n => n.to_string(),
+                },
+                from: at(c.orig.src, c.orig.sport),
+                to: at(c.orig.dst, c.orig.dport),
+                answered_by: c.is_dnat().then(|| at(c.reply.src, c.reply.sport)),
+                seen_as: c.is_snat().then(|| at(c.reply.dst, c.reply.dport)),
+            }
+        })
+        .collect()
 }
 
 /// What carries stage 4's overlay between the nodes' devices: the talk's wire format.
@@ -257,6 +315,7 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
         missing,
         tunnel,
         overlay,
+        translations: if nat.is_some() { translations() } else { Vec::new() },
     }))
 }
 
@@ -353,7 +412,19 @@ pub fn print(st: &NodeStatus) {
     if let Some(t) = &st.tunnel {
         println!("  tunnel: {}", tunnel_line(t));
     }
+    if !st.translations.is_empty() {
+        println!("  translations (conntrack, live; from -> to as sent):");
+        for t in st.translations.iter().take(TRANSLATIONS_SHOWN) {
+            println!("    {t}");
+        }
+        if st.translations.len() > TRANSLATIONS_SHOWN {
+            println!("    ... {} more (--json lists every one)", st.translations.len() - TRANSLATIONS_SHOWN);
+        }
+    }
 }
+
+/// Translations printed; `--json` has them all.
+const TRANSLATIONS_SHOWN: usize = 12;
 
 /// The tunnel's counters on two lines: its data path and traffic, then drops by reason.
 pub fn tunnel_line(t: &serde_json::Value) -> String {

@@ -137,6 +137,15 @@ async fn resolve_with(
     } else if let Some(ip) = node_ip {
         topo.set_node_ip(req.node, ip);
     }
+    if topo.stage().has_nat() {
+        // Masquerade where the world is: the default route's interface (the lab's nodes get
+        // theirs from the plan, via the gateway on the underlay, so none is found here).
+        let routes = route_views(&dump_routes(&nl.node_handle()).await?);
+        let default_dev = routes.iter().filter(|r| r.dst.is_none_or(|d| d.prefix == 0)).find_map(|r| r.dev);
+        if let Some(l) = default_dev.and_then(|i| links.iter().find(|l| l.index == i)) {
+            topo.set_node_egress(req.node, l.name.clone());
+        }
+    }
     let header = NodeHeader {
         format: crate::apply::state::RECORD_FORMAT,
         options: topo.options.clone(),
@@ -199,6 +208,16 @@ async fn check_conflicts(nl: &Netlink, plan: &NodePlan, links: &[crate::apply::n
         bail!("links an earlier cnet run made are still here with no record ({}): run `cnet down` first", marked.join(", "));
     }
     let routes = route_views(&dump_routes(&nl.node_handle()).await?);
+    if plan.steps.iter().any(|s| s.step == Step::AddNatTable)
+        && let Some(t) = crate::nft::Nft::open()?.find_table(crate::nft::Family::Ip, crate::model::nat::TABLE)?
+    {
+        if t.is_cnet() {
+            bail!("cnet's nftables table (table ip cnet) is left from an earlier run: run `cnet down` first");
+        }
+        bail!(
+            "an nftables table named 'ip cnet' already exists and is not cnet's: cnet will not touch it; rename or delete it (nft delete table ip cnet) first"
+        );
+    }
     for s in &plan.steps {
         match &s.step {
             Step::AddNetns { name } if nl.netns_path(name).exists() => {
