@@ -93,7 +93,8 @@ pub enum Command {
 pub struct TopologyArgs {
     /// The stage: namespace|1, single-node|2, multi-node|3, overlay|4 (or the talk's directory name).
     pub stage: Stage,
-    /// Containers per node (stages 2-4): con1..conN.
+    /// Containers per node (stages 2-4): con1..conN; 0 builds only the node's part (bridge,
+    /// routes, tunnel) for containers a runtime attaches through cnet's CNI plugin.
     #[arg(long, default_value_t = 2)]
     pub containers: u32,
     /// Nodes (stages 3-4): node i has 10.0.0.(10*i) and pods 172.16.(i-1).0/24.

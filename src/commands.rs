@@ -250,7 +250,13 @@ pub fn test(a: &TestArgs) -> Result<bool> {
     } else {
         let rt = runtime()?;
         let (topo, node) = rt.block_on(host_topology(a))?;
-        let (checks, plan) = check::node_checks(&topo, node);
+        // The containers a runtime attached here through cnet's CNI plugin too.
+        let runtime: Vec<check::RuntimeContainer> = crate::cni::attach::attachments()
+            .into_iter()
+            .filter(|(_, l)| !l.is_stale())
+            .map(|(_, l)| check::RuntimeContainer { name: l.label(), addr: l.ip, netns: PathBuf::from(&l.netns) })
+            .collect();
+        let (checks, plan) = check::node_checks_with(&topo, node, &runtime);
         let nl = rt.block_on(async { Netlink::here(&PathBuf::from(NETNS_DIR)) })?;
         let mut forget = |sources: &[String]| {
             // The round's containers and the node: the entries they made for one another.
@@ -314,6 +320,12 @@ fn explain_failures(results: &mut [NodeChecks], host: bool) {
         for r in n.results.iter_mut().filter(|r| !r.pass && r.check.probe.is_ping()) {
             if traced == TRACED_FAILURES {
                 return;
+            }
+            // A runtime's container (cnet's CNI plugin) is no place `trace` starts from;
+            // `status` reads it back.
+            if r.check.netns.is_some() {
+                r.error = Some(format!("{}; `cnet status` says what differs in it", r.error.as_deref().unwrap_or("failed")));
+                continue;
             }
             traced += 1;
             // Places as trace takes them: node2/con1 in the lab, node or con1 on this machine.

@@ -21,6 +21,7 @@ macro_rules! tell {
 mod apply;
 mod checksum;
 mod cli;
+mod cni;
 mod commands;
 mod error;
 mod model;
@@ -41,6 +42,11 @@ use cli::{Cli, Command};
 /// Exit codes: 0 done, 1 failed (or a check failed), 2 the machine cannot do it (no root,
 /// no kernel support).
 fn run() -> ExitCode {
+    // Run by a container runtime as its CNI plugin (`/opt/cni/bin/cnet`): no arguments,
+    // CNI_COMMAND set; the spec, not the command line, says what to do and how to answer.
+    if cni::invoked_as_plugin() {
+        return cni::plugin_main();
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

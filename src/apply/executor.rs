@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use anyhow::Result;
 
-use crate::apply::netlink::{ALIAS_PREFIX, CNET_GROUP, Netlink, link_view};
+use crate::apply::netlink::{ALIAS_PREFIX, CNET_GROUP, Netlink, RUNTIME_PEER_GROUP, link_view};
 use crate::apply::process::{Members, is_cnet_process, stop_process};
 use crate::apply::state::{Done, SysctlChange, SysctlLog};
 use crate::apply::sysctl;
@@ -95,7 +95,12 @@ pub async fn apply(nl: &Netlink, index: usize, step: &Step, stage: &str) -> Resu
             nl.add_netns(name)?;
             done.ns = ns::ns_id(&nl.netns_path(name));
         }
-        Step::AddVeth { name, peer, peer_netns } => nl.add_veth(name, peer, peer_netns, &tag, true).await?,
+        Step::AddVeth { name, peer, peer_netns } => {
+            // A namespace given by path is a container runtime's (CNI): its end is marked
+            // as cnet's, but not as making the namespace cnet's (netlink::RUNTIME_PEER_GROUP).
+            let group = if std::path::Path::new(peer_netns).is_absolute() { RUNTIME_PEER_GROUP } else { CNET_GROUP };
+            nl.add_veth(name, peer, peer_netns, &tag, Some(group)).await?
+        }
         Step::AddBridge { name } => nl.add_bridge(name, &tag).await?,
         Step::AddTun { name } => {
             // The ioctl cannot put the device in cnet's group, so it is marked over netlink

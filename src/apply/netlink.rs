@@ -28,6 +28,10 @@ use crate::sys::ns;
 
 /// The link group of every link cnet creates ("cnet" in ASCII).
 pub const CNET_GROUP: u32 = 0x636e_6574;
+/// The group of a veth's container end that cnet made inside a container runtime's
+/// namespace (CNI ADD; "cni" in ASCII): cnet's, but not [`CNET_GROUP`], which on a
+/// container end says that its namespace is cnet's to delete (sweep.rs) — this one is not.
+pub const RUNTIME_PEER_GROUP: u32 = 0x0063_6e69;
 pub const ALIAS_PREFIX: &str = "cnet:";
 
 /// Turn an rtnetlink error into one line with the kernel's reason.
@@ -125,7 +129,7 @@ impl Netlink {
 
     /// A handle for a namespace persisted at an arbitrary path (the lab's switch and nodes).
     pub fn handle_at(path: &Path) -> Result<Handle> {
-        let fd = ns::in_netns(path, ns::open_netlink)?;
+        let fd = ns::in_netns_here(path, ns::open_netlink)?;
         Ok(connect(fd))
     }
 
@@ -188,14 +192,14 @@ impl Netlink {
     }
 
     /// `ip link add NAME type veth peer name PEER netns NS`: the peer is created straight in
-    /// the namespace (23x faster than creating then moving it). With `mark_peer` the peer
-    /// joins cnet's group too, at creation: a named namespace holding it is cnet's (sweep.rs).
-    pub async fn add_veth(&self, name: &str, peer: &str, peer_netns: &str, alias: &str, mark_peer: bool) -> Result<()> {
+    /// the namespace (23x faster than creating then moving it). The peer joins `peer_group`
+    /// at creation: [`CNET_GROUP`] says a named namespace holding it is cnet's (sweep.rs).
+    pub async fn add_veth(&self, name: &str, peer: &str, peer_netns: &str, alias: &str, peer_group: Option<u32>) -> Result<()> {
         let target = std::fs::File::open(self.netns_path(peer_netns))
             .with_context(|| format!("cannot open network namespace '{peer_netns}'"))?;
         let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::default().name(peer.to_string()).setns_by_fd(target.as_raw_fd());
-        if mark_peer {
-            peer_msg = peer_msg.link_group(CNET_GROUP);
+        if let Some(g) = peer_group {
+            peer_msg = peer_msg.link_group(g);
         }
         let peer_msg = peer_msg.build();
         let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
@@ -384,11 +388,22 @@ impl Netlink {
         dump_links(&h).await
     }
 
+    /// `ip link set DEV group GROUP` on the node.
+    pub async fn set_group(&self, dev: &str, group: u32) -> Result<()> {
+        self.node.link().set(self.set_link(None, dev).link_group(group).build()).execute().await.map_err(|e| link_error(e, dev))
+    }
+
     /// `ip link del group CNET_GROUP`: one request, one batch of RCU waits.
     pub async fn del_cnet_group(&self) -> Result<()> {
+        self.del_group(CNET_GROUP).await
+    }
+
+    /// `ip link del group GROUP` on the node: one request, one batch of RCU waits; an empty
+    /// group is nothing to do.
+    pub async fn del_group(&self, group: u32) -> Result<()> {
         self.index.lock().unwrap().clear();
         let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::Group(CNET_GROUP));
+        msg.attributes.push(LinkAttribute::Group(group));
         match self.node.link().del_with_message(msg).execute().await {
             // An empty group: nothing left to delete.
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),

@@ -25,7 +25,9 @@ pub enum Step {
     AddNetns {
         name: String,
     },
-    /// A veth pair whose peer is created straight inside `peer_netns`.
+    /// A veth pair whose peer is created straight inside `peer_netns`: a namespace's name
+    /// under the node's netns directory (one cnet made), or an absolute path (one a
+    /// container runtime made, CNI_NETNS: see [`attach_steps`]).
     AddVeth {
         name: String,
         peer: String,
@@ -600,6 +602,63 @@ fn bridge_steps(b: &mut Builder, node: &Node) {
     }
 }
 
+/// A container a runtime made (CNI ADD), to be attached to the node as stage 2 attaches
+/// each of its own: its namespace by path, its interface named by the runtime.
+#[derive(Clone, Debug)]
+pub struct Attachment {
+    /// CNI_NETNS: `/run/netns/NAME` or `/proc/PID/ns/net`.
+    pub netns: String,
+    /// CNI_IFNAME, the interface inside the container (`eth0`).
+    pub ifname: String,
+    /// The veth end that stays on the node.
+    pub host_veth: String,
+    pub bridge: String,
+    /// The container's address, from cnet's IPAM, with the pod subnet's prefix.
+    pub addr: Ipv4Net,
+    /// The bridge's address: the container's default gateway.
+    pub gateway: Ipv4Addr,
+}
+
+/// The stage-2 steps for one container that a runtime made: the same steps, words and undo
+/// rules as `cnet up` uses for its own containers, minus the namespace (the runtime's) and
+/// its `lo` (the runtime raises it). What cnet's CNI plugin runs for ADD.
+pub fn attach_steps(a: &Attachment) -> Vec<PlannedStep> {
+    attach_steps_with(a, ipv6_available())
+}
+
+/// The same, saying whether the veth ends get `addrgenmode none`.
+pub fn attach_steps_with(a: &Attachment, no_link_local: bool) -> Vec<PlannedStep> {
+    let mut b = Builder { steps: Vec::new(), no_link_local, explained_no_ll: false, said: Vec::new() };
+    let ns = Some(a.netns.clone());
+    b.push(
+        Step::AddVeth { name: a.host_veth.clone(), peer: a.ifname.clone(), peer_netns: a.netns.clone() },
+        format!(
+            "Create the veth pair {}/{} with {} straight inside the runtime's namespace {}.",
+            a.host_veth, a.ifname, a.ifname, a.netns
+        ),
+    );
+    b.push(
+        Step::AddAddr { netns: ns.clone(), dev: a.ifname.clone(), addr: a.addr },
+        format!("Give the container the address {} on {} (leased by cnet's IPAM).", a.addr, a.ifname),
+    );
+    let (no_ll, why) = (b.no_link_local, b.no_ll_why());
+    b.push(
+        Step::LinkUp { netns: ns.clone(), dev: a.ifname.clone(), addrgen_none: no_ll },
+        format!("Bring {} up inside the container{why}.", a.ifname),
+    );
+    let (no_ll, why) = (b.no_link_local, b.no_ll_why());
+    b.push(
+        Step::SetMaster { dev: a.host_veth.clone(), master: a.bridge.clone(), addrgen_none: no_ll },
+        format!("Plug {} into {}{why}.", a.host_veth, a.bridge),
+    );
+    b.push(Step::LinkUp { netns: None, dev: a.host_veth.clone(), addrgen_none: false }, format!("Bring {} up.", a.host_veth));
+    b.push(
+        Step::AddRoute { netns: ns, dst: None, via: Some(a.gateway), dev: a.ifname.clone(), onlink: false },
+        format!("In the container: default via {} (the bridge), the way out of the container.", a.gateway),
+    );
+    b.steps
+}
+
 /// Stages 3 and 4: join this node's pod subnet to the others'.
 fn multi_node_steps(b: &mut Builder, topo: &Topology, node: &Node, underlay: &str) {
     let peers: Vec<(&Node, Ipv4Addr)> = topo.peers_of(node.index).map(|p| (p, p.ip.addr)).collect();
@@ -1047,6 +1106,35 @@ mod tests {
             &undo[2..],
             ["ip link del br0", "ip link del veth20", "ip link del veth10", "ip netns del con2", "ip netns del con1"]
         );
+    }
+
+    #[test]
+    fn attach_is_stage_2_for_one_runtime_container() {
+        let a = Attachment {
+            netns: "/run/netns/netns-1234".into(),
+            ifname: "eth0".into(),
+            host_veth: "vethac100002".into(),
+            bridge: "br0".into(),
+            addr: "172.16.0.2/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(172, 16, 0, 1),
+        };
+        let p = attach_steps_with(&a, true);
+        let c: Vec<_> = p.iter().map(|s| s.command.clone()).collect();
+        assert_eq!(
+            c,
+            vec![
+                "ip link add vethac100002 type veth peer name eth0 netns /run/netns/netns-1234",
+                "ip -n /run/netns/netns-1234 addr add 172.16.0.2/24 dev eth0",
+                "ip -n /run/netns/netns-1234 link set eth0 up addrgenmode none",
+                "ip link set vethac100002 master br0 addrgenmode none",
+                "ip link set vethac100002 up",
+                "ip -n /run/netns/netns-1234 route add default via 172.16.0.1 dev eth0",
+            ]
+        );
+        // Undone by deleting the node's end alone: nothing of the runtime's namespace.
+        let links: Vec<&str> = p.iter().filter_map(|s| s.step.created_link()).collect();
+        let undo: Vec<String> = p.iter().rev().filter_map(|s| s.step.undo_command(&links)).collect();
+        assert_eq!(undo, vec!["ip link del vethac100002"]);
     }
 
     #[test]

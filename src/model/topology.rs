@@ -434,11 +434,17 @@ impl Topology {
     /// Validate the options and derive every name and address.
     pub fn new(options: Options) -> Result<Topology> {
         let stage = options.stage;
-        if options.containers == 0 {
-            bail!("--containers must be at least 1");
-        }
+        // Stages 2-4 take 0 containers: the node's part alone (bridge, routes, tunnel), as
+        // flannel's daemon builds it, for a container runtime to attach its containers
+        // through cnet's CNI plugin (src/cni).
         if stage == Stage::Namespace && options.containers != 1 && options.containers != 2 {
             bail!("stage 1 has exactly one container, 'con'; --containers applies to stages 2-4");
+        }
+        // Stages 5 and 6 publish con1's port and balance over every node's con1: they need it.
+        if stage.has_nat() && options.containers == 0 {
+            bail!(
+                "stage {stage} publishes con1's port, so it needs --containers 1 or more (0 is for stages 2-4 under cnet's CNI plugin)"
+            );
         }
         if options.backend != Backend::Udp && !stage.has_overlay() {
             bail!("--backend applies to stage 4 (overlay) only");
@@ -759,6 +765,21 @@ mod tests {
         o.pod_cidr = Some("172.0.0.0/8".parse().unwrap());
         let err = Topology::new(o).unwrap_err().to_string();
         assert!(err.contains("at most 9999"), "{err}");
+    }
+
+    #[test]
+    fn zero_containers_is_the_node_part_alone() {
+        for stage in [Stage::SingleNode, Stage::MultiNode, Stage::Overlay] {
+            let mut o = Options::new(stage);
+            o.containers = 0;
+            let t = Topology::new(o).unwrap();
+            assert!(t.nodes.iter().all(|n| n.containers.is_empty() && n.bridge.is_some()), "{stage}");
+        }
+        for stage in [Stage::Namespace, Stage::Outside, Stage::Services] {
+            let mut o = Options::new(stage);
+            o.containers = 0;
+            assert!(Topology::new(o).is_err(), "{stage}");
+        }
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub struct Check {
     /// What is sent: an ICMP echo (the talk's checks), or an HTTP request (stages 5-6).
     #[serde(default, skip_serializing_if = "Probe::is_ping")]
     pub probe: Probe,
+    /// The source's namespace when it is not `from` under the node's netns directory (a
+    /// runtime's container, attached through cnet's CNI plugin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<std::path::PathBuf>,
 }
 
 /// How a check reaches its target.
@@ -136,10 +140,53 @@ pub fn node_checks(topo: &Topology, me: u32) -> (Vec<Check>, &'static str) {
                     !topo.subnets.is_empty() && !topo.on_link(t.node, me) && !(overlay && (from_container || t.kind != 0));
                 from_container as u8 + (t.kind == 2) as u8 + fabric as u8
             };
-            checks.push(Check { from: from.clone(), to: t.ip, target: t.label, expect_ttl: 64 - routers, probe: Probe::Ping });
+            checks.push(Check {
+                from: from.clone(),
+                to: t.ip,
+                target: t.label,
+                expect_ttl: 64 - routers,
+                probe: Probe::Ping,
+                netns: None,
+            });
         }
     }
     (checks, if bounded { "bounded" } else { "full" })
+}
+
+/// A container a runtime attached to a node through cnet's CNI plugin: its name, address
+/// and namespace.
+pub struct RuntimeContainer {
+    pub name: String,
+    pub addr: crate::model::topology::Ipv4Net,
+    pub netns: std::path::PathBuf,
+}
+
+/// [`node_checks`] with the containers a runtime attached to node `me` counted among its
+/// own: checked to and from, by the same TTL rules (a name taken by one of cnet's own
+/// containers gets a `cni:` prefix).
+pub fn node_checks_with(topo: &Topology, me: u32, runtime: &[RuntimeContainer]) -> (Vec<Check>, &'static str) {
+    if runtime.is_empty() {
+        return node_checks(topo, me);
+    }
+    let mut t = topo.clone();
+    let node = t.nodes.iter_mut().find(|n| n.index == me).expect("node exists");
+    let mut named = Vec::new();
+    for rc in runtime {
+        let taken = |n: &str| n == "node" || node.containers.iter().any(|c| c.name == n);
+        let name = if taken(&rc.name) { format!("cni:{}", rc.name) } else { rc.name.clone() };
+        node.containers.push(crate::model::topology::Container {
+            name: name.clone(),
+            host_veth: String::new(),
+            veth: String::new(),
+            addr: rc.addr,
+        });
+        named.push((name, rc.netns.clone()));
+    }
+    let (mut checks, plan) = node_checks(&t, me);
+    for c in &mut checks {
+        c.netns = named.iter().find(|(n, _)| *n == c.from).map(|(_, p)| p.clone());
+    }
+    (checks, plan)
 }
 
 /// Large labs: each source reaches its bridge, its node and one container on every other
@@ -225,7 +272,8 @@ fn run_once(checks: &[Check], netns_dir: &Path, timeout: Duration, round: u16) -
                 let checks = &checks;
                 s.spawn(move || {
                     let ping = || ping_all(id, idx.iter().map(|i| checks[*i].to).collect(), timeout);
-                    let r = if from == "node" { ping() } else { ns::in_netns(&netns_dir.join(from), ping) };
+                    let netns = checks[idx[0]].netns.clone().unwrap_or_else(|| netns_dir.join(from));
+                    let r = if from == "node" { ping() } else { ns::in_netns(&netns, ping) };
                     (idx.clone(), r)
                 })
             })

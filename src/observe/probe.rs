@@ -36,13 +36,21 @@ pub fn node_probes(topo: &Topology, me: u32) -> Vec<Check> {
         // The outside world: a ping back with TTL 62 from a container (outside → gateway →
         // node → container), 63 from the node; the outside host sees the node's address.
         let expect_ttl = if *container { 62 } else { 63 };
-        v.push(Check { from: from.clone(), to: OUTSIDE.addr, target: "outside".into(), expect_ttl, probe: Probe::Ping });
+        v.push(Check {
+            from: from.clone(),
+            to: OUTSIDE.addr,
+            target: "outside".into(),
+            expect_ttl,
+            probe: Probe::Ping,
+            netns: None,
+        });
         v.push(Check {
             from: from.clone(),
             to: OUTSIDE.addr,
             target: "outside".into(),
             expect_ttl: 0,
             probe: Probe::Http { port: SERVER_PORT, answered_by: outside.clone(), seen_as: Some(node.ip.addr) },
+            netns: None,
         });
         // Node 1's published port, from here.
         v.push(Check {
@@ -51,6 +59,7 @@ pub fn node_probes(topo: &Topology, me: u32) -> Vec<Check> {
             target: "node1".into(),
             expect_ttl: 0,
             probe: Probe::Http { port: PUBLISHED_PORT, answered_by: publisher.clone(), seen_as: None },
+            netns: None,
         });
         if stage == Stage::Services {
             let backends = topo.nodes.iter().map(server_at).collect();
@@ -60,6 +69,7 @@ pub fn node_probes(topo: &Topology, me: u32) -> Vec<Check> {
                 target: "service".into(),
                 expect_ttl: 0,
                 probe: Probe::Service { port: SERVICE_PORT, connections: SERVICE_CONNECTIONS, backends },
+                netns: None,
             });
         }
     }
@@ -71,6 +81,7 @@ pub fn node_probes(topo: &Topology, me: u32) -> Vec<Check> {
             target: "localhost".into(),
             expect_ttl: 0,
             probe: Probe::Http { port: PUBLISHED_PORT, answered_by: publisher, seen_as: None },
+            netns: None,
         });
     }
     v
@@ -86,6 +97,7 @@ pub fn outside_probes(topo: &Topology) -> Vec<Check> {
         target: "node1".into(),
         expect_ttl: 0,
         probe: Probe::Http { port: PUBLISHED_PORT, answered_by: server_at(first), seen_as: Some(OUTSIDE.addr) },
+        netns: None,
     }]
 }
 

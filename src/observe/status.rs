@@ -132,6 +132,10 @@ pub struct NodeStatus {
     /// Stages 5-6: the live NAT translations in this node's conntrack table.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub translations: Vec<Translation>,
+    /// Containers a runtime attached here through cnet's CNI plugin, from their leases, each
+    /// read back from the kernel.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub runtime_containers: Vec<RuntimeContainer>,
 }
 
 /// One connection conntrack has translated: who sent it where, and what it became.
@@ -189,6 +193,41 @@ pub fn translations() -> Vec<Translation> {
         .collect()
 }
 
+/// A container a runtime attached through cnet's CNI plugin (src/cni), as its lease says
+/// and with what differs in the kernel from what ADD made.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RuntimeContainer {
+    /// The runtime's name for it, else its ID's first 12 characters.
+    pub name: String,
+    pub container_id: String,
+    pub ifname: String,
+    pub addr: Ipv4Net,
+    pub netns: String,
+    pub host_veth: String,
+    pub network: String,
+    /// Empty when it is as ADD made it.
+    pub problems: Vec<String>,
+}
+
+/// The runtime's containers on this node, each checked.
+async fn runtime_containers(nl: &Netlink) -> Vec<RuntimeContainer> {
+    let mut v = Vec::new();
+    for (bridge, l) in crate::cni::attach::attachments() {
+        let problems = crate::cni::attach::inspect(nl, &l, &bridge).await;
+        v.push(RuntimeContainer {
+            name: l.label(),
+            container_id: l.container_id,
+            ifname: l.ifname,
+            addr: l.ip,
+            netns: l.netns,
+            host_veth: l.host_veth,
+            network: l.network,
+            problems,
+        });
+    }
+    v
+}
+
 /// What carries stage 4's overlay between the nodes' devices: the talk's wire format.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -237,6 +276,12 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
             if let Some(l) = node_snap.links.iter_mut().find(|l| &l.name == name) {
                 l.peer = Some(if present { format!("{peer_netns}:{peer}") } else { format!("{peer_netns}:{peer} (missing)") });
             }
+        }
+    }
+    let runtime_containers = runtime_containers(&nl).await;
+    for rc in &runtime_containers {
+        if let Some(l) = node_snap.links.iter_mut().find(|l| l.name == rc.host_veth) {
+            l.peer = Some(format!("{}:{}", rc.name, rc.ifname));
         }
     }
     let mut verified = 0;
@@ -316,6 +361,7 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
         tunnel,
         overlay,
         translations: if nat.is_some() { translations() } else { Vec::new() },
+        runtime_containers,
     }))
 }
 
@@ -407,6 +453,16 @@ pub fn print(st: &NodeStatus) {
         }
         for r in &c.routes {
             println!("    route {r}");
+        }
+    }
+    if !st.runtime_containers.is_empty() {
+        println!("  runtime containers (attached by cnet's CNI plugin):");
+        for c in &st.runtime_containers {
+            let verdict = if c.problems.is_empty() { "ok" } else { "DIFFERS" };
+            println!("    {:<12} {:<6} {:<18} {:<13} {}  {verdict}", c.name, c.ifname, c.addr.to_string(), c.host_veth, c.netns);
+            for p in &c.problems {
+                println!("      {p}");
+            }
         }
     }
     if let Some(t) = &st.tunnel {

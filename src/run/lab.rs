@@ -315,7 +315,7 @@ async fn cable(switch: &Netlink, topo: &Topology, n: &crate::model::topology::No
 /// `dev`; both ends up, and the member's lo too.
 async fn plug(switch: &Netlink, port: &str, bridge: &str, member: &str, dev: &str, mtu: u32) -> Result<()> {
     // The member's end is its NIC, not cnet's: it stays out of cnet's group, as a VM's would.
-    switch.add_veth(port, dev, &format!("{member}/net"), LAB_ALIAS, false).await?;
+    switch.add_veth(port, dev, &format!("{member}/net"), LAB_ALIAS, None).await?;
     if mtu != 1500 {
         switch.set_mtu(port, mtu).await?;
     }
@@ -601,6 +601,9 @@ pub fn print_next_steps(topo: &Topology) {
     let stage = topo.stage();
     say!("\nThe lab is up: stage {} ({}) on {} node(s). Try this next:", stage.number(), stage.name(), topo.nodes.len());
     match stage {
+        _ if topo.nodes[0].containers.is_empty() && stage != crate::model::topology::Stage::Namespace => {
+            say!("  cnet exec node1 -- ip -br addr    # the node's part alone: no containers of its own");
+        }
         crate::model::topology::Stage::Namespace => {
             say!("  cnet exec node1/con -- ping -c1 10.0.0.10    # the node answers, TTL 64");
             say!("  cnet shell node1    # inside the node, the talk's commands work as they are:");

@@ -466,7 +466,7 @@ pub async fn down(quiet: bool, in_lab: bool) -> Result<bool> {
     // Surveyed before anything is removed: a container's namespace is known by the marked
     // veth end inside it, which goes with its node end.
     let marks = sweep::survey(&nl, &netns_dir, &known, record.is_none()).await?;
-    if record.is_none() && unusable.is_none() && marks.is_empty() {
+    if record.is_none() && unusable.is_none() && marks.is_empty() && !crate::cni::attach::has_state() {
         return Ok(false);
     }
     let mut errors = Vec::new();
@@ -474,6 +474,16 @@ pub async fn down(quiet: bool, in_lab: bool) -> Result<bool> {
         errors = executor::teardown(&nl, &r.header.steps, &r.done, r.started_until, r.header.options.stage.name()).await;
     }
     sweep::remove(&nl, &marks, &mut errors).await;
+    // What cnet's CNI plugin left (its leases, veths it released; its veths in cnet's group
+    // went above). The runtime's containers are the runtime's: their processes and
+    // namespaces stay, without their cnet interface.
+    let detached = crate::cni::attach::remove_all(&nl, &mut errors).await;
+    if detached > 0 {
+        tell!(
+            "cnet: {}: {detached} container(s) a runtime attached through cnet's CNI plugin lost their cnet interface; they and their namespaces are the runtime's and still there (`podman rm` them: its DEL finds nothing left to do)",
+            hostname()
+        );
+    }
     let restored = if record.is_none() { sweep::restore_sysctls(&mut errors) } else { Some(0) };
     if !errors.is_empty() {
         bail!("could not remove everything: {}; fix that and run `cnet down` again", join_errors(&errors));
@@ -519,6 +529,13 @@ pub fn hostname() -> String {
 pub fn print_next_steps(topo: &Topology, node: u32) {
     let n = topo.node(node).expect("node exists");
     say!("Try this next:");
+    if n.containers.is_empty() && topo.stage() != Stage::Namespace {
+        // The node's part alone: containers come from a runtime, through the CNI plugin.
+        say!("  a runtime's containers join it through cnet's CNI plugin: cnet as /opt/cni/bin/cnet,");
+        say!("  a conflist with {{\"type\": \"cnet\"}} (README: cnet as a CNI plugin)");
+        say!("  cnet status --host; cnet test --host    # they show and check those containers too");
+        return;
+    }
     match topo.stage() {
         Stage::Namespace => {
             say!("  ip netns exec con ping -c1 10.0.0.10    # the node answers, TTL 64");

@@ -34,6 +34,35 @@ pub fn is_locked(path: &Path) -> bool {
     matches!(Flock::lock(f, FlockArg::LockSharedNonblock), Err((_, Errno::EWOULDBLOCK)))
 }
 
+/// Run `f` in a child process of its own, detached: a new session, stdio on /dev/null (so
+/// that whoever reads this process's output does not wait for the child), ended with
+/// `_exit` when `f` returns. The caller returns at once. The caller must be
+/// single-threaded (checked): a forked copy of a multi-threaded process may hold locks
+/// whose owners no longer exist.
+pub fn fork_detached(f: impl FnOnce()) -> Result<()> {
+    let threads = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0);
+    if threads != 1 {
+        anyhow::bail!("cannot fork a detached child from a process with {threads} threads");
+    }
+    // SAFETY: the process has one thread (checked above), so the child's copy of every lock
+    // and allocator is consistent; the child leaves only through _exit.
+    match unsafe { nix::unistd::fork() }.context("cannot fork")? {
+        nix::unistd::ForkResult::Parent { .. } => Ok(()),
+        nix::unistd::ForkResult::Child => {
+            let _ = nix::unistd::setsid();
+            if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+                let _ = nix::unistd::dup2_stdin(&null);
+                let _ = nix::unistd::dup2_stdout(&null);
+                let _ = nix::unistd::dup2_stderr(&null);
+            }
+            f();
+            // SAFETY: ends the child at once, without running the parent's exit handlers a
+            // second time.
+            unsafe { libc::_exit(0) }
+        }
+    }
+}
+
 /// Send `sig` to `pid`; false if it is already gone.
 pub fn signal(pid: u32, sig: Signal) -> bool {
     kill(Pid::from_raw(pid as i32), sig).is_ok()
