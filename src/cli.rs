@@ -17,7 +17,7 @@ use crate::tunnel::Peer;
     version,
     about = "Build the topologies of \"Container Networking From Scratch\" (KubeCon 2018), step by step",
     long_about = "Build the topologies of the talk \"Container Networking From Scratch\" step by step, in a lab of \
-VM-like nodes made of namespaces (default) or on the machine itself (--host).\n\nStages: namespace (1), single-node (2), multi-node (3), overlay (4)."
+VM-like nodes made of namespaces (default) or on the machine itself (--host).\n\nStages: namespace (1), single-node (2), multi-node (3), overlay (4); beyond the talk: outside (5), services (6)."
 )]
 pub struct Cli {
     /// More detail on stderr (-v, -vv).
@@ -45,7 +45,7 @@ pub enum ColorChoice {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Build a stage: namespace (1), single-node (2), multi-node (3), overlay (4).
+    /// Build a stage: namespace (1), single-node (2), multi-node (3), overlay (4), outside (5), services (6).
     Up(UpArgs),
     /// Remove everything `up` built (nothing up: says so, exits 0).
     Down(DownArgs),
@@ -91,13 +91,13 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct TopologyArgs {
-    /// The stage: namespace|1, single-node|2, multi-node|3, overlay|4 (or the talk's directory name).
+    /// The stage: namespace|1, single-node|2, multi-node|3, overlay|4, outside|5, services|6 (or the talk's directory name).
     pub stage: Stage,
-    /// Containers per node (stages 2-4): con1..conN; 0 builds only the node's part (bridge,
+    /// Containers per node (stages 2-6): con1..conN; 0 builds only the node's part (bridge,
     /// routes, tunnel) for containers a runtime attaches through cnet's CNI plugin.
     #[arg(long, default_value_t = 2)]
     pub containers: u32,
-    /// Nodes (stages 3-4): node i has 10.0.0.(10*i) and pods 172.16.(i-1).0/24.
+    /// Nodes (stages 3-6): node i has 10.0.0.(10*i) and pods 172.16.(i-1).0/24.
     #[arg(long, default_value_t = 2)]
     pub nodes: u32,
     /// Stage 2's pod subnet (default 172.16.0.0/24), to hold more containers.
@@ -128,13 +128,13 @@ pub struct UpArgs {
     /// Build on this machine itself (the talk's VM) instead of in a lab of namespaces.
     #[arg(long)]
     pub host: bool,
-    /// With --host, stages 3-4: which node this machine is.
+    /// With --host, stages 3-6: which node this machine is.
     #[arg(long, default_value_t = 1)]
     pub node: u32,
     /// With --host: the underlay interface (default: the one holding the node's IP, else enp0s8).
     #[arg(long)]
     pub underlay: Option<String>,
-    /// With --host, stages 3-4: the other node's address (repeat for more nodes, in order).
+    /// With --host, stages 3-6: the other node's address (repeat for more nodes, in order).
     #[arg(long = "peer")]
     pub peers: Vec<Ipv4Addr>,
     /// Show each step and wait for Enter before running it.

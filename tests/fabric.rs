@@ -43,6 +43,8 @@ mark ping
 cnet exec node1/con1 -- ping -c1 -W2 172.16.1.2
 mark router
 cnet exec router -- ip route
+mark trace
+cnet trace node1/con1 node2/con1 --json
 cnet down -q
 {LEFTOVERS}"#
     ));
@@ -51,6 +53,10 @@ cnet down -q
     assert!(t.all_passed(48), "{:?}", t.failed);
     assert_eq!(ping_ttls(&r.section("ping")), vec![61], "three routers: node 1, the router, node 2");
     assert!(r.section("router").contains("172.16.1.0/24 via 10.0.0.20"), "{}", r.section("router"));
+    let trace: serde_json::Value = serde_json::from_str(&r.section("trace")).expect("trace --json");
+    let at: Vec<&str> = trace["hops"].as_array().unwrap().iter().map(|h| h["at"].as_str().unwrap()).collect();
+    assert_eq!(at, ["node1/con1", "node1", "router", "node2", "node2/con1"], "{trace}");
+    assert_eq!(trace["ttl"].as_u64(), Some(61), "{trace}");
     assert_nothing_left(&r);
 }
 

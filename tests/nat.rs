@@ -31,6 +31,8 @@ cnet exec node1/con1 -- {CURL} 203.0.113.10:8000
 mark published
 for from in outside node2 node2/con1 node1/con2 node1/con1; do echo "$from: $(cnet exec $from -- {CURL} 10.0.0.10:8080)"; done
 echo "localhost: $(cnet exec node1 -- {CURL} localhost:8080)"
+mark trace
+cnet trace node1/con1 outside --json
 mark no-masquerade
 cnet exec node1 -- nft delete chain ip cnet postrouting 2>&1 || cnet exec node1 -- nft flush chain ip cnet postrouting
 cnet exec node1/con1 -- ping -c1 -W1 203.0.113.10 > /dev/null 2>&1 && echo "ping passed" || echo "ping failed"
@@ -54,6 +56,13 @@ cnet down -q
     }
     // DNAT only from outside: con1 sees the outside host itself.
     assert!(published.contains("outside: con1 on 5-outside-world-1 (172.16.0.2:8000) sees you as 203.0.113.10:"), "{published}");
+    // trace walks through the lab's gateway to the outside host, and says where the
+    // masquerade rule rewrites the source.
+    let trace: serde_json::Value = serde_json::from_str(&r.section("trace")).expect("trace --json");
+    let at: Vec<&str> = trace["hops"].as_array().unwrap().iter().map(|h| h["at"].as_str().unwrap()).collect();
+    assert_eq!(at, ["node1/con1", "node1", "gateway", "outside"], "{trace}");
+    assert_eq!((trace["verdict"].as_str(), trace["ttl"].as_u64()), (Some("delivered"), Some(62)), "{trace}");
+    assert!(trace["hops"][1]["notes"].to_string().contains("rewrites the source 172.16.0.2 to 10.0.0.10"), "{trace}");
     assert!(r.section("no-masquerade").contains("ping failed"), "without masquerade the gateway cannot answer a pod");
     let table = r.section("table");
     assert!(table.contains("comment \"cnet\"") || table.contains("cnet"), "{table}");

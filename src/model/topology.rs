@@ -46,6 +46,10 @@ impl Ipv4Net {
     pub fn contains_net(&self, other: &Ipv4Net) -> bool {
         other.prefix >= self.prefix && (u32::from(other.addr) & self.mask()) == u32::from(self.network())
     }
+    /// Whether the address `ip` lies inside this prefix.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.contains_net(&Ipv4Net::new(ip, 32))
+    }
     /// Whether the two prefixes share any address (one then holds the other).
     pub fn overlaps(&self, other: &Ipv4Net) -> bool {
         self.contains_net(other) || other.contains_net(self)

@@ -27,7 +27,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::apply::state::{LabState, NodeJournal};
-use crate::model::topology::{Topology, UNDERLAY_DEV};
+use crate::model::plan;
+use crate::model::topology::{GATEWAY, GATEWAY_OUT, OUTSIDE, Topology, UNDERLAY_DEV};
 use crate::run::{enter, lab};
 
 mod hop;
@@ -314,11 +315,25 @@ impl Default for TraceOptions {
 // The walk
 // ---------------------------------------------------------------------------------------
 
-/// A namespace on the path: a node, or one of its containers.
+/// A namespace on the path: a node, one of its containers, or a lab member that is not a
+/// node (the routed fabric's `router`, stage 5's `gateway` and `outside`; `node` is 0 then).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Place {
     node: u32,
     container: Option<String>,
+    member: Option<&'static str>,
+}
+
+impl Place {
+    fn node(node: u32) -> Place {
+        Place { node, container: None, member: None }
+    }
+    fn container(node: u32, c: &str) -> Place {
+        Place { node, container: Some(c.to_string()), member: None }
+    }
+    fn member(m: &'static str) -> Place {
+        Place { node: 0, container: None, member: Some(m) }
+    }
 }
 
 /// What the walk knows of the network: the topology (who owns which address) and how to
@@ -334,6 +349,9 @@ struct World {
 
 impl World {
     fn name(&self, p: &Place) -> String {
+        if let Some(m) = p.member {
+            return m.to_string();
+        }
         match (&p.container, self.host) {
             (None, true) => "node".into(),
             (Some(c), true) => c.clone(),
@@ -346,21 +364,30 @@ impl World {
     fn parse_place(&self, s: &str) -> Result<Place> {
         if self.host {
             if s == "node" || s == "host" || s == "." {
-                return Ok(Place { node: self.this_node, container: None });
+                return Ok(Place::node(self.this_node));
             }
             let me = self.topo.node(self.this_node)?;
             if me.containers.iter().any(|c| c.name == s) {
-                return Ok(Place { node: self.this_node, container: Some(s.to_string()) });
+                return Ok(Place::container(self.this_node, s));
             }
             let names: Vec<&str> = me.containers.iter().map(|c| c.name.as_str()).take(5).collect();
             bail!("'{s}' is neither `node` nor a container here: this machine has {}", names.join(", "));
+        }
+        if let Some(m) = plan::members(&self.topo).into_iter().find(|m| *m == s) {
+            return Ok(Place::member(m));
         }
         let (node, container) = match s.split_once('/') {
             Some((n, c)) => (n, Some(c)),
             None => (s, None),
         };
         let Some(n) = self.topo.find_node(node) else {
-            let names: Vec<_> = self.topo.nodes.iter().map(|n| format!("{} ({})", n.short_name(), n.hostname)).collect();
+            let names: Vec<_> = self
+                .topo
+                .nodes
+                .iter()
+                .map(|n| format!("{} ({})", n.short_name(), n.hostname))
+                .chain(plan::members(&self.topo).into_iter().map(str::to_string))
+                .collect();
             bail!("the lab has no node '{node}': it has {}", names.join(", "));
         };
         if let Some(c) = container
@@ -369,7 +396,7 @@ impl World {
             let names: Vec<&str> = n.containers.iter().map(|c| c.name.as_str()).take(5).collect();
             bail!("{node} has no container '{c}' (it has {})", names.join(", "));
         }
-        Ok(Place { node: n.index, container: container.map(str::to_string) })
+        Ok(Place { node: n.index, container: container.map(str::to_string), member: None })
     }
 
     /// TO: an address, or a place whose address it is (`node2/con1` is 172.16.1.2).
@@ -378,11 +405,43 @@ impl World {
             return Ok(ip);
         }
         let p = self.parse_place(s).map_err(|e| anyhow!("'{s}' is not an IPv4 address, nor a place: {e:#}"))?;
+        if let Some(m) = p.member {
+            let addrs = self.member_addrs(m);
+            return addrs.first().map(|(_, a)| *a).ok_or_else(|| anyhow!("{m} has no address"));
+        }
         let n = self.topo.node(p.node)?;
         Ok(match &p.container {
             Some(c) => n.containers.iter().find(|x| &x.name == c).expect("checked").addr.addr,
             None => n.ip.addr,
         })
+    }
+}
+
+impl World {
+    /// A lab member's cables and their addresses, as its plan gives them (the first is the
+    /// one `trace` takes for the member's name as a destination).
+    fn member_addrs(&self, m: &str) -> Vec<(String, Ipv4Addr)> {
+        match m {
+            plan::GATEWAY_MEMBER => vec![("eth0".into(), GATEWAY), ("eth1".into(), GATEWAY_OUT.addr)],
+            plan::OUTSIDE_MEMBER => vec![("eth0".into(), OUTSIDE.addr)],
+            plan::ROUTER => self.topo.subnets.iter().enumerate().map(|(k, s)| (plan::router_port(k), s.router)).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Who in the lab answers the ARP for `addr` (other than `me`), and on which of its
+    /// interfaces the frame arrives: a node on its underlay, or a member on its cable.
+    fn owner_of(&self, addr: Ipv4Addr, me: &Place) -> Option<(Place, String)> {
+        if let Some(n) = self.topo.nodes.iter().find(|n| n.ip.addr == addr && (me.member.is_some() || n.index != me.node)) {
+            return Some((Place::node(n.index), self.underlay.clone()));
+        }
+        if self.host {
+            return None;
+        }
+        plan::members(&self.topo)
+            .into_iter()
+            .filter(|m| me.member != Some(*m))
+            .find_map(|m| self.member_addrs(m).into_iter().find(|(_, a)| *a == addr).map(|(dev, _)| (Place::member(m), dev)))
     }
 }
 
@@ -402,14 +461,21 @@ fn next_place(w: &World, here: &Place, hop: &Hop) -> Next {
     let nh = hop.next_hop.as_ref();
     let nh_addr = nh.map(|n| n.addr);
     let mac = nh.and_then(|n| n.mac.clone());
+    if here.member.is_some() {
+        // A router, the gateway or the outside host: plain routing, to whoever has the next hop.
+        let Some(a) = nh_addr else { return Next::Lost(format!("it leaves by {} to no next hop", out.dev)) };
+        return match w.owner_of(a, here) {
+            Some((p, dev)) => Next::Arrive(p, Arrival::Link { dev, next_hop: nh_addr, mac }),
+            None => Next::Lost(format!("nobody on {}'s network has {a}: its ARP goes unanswered", out.dev)),
+        };
+    }
     let Ok(node) = w.topo.node(here.node) else { return Next::Lost(format!("node {} is not in the topology", here.node)) };
     if let Some(c) = &here.container {
         // A container's only way out is its veth, whose other end is on its node.
         return match node.containers.iter().find(|x| &x.name == c) {
-            Some(con) if con.veth == out.dev => Next::Arrive(
-                Place { node: here.node, container: None },
-                Arrival::Link { dev: con.host_veth.clone(), next_hop: nh_addr, mac },
-            ),
+            Some(con) if con.veth == out.dev => {
+                Next::Arrive(Place::node(here.node), Arrival::Link { dev: con.host_veth.clone(), next_hop: nh_addr, mac })
+            }
             _ => Next::Lost(format!("it leaves {c} by {}, which cnet did not make", out.dev)),
         };
     }
@@ -439,22 +505,19 @@ fn next_place(w: &World, here: &Place, hop: &Hop) -> Next {
                 Arrival::Tunnel { from, to: SocketAddrV4::new(owner.ip.addr, e.port), underlay }
             }
         };
-        return Next::Arrive(Place { node: owner.index, container: None }, arrival);
+        return Next::Arrive(Place::node(owner.index), arrival);
     }
     if out.dev == w.underlay {
-        let owner = nh_addr.and_then(|a| w.topo.nodes.iter().find(|n| n.ip.addr == a && n.index != here.node));
         if w.host {
+            let owner = nh_addr.and_then(|a| w.topo.nodes.iter().find(|n| n.ip.addr == a && n.index != here.node));
             let to = nh_addr.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
             let who = owner.map(|n| format!(" (node {})", n.index)).unwrap_or_default();
             return Next::Leaves(format!("by {} towards {to}{who}", out.dev));
         }
-        return match owner {
-            Some(o) => Next::Arrive(
-                Place { node: o.index, container: None },
-                Arrival::Link { dev: w.underlay.clone(), next_hop: nh_addr, mac },
-            ),
+        return match nh_addr.and_then(|a| w.owner_of(a, here)) {
+            Some((p, dev)) => Next::Arrive(p, Arrival::Link { dev, next_hop: nh_addr, mac }),
             None => Next::Lost(format!(
-                "no node on the underlay has {}: its ARP goes unanswered",
+                "nobody on the underlay has {}: its ARP goes unanswered",
                 nh_addr.map(|a| a.to_string()).unwrap_or_default()
             )),
         };
@@ -464,7 +527,7 @@ fn next_place(w: &World, here: &Place, hop: &Hop) -> Next {
     let port = out.port.as_deref().unwrap_or(&out.dev);
     if let Some(con) = node.containers.iter().find(|c| c.host_veth == port) {
         return Next::Arrive(
-            Place { node: here.node, container: Some(con.name.clone()) },
+            Place::container(here.node, &con.name),
             Arrival::Link { dev: con.veth.clone(), next_hop: nh_addr, mac },
         );
     }
@@ -472,7 +535,7 @@ fn next_place(w: &World, here: &Place, hop: &Hop) -> Next {
         // No forwarding entry (the MAC is not known yet): whoever answers the ARP.
         return match nh_addr.and_then(|a| node.containers.iter().find(|c| c.addr.addr == a)) {
             Some(con) => Next::Arrive(
-                Place { node: here.node, container: Some(con.name.clone()) },
+                Place::container(here.node, &con.name),
                 Arrival::Link { dev: con.veth.clone(), next_hop: nh_addr, mac },
             ),
             None => Next::Lost(format!(
@@ -507,8 +570,7 @@ fn walk(
         hop.at = at.clone();
         let outcome = hop.outcome.clone();
         let ttl_in = hop.ttl_in;
-        hops.push(hop);
-        let hop = hops.last().expect("just pushed");
+        hops.push(hop.clone());
         match outcome {
             Outcome::Delivered => {
                 let ttl = ttl_in.or(hop.out.as_ref().map(|o| o.ttl)).unwrap_or(0);
@@ -518,7 +580,13 @@ fn walk(
             Outcome::Sent | Outcome::Forwarded | Outcome::Switched => {}
         }
         let out = hop.out.clone().expect("a hop that passes the packet on says where");
-        match next_place(w, &place, hop) {
+        let next = next_place(w, &place, &hop);
+        if let Next::Arrive(to, _) = &next
+            && let Some(note) = nat_note(w, &place, to, hop.src, dst)
+        {
+            hops.last_mut().expect("just pushed").notes.push(note);
+        }
+        match next {
             Next::Arrive(p, arrival) => {
                 q = HopQuery { dst, src: hop.src, ttl: Some(out.ttl), size: out.size, arrival: Some(arrival) };
                 place = p;
@@ -545,6 +613,24 @@ fn walk(
             }
         }
     }
+}
+
+/// Stages 5-6: the walk follows routes, not cnet's nftables rules. Where a pod's packet
+/// leaves its node for the gateway, say what the masquerade rule does to it there.
+fn nat_note(w: &World, here: &Place, to: &Place, src: Option<Ipv4Addr>, dst: Ipv4Addr) -> Option<String> {
+    let pods = crate::model::topology::Ipv4Net::new(Ipv4Addr::new(172, 16, 0, 0), 16);
+    let src = src?;
+    if !w.topo.stage().has_nat() || here.member.is_some() || here.container.is_some() || to.member != Some(plan::GATEWAY_MEMBER) {
+        return None;
+    }
+    if !pods.contains(src) || pods.contains(dst) {
+        return None;
+    }
+    let node = w.topo.node(here.node).ok()?;
+    Some(format!(
+        "cnet's masquerade rule rewrites the source {src} to {} as it leaves (nft: table ip cnet, chain postrouting), so the answer can find its way back; the hops below show the packet as routed, with its original source (`cnet status` lists the live translations)",
+        node.ip.addr
+    ))
 }
 
 /// Trace a packet from `from` (`node1`, `node1/con1`, `2-single-node/con2`; `node` or a
@@ -613,12 +699,13 @@ fn host_world() -> Result<World> {
 
 /// A hop in the lab: `cnet __trace-hop` inside the node (and container), answering JSON.
 fn ask_lab(p: &Place, q: &HopQuery) -> Result<Hop> {
-    let name = match &p.container {
-        Some(c) => format!("node{}/{c}", p.node),
-        None => format!("node{}", p.node),
+    let (name, ns) = match (p.member, &p.container) {
+        (Some(m), _) => (m.to_string(), lab::member_ns(m)),
+        (None, Some(c)) => (format!("node{}/{c}", p.node), lab::node_ns(p.node)),
+        (None, None) => (format!("node{}", p.node), lab::node_ns(p.node)),
     };
     let args = vec!["__trace-hop".to_string(), "--query".into(), serde_json::to_string(q)?];
-    let mut c = enter::cnet(&lab::node_ns(p.node), &name, p.container.as_deref(), &args, false)?;
+    let mut c = enter::cnet(&ns, &name, p.container.as_deref(), &args, false)?;
     c.command().stdin(Stdio::null());
     let (status, out) = c.run()?;
     if !status.success() {
@@ -678,10 +765,10 @@ mod tests {
     }
 
     fn node(n: u32) -> Place {
-        Place { node: n, container: None }
+        Place::node(n)
     }
     fn con(n: u32, c: &str) -> Place {
-        Place { node: n, container: Some(c.into()) }
+        Place::container(n, c)
     }
 
     #[test]
@@ -747,6 +834,32 @@ mod tests {
             matches!(n, Next::Arrive(ref p, Arrival::Link { ref dev, .. }) if *p == con(1, "con") && dev == "veth2"),
             "{n:?}"
         );
+    }
+
+    #[test]
+    fn the_walk_goes_through_the_labs_other_members() {
+        // Stage 5: node 1's default route leads to the gateway, and on to the outside host.
+        let w = world(Stage::Outside, Backend::Udp, false);
+        assert_eq!(w.parse_place("outside").unwrap(), Place::member(plan::OUTSIDE_MEMBER));
+        assert_eq!(w.parse_destination("outside").unwrap(), Ipv4Addr::new(203, 0, 113, 10));
+        let n = next_place(&w, &node(1), &hop_out("enp0s8", Some("veth"), None, "10.0.0.1"));
+        assert!(
+            matches!(n, Next::Arrive(ref p, Arrival::Link { ref dev, .. }) if *p == Place::member("gateway") && dev == "eth0"),
+            "{n:?}"
+        );
+        let gw = Place::member(plan::GATEWAY_MEMBER);
+        let n = next_place(&w, &gw, &hop_out("eth1", Some("veth"), None, "203.0.113.10"));
+        assert!(
+            matches!(n, Next::Arrive(ref p, Arrival::Link { ref dev, .. }) if *p == Place::member("outside") && dev == "eth0"),
+            "{n:?}"
+        );
+        let n = next_place(&w, &gw, &hop_out("eth0", Some("veth"), None, "10.0.0.20"));
+        assert!(matches!(n, Next::Arrive(ref p, Arrival::Link { ref dev, .. }) if *p == node(2) && dev == "enp0s8"), "{n:?}");
+        let n = next_place(&w, &gw, &hop_out("eth0", Some("veth"), None, "10.0.0.99"));
+        assert!(matches!(n, Next::Lost(ref why) if why.contains("nobody on eth0's network has 10.0.0.99")), "{n:?}");
+        // Stage 3 has no members: the name is not a place.
+        let s3 = world(Stage::MultiNode, Backend::Udp, false);
+        assert!(s3.parse_place("gateway").is_err());
     }
 
     #[test]
