@@ -361,6 +361,8 @@ fn remains() -> Option<LabState> {
 /// `cnet down` for the lab: from its record, and from what is on disk when the record is
 /// missing or unusable. Returns false if no lab was up.
 pub async fn down(quiet: bool) -> Result<bool> {
+    // A record half-written by an `up` killed before its rename (under the lock: stale).
+    let _ = std::fs::remove_file(crate::apply::state::lab_state_path().with_extension("tmp"));
     let state = match LabState::read() {
         Ok(Some(mut state)) => {
             // Members made after the record's last write are removed as well.
@@ -495,7 +497,6 @@ async fn down_lab(state: &LabState) -> Result<()> {
         return Err(anyhow!(crate::error::join_errors(&errors)));
     }
     LabState::remove()?;
-    let _ = std::fs::remove_file(crate::apply::state::lab_state_path().with_extension("tmp"));
     if state.made_run_mount {
         ns::unmount_dir(&run_dir())?;
     }

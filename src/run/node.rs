@@ -448,6 +448,7 @@ fn release_netns_mount(header: &NodeHeader) -> Result<()> {
 /// Returns false if nothing was up.
 /// `in_lab`: run by the lab in one of its nodes, which is removed whole afterwards.
 pub async fn down(quiet: bool, in_lab: bool) -> Result<bool> {
+    NodeJournal::remove_stale_tmp()?;
     let (record, unusable) = match NodeJournal::read() {
         Ok(r) => (r, None),
         Err(e) if crate::apply::state::is_unusable(&e) => (None, Some(e)),
