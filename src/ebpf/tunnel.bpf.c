@@ -225,12 +225,14 @@ int cnet_encap(struct __sk_buff *skb)
     count(TX_PACKETS, segs);
     count(TX_BYTES, len);
     if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
-        // Not resolved yet (first packet): the kernel's neighbour code fills the MACs in
-        // and sends an ARP request meanwhile.
-        struct bpf_redir_neigh nh = { .nh_family = AF_INET, .ipv4_nh = fib.ipv4_dst };
+        // Not resolved yet (first packet): the kernel's neighbour code fills the MACs in,
+        // queueing the packet while it asks by ARP. Without a next hop given, the kernel
+        // looks the route up itself and gives the packet that route: it must not keep
+        // tun0's, or the queued packet would be sent by tun0's (header-less) output once
+        // the answer comes, and lost.
         if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) < 0)
             return TC_ACT_SHOT;
-        return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+        return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
     }
     __builtin_memcpy(eth.h_dest, fib.dmac, ETH_ALEN);
     __builtin_memcpy(eth.h_source, fib.smac, ETH_ALEN);
