@@ -25,7 +25,7 @@ use crate::apply::netlink::{Netlink, NoSuchLink, kernel_error};
 use crate::apply::state::run_dir;
 use crate::error::Failure;
 use crate::model::ebpf::{
-    self, FILTER_HANDLE, FILTER_PRIO, Hook, MAP_CONFIG, MAP_PEERS, MAP_ROUTES, MAP_STATS, PROG_DECAP, PROG_ENCAP, Peer,
+    self, FILTER_HANDLE, FILTER_PRIO, Hook, MAP_CONFIG, MAP_LOCAL, MAP_PEERS, MAP_ROUTES, MAP_STATS, PROG_DECAP, PROG_ENCAP, Peer,
 };
 
 /// The object clang built from src/ebpf/tunnel.bpf.c (build.rs), aligned as aya reads it.
@@ -92,7 +92,14 @@ fn ifindex(dev: &str) -> Result<u32> {
 
 /// Load the object, its two programs into the kernel (verified, JIT-compiled) and fill the
 /// maps. Held here until [`attach`].
-pub fn load(local: SocketAddrV4, tun: &str, underlay: &str, peers: &[Peer]) -> Result<()> {
+pub fn load(
+    local: SocketAddrV4,
+    tun: &str,
+    underlay: &str,
+    peers: &[Peer],
+    pods: &[(std::net::Ipv4Addr, String)],
+    direct: bool,
+) -> Result<()> {
     let mut bpf = Ebpf::load(object()?).map_err(|e| load_failure("object", e))?;
     for name in [PROG_ENCAP, PROG_DECAP] {
         let p: &mut SchedClassifier = bpf
@@ -105,8 +112,8 @@ pub fn load(local: SocketAddrV4, tun: &str, underlay: &str, peers: &[Peer]) -> R
     let map = |bpf: &mut Ebpf, name: &str| -> Result<Map> {
         bpf.take_map(name).ok_or_else(|| anyhow!("cnet's eBPF object has no map {name}"))
     };
-    let cfg = ebpf::config_value(local, ifindex(underlay)?, ifindex(tun)?);
-    let mut config: Array<MapData, [u8; 16]> = Array::try_from(map(&mut bpf, MAP_CONFIG)?)?;
+    let cfg = ebpf::config_value(local, ifindex(underlay)?, ifindex(tun)?, direct);
+    let mut config: Array<MapData, [u8; 20]> = Array::try_from(map(&mut bpf, MAP_CONFIG)?)?;
     config.set(0, cfg, 0).context("cannot write cnet_config")?;
     let mut routes: LpmTrie<MapData, [u8; 4], [u8; 4]> = LpmTrie::try_from(map(&mut bpf, MAP_ROUTES)?)?;
     let mut table: HashMap<MapData, [u8; 4], [u8; 12]> = HashMap::try_from(map(&mut bpf, MAP_PEERS)?)?;
@@ -116,6 +123,10 @@ pub fn load(local: SocketAddrV4, tun: &str, underlay: &str, peers: &[Peer]) -> R
         routes.insert(&key, node, 0).with_context(|| format!("cannot write {} into cnet_routes", p.pod_net))?;
         let (k, v) = ebpf::peer_entry(p);
         table.insert(k, v, 0).with_context(|| format!("cannot write peer {} into cnet_peers", p.addr))?;
+    }
+    let mut local: HashMap<MapData, [u8; 4], u32> = HashMap::try_from(map(&mut bpf, MAP_LOCAL)?)?;
+    for (addr, port) in pods {
+        local.insert(addr.octets(), ifindex(port)?, 0).with_context(|| format!("cannot write {addr} into cnet_local"))?;
     }
     let stats_map = match map(&mut bpf, MAP_STATS)? {
         Map::PerCpuArray(data) => data.info().map(|i| i.id()).context("cannot read cnet_stats' id")?,

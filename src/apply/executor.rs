@@ -154,10 +154,10 @@ pub async fn apply(nl: &Netlink, index: usize, step: &Step, stage: &str) -> Resu
             done.pid = Some(crate::apply::launch::start(dev, *local, peers, *wire).await?)
         }
         Step::AddClsact { dev } => done.existed = !ebpf::add_clsact(nl, dev).await?,
-        Step::LoadEbpf { local, tun, underlay, peers } => {
+        Step::LoadEbpf { local, tun, underlay, peers, pods, direct } => {
             let peers: Vec<_> =
                 peers.iter().map(|(addr, pod_net)| crate::model::ebpf::Peer { addr: *addr, pod_net: *pod_net }).collect();
-            ebpf::load(*local, tun, underlay, &peers)?
+            ebpf::load(*local, tun, underlay, &peers, pods, *direct)?
         }
         Step::AttachBpf { dev, hook, program, last } => ebpf::attach(dev, *hook, program, *last)?,
     }

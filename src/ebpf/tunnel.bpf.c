@@ -26,6 +26,7 @@
 #include <linux/ip.h>
 #include <linux/pkt_cls.h>
 #include <linux/udp.h>
+#include <stddef.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -60,6 +61,7 @@ struct config {
     __u16 pad;
     __u32 underlay_ifindex;
     __u32 tun_ifindex;
+    __u32 direct;         // 1: deliver to this node's own containers straight (see cnet_local)
 };
 
 struct route_key {
@@ -97,6 +99,15 @@ struct {
     __type(key, __be32);
     __type(value, struct peer);
 } cnet_peers SEC(".maps");
+
+// This node's container address -> the node end of its veth (the bridge port): where
+// cnet_decap delivers the container's packets itself when cfg->direct is set.
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 4096);
+    __type(key, __be32);
+    __type(value, __u32);
+} cnet_local SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -241,6 +252,46 @@ int cnet_encap(struct __sk_buff *skb)
     return bpf_redirect(fib.ifindex, 0);
 }
 
+// Deliver a decapsulated packet for one of this node's containers straight to its bridge
+// port, doing what the node's routing would (TTL - 1, the container's MAC from the
+// neighbour table): what Cilium does for its pods. Why not through tun0 and the stack: a
+// super-packet that crossed the underlay whole still carries the kernel's "encapsulated"
+// mark, which no BPF helper clears, and the bridge (no tunnel offloads) would then cut it
+// into segments and checksum each in software — half the throughput. Anything else (the
+// node's own addresses, an unresolved neighbour, a TTL that runs out) takes tun0's way.
+// Only where cnet set cfg->direct: stages with NAT need the receiving node's conntrack.
+static __always_inline long deliver(struct __sk_buff *skb, struct config *cfg, struct iphdr *inner)
+{
+    __u32 *port = bpf_map_lookup_elem(&cnet_local, &inner->daddr);
+    if (!port || inner->ttl <= 1)
+        return -1;
+    struct bpf_fib_lookup fib = {};
+    fib.family = AF_INET;
+    fib.tos = inner->tos;
+    fib.l4_protocol = inner->protocol;
+    fib.tot_len = 0;
+    fib.ipv4_src = inner->saddr;
+    fib.ipv4_dst = inner->daddr;
+    fib.ifindex = cfg->tun_ifindex;
+    if (bpf_fib_lookup(skb, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+        return -1;
+    // TTL - 1 and the header checksum with it (the TTL shares a 16-bit word with the
+    // protocol).
+    __u16 old = bpf_htons((__u16)inner->ttl << 8 | inner->protocol);
+    __u16 new = bpf_htons((__u16)(inner->ttl - 1) << 8 | inner->protocol);
+    __u8 ttl = inner->ttl - 1;
+    if (bpf_skb_store_bytes(skb, ETH_HLEN + offsetof(struct iphdr, ttl), &ttl, 1, 0) < 0 ||
+        bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, new, 2) < 0)
+        return TC_ACT_SHOT;
+    struct ethhdr eth = {};
+    __builtin_memcpy(eth.h_dest, fib.dmac, ETH_ALEN);
+    __builtin_memcpy(eth.h_source, fib.smac, ETH_ALEN);
+    eth.h_proto = bpf_htons(ETH_P_IP);
+    if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) < 0)
+        return TC_ACT_SHOT;
+    return bpf_redirect(*port, 0);
+}
+
 SEC("classifier")
 int cnet_decap(struct __sk_buff *skb)
 {
@@ -351,6 +402,11 @@ int cnet_decap(struct __sk_buff *skb)
     }
     count(RX_PACKETS, segs);
     count(RX_BYTES, payload);
+    if (cfg->direct) {
+        long r = deliver(skb, cfg, inner);
+        if (r >= 0)
+            return r;
+    }
     return bpf_redirect(cfg->tun_ifindex, BPF_F_INGRESS);
 }
 

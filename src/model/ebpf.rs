@@ -23,6 +23,7 @@ pub const MAP_CONFIG: &str = "cnet_config";
 pub const MAP_ROUTES: &str = "cnet_routes";
 pub const MAP_PEERS: &str = "cnet_peers";
 pub const MAP_STATS: &str = "cnet_stats";
+pub const MAP_LOCAL: &str = "cnet_local";
 
 /// The TC filter's priority and handle: fixed, so that `down` and the script remove exactly
 /// cnet's filter and no one else's on a shared device.
@@ -74,13 +75,15 @@ pub struct Peer {
 }
 
 /// `cnet_config[0]`: local address, port (both in network order), the underlay's and tun0's
-/// interface indexes (host order, as the kernel reads a u32).
-pub fn config_value(local: SocketAddrV4, underlay_ifindex: u32, tun_ifindex: u32) -> [u8; 16] {
-    let mut v = [0u8; 16];
+/// interface indexes (host order, as the kernel reads a u32), and whether the node's own
+/// containers get their packets delivered straight to their bridge port.
+pub fn config_value(local: SocketAddrV4, underlay_ifindex: u32, tun_ifindex: u32, direct: bool) -> [u8; 20] {
+    let mut v = [0u8; 20];
     v[0..4].copy_from_slice(&local.ip().octets());
     v[4..6].copy_from_slice(&local.port().to_be_bytes());
     v[8..12].copy_from_slice(&underlay_ifindex.to_ne_bytes());
     v[12..16].copy_from_slice(&tun_ifindex.to_ne_bytes());
+    v[16..20].copy_from_slice(&u32::from(direct).to_ne_bytes());
     v
 }
 
@@ -116,17 +119,37 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The shell that loads the object and fills its maps as cnet does (for `explain`): bpftool
 /// needs pins to hand programs and maps from one command to the next.
-pub fn load_command(local: SocketAddrV4, tun: &str, underlay: &str, peers: &[Peer]) -> String {
+pub fn load_command(
+    local: SocketAddrV4,
+    tun: &str,
+    underlay: &str,
+    peers: &[Peer],
+    pods: &[(Ipv4Addr, String)],
+    direct: bool,
+) -> String {
     let mut s = format!("bpftool prog loadall {OBJECT} {PIN_DIR} type classifier pinmaps {PIN_DIR}");
-    let cfg = config_value(local, 0, 0);
+    let cfg = config_value(local, 0, 0, direct);
     // The interface indexes are the machine's: read at run time (one byte each, as
     // interface indexes in a node are small).
+    let ifindex = |dev: &str| format!("$(printf '%02x 00 00 00' $(cat /sys/class/net/{dev}/ifindex))");
     write!(
         s,
-        " && bpftool map update pinned {PIN_DIR}/{MAP_CONFIG} key hex 00 00 00 00 value hex {} $(printf '%02x 00 00 00 %02x 00 00 00' $(cat /sys/class/net/{underlay}/ifindex) $(cat /sys/class/net/{tun}/ifindex))",
-        hex(&cfg[..8])
+        " && bpftool map update pinned {PIN_DIR}/{MAP_CONFIG} key hex 00 00 00 00 value hex {} {} {} {}",
+        hex(&cfg[..8]),
+        ifindex(underlay),
+        ifindex(tun),
+        hex(&cfg[16..20])
     )
     .unwrap();
+    for (addr, port) in pods {
+        write!(
+            s,
+            " && bpftool map update pinned {PIN_DIR}/{MAP_LOCAL} key hex {} value hex {}",
+            hex(&addr.octets()),
+            ifindex(port)
+        )
+        .unwrap();
+    }
     for p in peers {
         let (k, v) = route_entry(p);
         write!(s, " && bpftool map update pinned {PIN_DIR}/{MAP_ROUTES} key hex {} value hex {}", hex(&k), hex(&v)).unwrap();
@@ -148,11 +171,6 @@ pub fn attach_command(dev: &str, hook: Hook, program: &str, unpin: bool) -> Stri
     s
 }
 
-/// The local address as the config holds it, back (for tests and status).
-pub fn config_local(v: &[u8; 16]) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::new(v[0], v[1], v[2], v[3]), u16::from_be_bytes([v[4], v[5]]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,15 +184,19 @@ mod tests {
         let (k, v) = peer_entry(&p);
         assert_eq!(k, [10, 0, 0, 20]);
         assert_eq!(v, [172, 16, 1, 0, 255, 255, 255, 0, 0x23, 0x28, 0, 0]);
-        let c = config_value("10.0.0.10:9000".parse().unwrap(), 2, 7);
-        assert_eq!(c, [10, 0, 0, 10, 0x23, 0x28, 0, 0, 2, 0, 0, 0, 7, 0, 0, 0]);
-        assert_eq!(config_local(&c), "10.0.0.10:9000".parse().unwrap());
+        let c = config_value("10.0.0.10:9000".parse().unwrap(), 2, 7, true);
+        assert_eq!(c, [10, 0, 0, 10, 0x23, 0x28, 0, 0, 2, 0, 0, 0, 7, 0, 0, 0, 1, 0, 0, 0]);
     }
 
     #[test]
     fn script_commands() {
         let p = Peer { addr: "10.0.0.20:9000".parse().unwrap(), pod_net: "172.16.1.0/24".parse().unwrap() };
-        let s = load_command("10.0.0.10:9000".parse().unwrap(), "tun0", "enp0s8", &[p]);
+        let pods = [(Ipv4Addr::new(172, 16, 0, 2), "veth10".to_string())];
+        let s = load_command("10.0.0.10:9000".parse().unwrap(), "tun0", "enp0s8", &[p], &pods, true);
+        assert!(
+            s.contains("cnet_local key hex ac 10 00 02 value hex $(printf '%02x 00 00 00' $(cat /sys/class/net/veth10/ifindex))"),
+            "{s}"
+        );
         assert!(s.starts_with("bpftool prog loadall cnet-tunnel.bpf.o /sys/fs/bpf/cnet type classifier"), "{s}");
         assert!(s.contains("cnet_routes key hex 18 00 00 00 ac 10 01 00 value hex 0a 00 00 14"), "{s}");
         assert_eq!(

@@ -125,6 +125,10 @@ pub enum Step {
         tun: String,
         underlay: String,
         peers: Vec<(SocketAddrV4, Ipv4Net)>,
+        /// This node's containers and the node end of each one's veth (its bridge port).
+        pods: Vec<(Ipv4Addr, String)>,
+        /// Deliver to those containers straight (no NAT on the node: see tunnel.bpf.c).
+        direct: bool,
     },
     /// Attach one of the loaded programs to `dev` as a TC filter (direct action), which
     /// then holds it: nothing is pinned. `last`: the script version drops its pins after it.
@@ -246,7 +250,9 @@ impl Step {
             }
             Step::SetHairpin { dev } => format!("bridge link set dev {dev} hairpin on"),
             Step::AddClsact { dev } => format!("tc qdisc add dev {dev} clsact"),
-            Step::LoadEbpf { local, tun, underlay, peers } => ebpf::load_command(*local, tun, underlay, &ebpf_peers(peers)),
+            Step::LoadEbpf { local, tun, underlay, peers, pods, direct } => {
+                ebpf::load_command(*local, tun, underlay, &ebpf_peers(peers), pods, *direct)
+            }
             Step::AttachBpf { dev, hook, program, last } => ebpf::attach_command(dev, *hook, program, *last),
         }
     }
@@ -776,7 +782,7 @@ fn multi_node_steps(b: &mut Builder, topo: &Topology, node: &Node, underlay: &st
                 )
             };
             if backend == Backend::Ebpf {
-                ebpf_steps(b, underlay, local, tunnel_peers);
+                ebpf_steps(b, node, underlay, local, tunnel_peers, !s.has_nat());
             } else {
                 b.push(Step::StartTunnel { dev: "tun0".into(), local, peers: tunnel_peers, wire }, what);
             }
@@ -820,7 +826,14 @@ fn multi_node_steps(b: &mut Builder, topo: &Topology, node: &Node, underlay: &st
 /// The ebpf backend's datapath: the talk's wire, built and taken apart by two TC programs
 /// in the kernel instead of a userspace process (what Cilium does with its BPF programs on
 /// the host's devices).
-fn ebpf_steps(b: &mut Builder, underlay: &str, local: SocketAddrV4, peers: Vec<(SocketAddrV4, Ipv4Net)>) {
+fn ebpf_steps(
+    b: &mut Builder,
+    node: &Node,
+    underlay: &str,
+    local: SocketAddrV4,
+    peers: Vec<(SocketAddrV4, Ipv4Net)>,
+    direct: bool,
+) {
     let tun = "tun0".to_string();
     b.push(
         Step::AddClsact { dev: tun.clone() },
@@ -831,10 +844,16 @@ fn ebpf_steps(b: &mut Builder, underlay: &str, local: SocketAddrV4, peers: Vec<(
         format!("... and {underlay} (the underlay) too: `down` removes it again, as cnet added it."),
     );
     let list: Vec<String> = peers.iter().map(|(a, n)| format!("{n} -> {}", a.ip())).collect();
+    let pods: Vec<(Ipv4Addr, String)> = node.containers.iter().map(|c| (c.addr.addr, c.host_veth.clone())).collect();
+    let delivery = if direct {
+        " and its own containers with their bridge ports, to which the decapsulating program delivers their packets itself (TTL - 1, the container's MAC from the neighbour table), as Cilium delivers to its pods: a TCP super-packet that crossed the underlay whole still bears the kernel's tunnel mark, which no BPF helper clears, and br0 would cut it up in software"
+    } else {
+        " (no direct delivery to containers here: this stage's NAT needs every packet to pass the node's conntrack, so all go through tun0)"
+    };
     b.push(
-        Step::LoadEbpf { local, tun: tun.clone(), underlay: underlay.into(), peers },
+        Step::LoadEbpf { local, tun: tun.clone(), underlay: underlay.into(), peers, pods, direct },
         format!(
-            "Load cnet's eBPF object (compiled from src/ebpf/tunnel.bpf.c, checked by the kernel's verifier, JIT-compiled) and fill its maps: this node's address {local}, and which peer owns which pod subnet ({}); a per-CPU array counts traffic and drops by reason for `cnet status`.",
+            "Load cnet's eBPF object (compiled from src/ebpf/tunnel.bpf.c, checked by the kernel's verifier, JIT-compiled) and fill its maps: this node's address {local}, which peer owns which pod subnet ({}){delivery}; a per-CPU array counts traffic and drops by reason for `cnet status`.",
             list.join(", ")
         ),
     );
