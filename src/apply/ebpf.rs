@@ -84,10 +84,10 @@ fn load_failure(what: &str, e: impl Into<anyhow::Error>) -> anyhow::Error {
     ))
 }
 
+/// The interface index of `dev` in this network namespace (not through /sys, which shows
+/// the namespace it was mounted in).
 fn ifindex(dev: &str) -> Result<u32> {
-    let s = std::fs::read_to_string(format!("/sys/class/net/{dev}/ifindex"))
-        .map_err(|_| anyhow::Error::new(NoSuchLink(dev.to_string())))?;
-    s.trim().parse().with_context(|| format!("reading {dev}'s interface index"))
+    nix::net::if_::if_nametoindex(dev).map_err(|_| anyhow::Error::new(NoSuchLink(dev.to_string())))
 }
 
 /// Load the object, its two programs into the kernel (verified, JIT-compiled) and fill the

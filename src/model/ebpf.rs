@@ -131,7 +131,7 @@ pub fn load_command(
     let cfg = config_value(local, 0, 0, direct);
     // The interface indexes are the machine's: read at run time (one byte each, as
     // interface indexes in a node are small).
-    let ifindex = |dev: &str| format!("$(printf '%02x 00 00 00' $(cat /sys/class/net/{dev}/ifindex))");
+    let ifindex = |dev: &str| format!("$(printf '%02x 00 00 00' $(ip -o link show dev {dev} | cut -d: -f1))");
     write!(
         s,
         " && bpftool map update pinned {PIN_DIR}/{MAP_CONFIG} key hex 00 00 00 00 value hex {} {} {} {}",
@@ -194,7 +194,7 @@ mod tests {
         let pods = [(Ipv4Addr::new(172, 16, 0, 2), "veth10".to_string())];
         let s = load_command("10.0.0.10:9000".parse().unwrap(), "tun0", "enp0s8", &[p], &pods, true);
         assert!(
-            s.contains("cnet_local key hex ac 10 00 02 value hex $(printf '%02x 00 00 00' $(cat /sys/class/net/veth10/ifindex))"),
+            s.contains("cnet_local key hex ac 10 00 02 value hex $(printf '%02x 00 00 00' $(ip -o link show dev veth10 | cut -d: -f1))"),
             "{s}"
         );
         assert!(s.starts_with("bpftool prog loadall cnet-tunnel.bpf.o /sys/fs/bpf/cnet type classifier"), "{s}");
