@@ -48,11 +48,12 @@ cnet down -q
 
 /// Python that reads a pcap of UDP port 9000 frames and prints one line per datagram: the
 /// outer ports, the UDP length, and the inner packet (IPv4 header with its ID and checksum
-/// zeroed, then the ICMP echo with its id, sequence and checksum zeroed), so that two
+/// zeroed, then the ICMP echo with its id, sequence, checksum and timestamp zeroed: its
+/// first bytes and a digest of all), so that two
 /// datapaths' captures of the same pings compare equal exactly when they carry the same
 /// inner bytes the same way.
 const WIRE_PY: &str = r#"cat > $T/wire.py <<'PY'
-import struct, sys
+import hashlib, struct, sys
 data = open(sys.argv[1], 'rb').read()
 off = 24
 while off + 16 <= len(data):
@@ -68,7 +69,8 @@ while off + 16 <= len(data):
     inner[4:6] = b'\0\0'; inner[10:12] = b'\0\0'
     i = (inner[0] & 15) * 4
     inner[i+2:i+8] = b'\0' * 6
-    print(sport, dport, ulen, len(inner), inner.hex())
+    inner[i+8:i+24] = b'\0' * 16  # ping's timestamp
+    print(sport, dport, ulen, len(inner), inner[:40].hex(), hashlib.sha256(inner).hexdigest()[:16])
 PY
 "#;
 
@@ -83,7 +85,7 @@ fn the_wire_is_the_userspace_tunnels() {
         r#"{WIRE_PY}
 for b in udp ebpf; do
   cnet up overlay --backend $b -q
-  cnet exec node2 -- tcpdump -Z root -U -ni enp0s8 -w $T/$b.pcap 'udp port 9000' 2> $T/$b.err &
+  cnet exec node2 -- tcpdump --immediate-mode -Z root -U -ni enp0s8 -w $T/$b.pcap 'udp port 9000' 2> $T/$b.err &
   wait_for 200 grep -qs listening $T/$b.err
   for size in 56 1000 1444; do cnet exec node1/con1 -- ping -c1 -W2 -s $size -p c0ffee 172.16.1.2 > /dev/null; done
   sleep 0.3; pkill -INT tcpdump; wait

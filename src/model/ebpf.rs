@@ -194,7 +194,9 @@ mod tests {
         let pods = [(Ipv4Addr::new(172, 16, 0, 2), "veth10".to_string())];
         let s = load_command("10.0.0.10:9000".parse().unwrap(), "tun0", "enp0s8", &[p], &pods, true);
         assert!(
-            s.contains("cnet_local key hex ac 10 00 02 value hex $(printf '%02x 00 00 00' $(ip -o link show dev veth10 | cut -d: -f1))"),
+            s.contains(
+                "cnet_local key hex ac 10 00 02 value hex $(printf '%02x 00 00 00' $(ip -o link show dev veth10 | cut -d: -f1))"
+            ),
             "{s}"
         );
         assert!(s.starts_with("bpftool prog loadall cnet-tunnel.bpf.o /sys/fs/bpf/cnet type classifier"), "{s}");
