@@ -340,11 +340,3 @@ pub fn check_loadable() -> Result<()> {
     }
     Ok(())
 }
-
-/// Fail unless `dev` exists (for a clear message before aya's).
-pub fn require_link(dev: &str) -> Result<()> {
-    if ifindex(dev).is_err() {
-        bail!("there is no link named {dev}");
-    }
-    Ok(())
-}
