@@ -262,8 +262,10 @@ pub async fn has_clsact(nl: &Netlink, dev: &str) -> Result<bool> {
     }))
 }
 
-/// Whether cnet's BPF filter (its priority and handle, kind bpf) is on `dev`'s `hook`.
-pub async fn has_filter(nl: &Netlink, dev: &str, hook: Hook) -> Result<bool> {
+/// Whether cnet's filter running `program` (by the name the kernel reports, at cnet's
+/// priority and handle) is on `dev`'s `hook`.
+pub async fn has_filter(nl: &Netlink, dev: &str, hook: Hook, program: &str) -> Result<bool> {
+    use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption};
     let index = match nl.link_index(None, dev).await {
         Ok(i) => i,
         Err(e) if e.is::<NoSuchLink>() => return Ok(false),
@@ -282,8 +284,14 @@ pub async fn has_filter(nl: &Netlink, dev: &str, hook: Hook) -> Result<bool> {
         Err(e) => return Err(kernel_error(e)),
     };
     Ok(msgs.iter().any(|m| {
-        u32::from(m.header.handle.minor) | (u32::from(m.header.handle.major) << 16) == FILTER_HANDLE
-            && m.attributes.iter().any(|a| matches!(a, netlink_packet_route::tc::TcAttribute::Kind(k) if k == "bpf"))
+        let handle = u32::from(m.header.handle.minor) | (u32::from(m.header.handle.major) << 16);
+        let named = m.attributes.iter().any(|a| match a {
+            TcAttribute::Options(opts) => opts.iter().any(|o| {
+                matches!(o, TcOption::Bpf(TcFilterBpfOption::ProgName(n)) if n == program || n.starts_with(&format!("{program}:")))
+            }),
+            _ => false,
+        });
+        handle == FILTER_HANDLE && named
     }))
 }
 

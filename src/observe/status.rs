@@ -344,7 +344,9 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
                 }
                 Some(tunnel.is_some())
             }
-            Step::AttachBpf { dev, hook, .. } => Some(crate::apply::ebpf::has_filter(&nl, dev, *hook).await.unwrap_or(false)),
+            Step::AttachBpf { dev, hook, program, .. } => {
+                Some(crate::apply::ebpf::has_filter(&nl, dev, *hook, program).await.unwrap_or(false))
+            }
             Step::StartTunnel { local, wire, .. } => {
                 let pid = done.iter().find_map(|d| d.pid).filter(|p| is_cnet_process(*p, &["tunnel", &local.to_string()]));
                 tunnel = fresh_tunnel_counters(pid).await;
