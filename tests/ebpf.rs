@@ -383,3 +383,51 @@ cat $T/err; echo "exit=$c"
     assert!(eperm.trim_end().ends_with("exit=2"), "{eperm}");
     assert_nothing_left(&r);
 }
+
+/// The script `cnet explain overlay --backend ebpf --format sh` prints builds the same on
+/// two sandbox VMs (bpftool and tc, the object from `cnet bpf-object`, pins on a BPF
+/// filesystem of the VM's own), `cnet test --host` passes, and its `sh-down` leaves nothing:
+/// no filter, no qdisc, no pin.
+#[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
+fn explain_sh_builds_the_ebpf_backend_on_two_vms() {
+    require_root();
+    let r = sandbox(
+        r#"
+vm() {  # vm INDEX OTHER
+  ip netns exec vm$1 unshare --mount --uts --propagation private sh -euc '
+    trap "touch $T/ready.'$1' $T/tested.'$1'" EXIT
+    mount -t tmpfs vm /run/netns; mount -t tmpfs vm /run/cnet; mount -t bpf bpf /sys/fs/bpf; hostname vm'$1'
+    mkdir $T/vm'$1'; cd $T/vm'$1'
+    cnet explain overlay --backend ebpf --format sh > build.sh
+    sh build.sh '$1' > $T/up.'$1' 2>&1 || echo "build failed" >> $T/up.'$1'
+    touch $T/ready.'$1'
+    i=0; while [ ! -e $T/ready.'$2' ]; do i=$((i+1)); [ $i -lt 1200 ] || exit 1; sleep 0.05; done
+    cnet test --host overlay --backend ebpf --node '$1' --json > $T/test.'$1' 2>&1 || true
+    touch $T/tested.'$1'
+    i=0; while [ ! -e $T/tested.'$2' ]; do i=$((i+1)); [ $i -lt 1200 ] || exit 1; sleep 0.05; done
+    cnet explain overlay --backend ebpf --format sh-down | sh -s '$1' > $T/down.'$1' 2>&1 && echo "removed by the script" >> $T/down.'$1'
+    { ip -o link show | awk -F": " "{print \$2}" | cut -d@ -f1 | grep -vxE "lo|enp0s8" || true; ls /run/netns;
+      tc qdisc show dev enp0s8 | grep -v "qdisc noqueue" || true; tc filter show dev enp0s8 ingress; ls /sys/fs/bpf | grep -v "\.debug$" || true; } > $T/left.'$1'
+  '
+}
+ip netns add vm1; ip netns add vm2
+ip link add enp0s8 netns vm1 type veth peer name enp0s8 netns vm2
+ip -n vm1 addr add 10.0.0.10/24 dev enp0s8; ip -n vm2 addr add 10.0.0.20/24 dev enp0s8
+ip -n vm1 link set enp0s8 up; ip -n vm2 link set enp0s8 up
+ip -n vm1 link set lo up; ip -n vm2 link set lo up
+vm 1 2 & vm 2 1 & wait
+for i in 1 2; do mark up.$i; cat $T/up.$i; mark test.$i; cat $T/test.$i; mark down.$i; cat $T/down.$i; mark left.$i; cat $T/left.$i; done
+mark end
+"#,
+    );
+    r.ok();
+    for i in ["1", "2"] {
+        let up = r.section(&format!("up.{i}"));
+        assert!(!up.contains("build failed"), "vm{i}: {up}");
+        let t = r.section(&format!("test.{i}"));
+        assert!(Checks::parse(&t).all_passed(24), "vm{i}:\n{t}\nup:\n{up}");
+        assert!(r.section(&format!("down.{i}")).contains("removed by the script"), "{}", r.section(&format!("down.{i}")));
+        assert!(r.section(&format!("left.{i}")).trim().is_empty(), "vm{i} left: {}", r.section(&format!("left.{i}")));
+    }
+}

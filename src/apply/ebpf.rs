@@ -43,6 +43,11 @@ fn object() -> Result<&'static [u8]> {
     ))
 }
 
+/// The object's bytes (`cnet bpf-object`).
+pub fn object_bytes() -> Result<&'static [u8]> {
+    object()
+}
+
 /// The object loaded by `LoadEbpf`, until its programs are attached (the next steps of
 /// the same plan, in the same process).
 static LOADED: Mutex<Option<Ebpf>> = Mutex::new(None);

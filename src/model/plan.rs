@@ -859,7 +859,7 @@ fn ebpf_steps(
     );
     b.push(
         Step::AttachBpf { dev: underlay.into(), hook: Hook::Ingress, program: ebpf::PROG_DECAP.into(), last: false },
-        format!("Attach {} to {underlay}'s ingress: a UDP datagram to {local} from a known peer's port has its inner packet checked as the userspace tunnel checks it (well-formed IPv4, source inside that peer's pod subnet), its outer IPv4 and UDP headers stripped, and is redirected into tun0's ingress, as if the tunnel had written it there; anything else to that port is dropped and counted, other traffic passes untouched.", ebpf::PROG_DECAP),
+        format!("Attach {} to {underlay}'s ingress: a UDP datagram to {local} from a known peer's port has its inner packet checked as the userspace tunnel checks it (well-formed IPv4, source inside that peer's pod subnet), its outer IPv4 and UDP headers stripped, and is redirected into tun0's ingress, as if the tunnel had written it there{}; anything else to that port is dropped and counted, other traffic passes untouched.", ebpf::PROG_DECAP, if direct { " (one for this node's own containers goes straight to its bridge port)" } else { "" }),
     );
     b.push(
         Step::AttachBpf { dev: tun, hook: Hook::Egress, program: ebpf::PROG_ENCAP.into(), last: true },
