@@ -353,3 +353,31 @@ pub fn check_loadable() -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_refusal_is_the_machines_fault_a_bad_object_is_not() {
+        // EPERM from the bpf() syscall (no CAP_BPF): exit 2, one line saying what to do.
+        let eperm = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::EPERM)).context("BPF_PROG_LOAD");
+        let e = load_failure("program cnet_encap", eperm);
+        assert_eq!(crate::error::exit_code(&e), 2);
+        let line = format!("{e:#}");
+        assert!(line.contains("cannot load cnet's eBPF program cnet_encap") && line.contains("--backend udp"), "{line}");
+        assert!(!line.contains('\n'), "one line: {line}");
+        // An object aya cannot parse: this build's fault, not the machine's.
+        let e = load_failure("object", anyhow!("invalid program section `tc`"));
+        assert_eq!(crate::error::exit_code(&e), 1);
+    }
+
+    #[test]
+    fn the_object_is_a_bpf_elf() {
+        if let Ok(obj) = object() {
+            // ELF, 64-bit, machine EM_BPF (247).
+            assert_eq!(&obj[..4], b"\x7fELF");
+            assert_eq!(u16::from_le_bytes([obj[18], obj[19]]), 247);
+        }
+    }
+}
