@@ -431,3 +431,28 @@ mark end
         assert!(r.section(&format!("left.{i}")).trim().is_empty(), "vm{i} left: {}", r.section(&format!("left.{i}")));
     }
 }
+
+/// The stages built on stage 4 (5 and 6: their NAT through tun0 and the node's conntrack),
+/// a routed fabric (the next hop is the router: bpf_fib_lookup finds it) and three nodes:
+/// every check passes, nothing is left.
+#[test]
+#[cfg_attr(cnet_unprivileged, ignore = "needs root")]
+fn stages_on_top_routed_fabric_and_three_nodes() {
+    require_root();
+    let r = sandbox(&format!(
+        r#"
+for args in "services" "overlay --fabric routed" "overlay --nodes 3"; do
+  cnet up $args --backend ebpf -q
+  mark "$args"
+  cnet test --json
+  cnet down -q
+done
+{LEFTOVERS}"#
+    ));
+    r.ok();
+    for (args, total) in [("services", 74), ("overlay --fabric routed", 48), ("overlay --nodes 3", 108)] {
+        let c = Checks::parse(&r.section(args));
+        assert!(c.all_passed(total), "{args}: {:?}", c.failed);
+    }
+    assert_nothing_left(&r);
+}
