@@ -115,7 +115,7 @@ async fn resolve_with(
             );
         }
         // A machine that cannot load BPF says so in one line (exit 2) before anything is built.
-        if topo.options.backend == Backend::Ebpf {
+        if topo.options.backend == Backend::Ebpf && topo.stage().has_overlay() {
             crate::apply::ebpf::check_loadable()?;
         }
         for p in topo.peers_of(req.node) {
