@@ -3,6 +3,8 @@
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(cnet_unprivileged)");
+    println!("cargo::rustc-check-cfg=cfg(cnet_no_bpf)");
+    build_bpf();
     println!("cargo::rerun-if-changed=build.rs");
     // Who builds: a change of user (sudo) or of CI must decide again.
     for v in ["CI", "USER", "SUDO_USER", "LOGNAME"] {
@@ -36,4 +38,40 @@ fn glibc_at_least(major: u32, minor: u32) -> bool {
     let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     (a, b) >= (major, minor)
+}
+
+/// Compile the ebpf backend's TC programs (src/ebpf/tunnel.bpf.c) with clang `-target bpf`
+/// into OUT_DIR, where src/apply/ebpf.rs includes the object. No prebuilt object is kept in
+/// the repository. Without clang the build still succeeds: `cnet_no_bpf` is set, the rest
+/// of cnet works, and `--backend ebpf` says in one line that this build carries no eBPF
+/// program (exit 2), so a machine without clang can still build and use the other
+/// backends. `CNET_REQUIRE_BPF=1` makes a missing clang fail the build instead (CI).
+fn build_bpf() {
+    let src = "src/ebpf/tunnel.bpf.c";
+    println!("cargo::rerun-if-changed={src}");
+    println!("cargo::rerun-if-env-changed=CNET_REQUIRE_BPF");
+    println!("cargo::rerun-if-env-changed=CLANG");
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("tunnel.bpf.o");
+    let clang = std::env::var("CLANG").unwrap_or_else(|_| "clang".into());
+    // The multiarch include directory holds asm/types.h, which linux/bpf.h includes.
+    let multiarch = format!("/usr/include/{}-linux-gnu", std::env::consts::ARCH);
+    let status = std::process::Command::new(&clang)
+        .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
+        .arg(format!("-I{multiarch}"))
+        .args(["-c", src, "-o"])
+        .arg(&out)
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => panic!("clang could not compile {src} ({s}): see its messages above"),
+        Err(e) if std::env::var_os("CNET_REQUIRE_BPF").is_some() => {
+            panic!("cannot run {clang} to compile {src}: {e} (install clang and libbpf-dev: scripts/setup)")
+        }
+        Err(e) => {
+            println!(
+                "cargo::warning=cannot run {clang} ({e}): building without the eBPF datapath; --backend ebpf will say so (install clang and libbpf-dev: scripts/setup)"
+            );
+            println!("cargo::rustc-cfg=cnet_no_bpf");
+        }
+    }
 }

@@ -81,6 +81,10 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the manual page (roff): `cnet man | man -l -`.
     Man,
+    /// Write the ebpf backend's compiled TC programs (the ELF object clang built from
+    /// src/ebpf/tunnel.bpf.c) to stdout, for `explain --format sh`'s script:
+    /// `cnet bpf-object > cnet-tunnel.bpf.o`.
+    BpfObject,
     /// (internal) Hold new namespaces until stdin closes.
     #[command(name = "__hold", hide = true)]
     Hold,

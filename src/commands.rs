@@ -554,6 +554,15 @@ pub fn man() -> Result<()> {
     clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).context("cannot write the manual page")
 }
 
+/// `cnet bpf-object`: the eBPF object this build carries, to stdout.
+pub fn bpf_object() -> Result<()> {
+    use std::io::Write as _;
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        anyhow::bail!("this writes a binary ELF object: redirect it, `cnet bpf-object > cnet-tunnel.bpf.o`");
+    }
+    std::io::stdout().write_all(crate::apply::ebpf::object_bytes()?).context("cannot write the eBPF object")
+}
+
 /// `cnet break FAULT NODE` (or `--list`): one fault, put in by the node itself.
 pub fn break_(a: &BreakArgs) -> Result<()> {
     use crate::model::fault::Fault;

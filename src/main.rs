@@ -117,6 +117,7 @@ fn run() -> ExitCode {
         Command::Serve(a) => run::serve::run(&a.name, a.listen),
         Command::Completions(a) => commands::completions(a),
         Command::Man => commands::man(),
+        Command::BpfObject => commands::bpf_object(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 
 use anyhow::Result;
 
+use crate::apply::ebpf;
 use crate::apply::netlink::{ALIAS_PREFIX, CNET_GROUP, Netlink, RUNTIME_PEER_GROUP, link_view};
 use crate::apply::process::{Members, is_cnet_process, stop_process};
 use crate::apply::state::{Done, SysctlChange, SysctlLog};
@@ -152,6 +153,13 @@ pub async fn apply(nl: &Netlink, index: usize, step: &Step, stage: &str) -> Resu
         Step::StartTunnel { dev, local, peers, wire } => {
             done.pid = Some(crate::apply::launch::start(dev, *local, peers, *wire).await?)
         }
+        Step::AddClsact { dev } => done.existed = !ebpf::add_clsact(nl, dev).await?,
+        Step::LoadEbpf { local, tun, underlay, peers, pods, direct } => {
+            let peers: Vec<_> =
+                peers.iter().map(|(addr, pod_net)| crate::model::ebpf::Peer { addr: *addr, pod_net: *pod_net }).collect();
+            ebpf::load(*local, tun, underlay, &peers, pods, *direct)?
+        }
+        Step::AttachBpf { dev, hook, program, last } => ebpf::attach(dev, *hook, program, *last)?,
     }
     Ok(done)
 }
@@ -223,6 +231,28 @@ pub async fn teardown(nl: &Netlink, plan: &[Step], done: &[Done], started_until:
             }
             _ => {}
         }
+    }
+    // 2c. cnet's TC filter and the clsact qdisc it added on the underlay (on tun0 they go
+    //     with the device): the programs and maps go with the last filter holding them.
+    for (u, d) in &undos {
+        match u {
+            Undo::DetachBpf { dev, hook, program } => {
+                if let Err(e) = ebpf::detach(dev, *hook, program) {
+                    errors.push(e);
+                }
+            }
+            Undo::DeleteClsact(dev) if !d.is_some_and(|d| d.existed) => {
+                if let Err(e) = ebpf::del_clsact(nl, dev).await {
+                    errors.push(e);
+                }
+            }
+            _ => {}
+        }
+    }
+    if undos.iter().any(|(u, _)| matches!(u, Undo::DetachBpf { .. }))
+        && let Err(e) = ebpf::remove_record()
+    {
+        errors.push(e);
     }
     // 3. Sysctls back to what they were — unless someone else changed them since (then
     //    theirs wins), or their interface is gone or about to go.

@@ -3,6 +3,7 @@
 //! under /run/cnet says what was done; the sweep finds what carries cnet's marks when the
 //! record cannot say.
 
+pub mod ebpf;
 pub mod executor;
 pub mod fault;
 pub mod launch;

@@ -110,6 +110,9 @@ pub struct Done {
     /// touches another namespace that was later given the same name.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ns: Option<(u64, u64)>,
+    /// A qdisc that was there before cnet's step (someone else's): `down` leaves it.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub existed: bool,
 }
 
 /// A journal line: a batch about to start, or a step done.

@@ -18,6 +18,7 @@ use anyhow::Result;
 
 use crate::apply::netlink::{ALIAS_PREFIX, CNET_GROUP, Netlink, dump_links, dump_routes, link_view, route_views};
 use crate::apply::process::{Members, cnet_tunnels_here, stop_process};
+use crate::model::ebpf::{Hook, PROG_DECAP};
 use crate::model::nat;
 use crate::model::plan::RouteSpec;
 use crate::model::topology::{MAX_NODES, Stage, multi_node_pod_net};
@@ -35,6 +36,8 @@ pub struct Marks {
     pub routes: Vec<RouteSpec>,
     /// Stages 5-6's table `ip cnet`, its comment saying it is cnet's.
     pub nat_table: bool,
+    /// Devices (not cnet's) holding the ebpf backend's decapsulating filter on their ingress.
+    pub bpf_filters: Vec<String>,
 }
 
 impl Marks {
@@ -44,6 +47,7 @@ impl Marks {
             && self.namespaces.is_empty()
             && self.routes.is_empty()
             && !self.nat_table
+            && self.bpf_filters.is_empty()
     }
 }
 
@@ -61,6 +65,7 @@ impl fmt::Display for Marks {
             count(self.tunnels.len(), "tunnel", "tunnels"),
             count(self.routes.len(), "route", "routes"),
             count(self.nat_table as usize, "nftables table", "nftables tables"),
+            count(self.bpf_filters.len(), "eBPF filter", "eBPF filters"),
         ]
         .into_iter()
         .flatten()
@@ -105,6 +110,11 @@ pub async fn survey(nl: &Netlink, netns_dir: &Path, known: &HashSet<String>, inf
         }
     }
     marks.nat_table = cnet_nat_table_here()?;
+    for l in links.iter().filter(|l| l.group != CNET_GROUP) {
+        if crate::apply::ebpf::has_filter(nl, &l.name, Hook::Ingress, PROG_DECAP).await.unwrap_or(false) {
+            marks.bpf_filters.push(l.name.clone());
+        }
+    }
     Ok(marks)
 }
 
@@ -160,6 +170,13 @@ pub async fn remove(nl: &Netlink, marks: &Marks, errors: &mut Vec<anyhow::Error>
         && let Err(e) = nft::Nft::open().and_then(|mut n| n.delete_cnet_table(nft::Family::Ip, nat::TABLE))
     {
         errors.push(e.context("cannot delete cnet's nftables table"));
+    }
+    // The filter only (its programs and maps go with it): a clsact qdisc carries no mark,
+    // and may be someone else's.
+    for dev in &marks.bpf_filters {
+        if let Err(e) = crate::apply::ebpf::detach(dev, Hook::Ingress, PROG_DECAP) {
+            errors.push(e);
+        }
     }
     if !marks.links.is_empty()
         && let Err(e) = nl.del_cnet_group().await

@@ -56,13 +56,13 @@ impl Fault {
             Fault::NoForwarding | Fault::StrictRpFilter => stage.is_multi_node(),
             Fault::NoRoute => true,
             Fault::Mtu => stage.has_overlay(),
-            Fault::StopTunnel => stage.has_overlay() && backend != Backend::Vxlan,
+            Fault::StopTunnel => stage.has_overlay() && matches!(backend, Backend::Udp | Backend::UdpGso),
         };
         let needs = match self {
             Fault::NoForwarding | Fault::StrictRpFilter => "stages 3 and 4 (a node that routes between nodes)",
             Fault::NoRoute => "every stage",
             Fault::Mtu => "stage 4 (an overlay)",
-            Fault::StopTunnel => "stage 4 with cnet's tunnel (not --backend vxlan)",
+            Fault::StopTunnel => "stage 4 with cnet's tunnel process (not --backend vxlan or ebpf)",
         };
         if ok {
             Ok(())

@@ -2,6 +2,7 @@
 //! (topology), and for each node the ordered steps that build it, with the talk's words,
 //! their `ip` equivalents and how each is undone (plan). Nothing here touches the kernel.
 
+pub mod ebpf;
 pub mod fault;
 pub mod nat;
 pub mod plan;

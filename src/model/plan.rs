@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::ebpf::{self, Hook};
 use crate::model::nat::{NatChain, NatRule};
 use crate::model::topology::{
     Backend, GATEWAY, GATEWAY_OUT, Ipv4Net, Node, OUTSIDE, PUBLISHED_PORT, SERVER_PORT, SERVICE_PORT, SERVICE_VIP, Stage,
@@ -112,6 +113,30 @@ pub enum Step {
     /// port it came in by.
     SetHairpin {
         dev: String,
+    },
+    /// A clsact qdisc on `dev`: the hooks TC eBPF programs attach to (ebpf backend).
+    AddClsact {
+        dev: String,
+    },
+    /// Load cnet's eBPF object (ebpf backend) and fill its maps: this node's address and
+    /// port, which peer owns which pod subnet. Held by this process until attached.
+    LoadEbpf {
+        local: SocketAddrV4,
+        tun: String,
+        underlay: String,
+        peers: Vec<(SocketAddrV4, Ipv4Net)>,
+        /// This node's containers and the node end of each one's veth (its bridge port).
+        pods: Vec<(Ipv4Addr, String)>,
+        /// Deliver to those containers straight (no NAT on the node: see tunnel.bpf.c).
+        direct: bool,
+    },
+    /// Attach one of the loaded programs to `dev` as a TC filter (direct action), which
+    /// then holds it: nothing is pinned. `last`: the script version drops its pins after it.
+    AttachBpf {
+        dev: String,
+        hook: Hook,
+        program: String,
+        last: bool,
     },
 }
 
@@ -224,6 +249,11 @@ impl Step {
                 format!("{inside}cnet serve --name {name} --listen {listen} &")
             }
             Step::SetHairpin { dev } => format!("bridge link set dev {dev} hairpin on"),
+            Step::AddClsact { dev } => format!("tc qdisc add dev {dev} clsact"),
+            Step::LoadEbpf { local, tun, underlay, peers, pods, direct } => {
+                ebpf::load_command(*local, tun, underlay, &ebpf_peers(peers), pods, *direct)
+            }
+            Step::AttachBpf { dev, hook, program, last } => ebpf::attach_command(dev, *hook, program, *last),
         }
     }
 
@@ -250,6 +280,14 @@ impl Step {
             Step::AddNatTable => Some(Undo::DeleteNatTable),
             Step::StartServer { netns: None, listen, .. } => Some(Undo::StopServer { listen: *listen }),
             Step::AddNatChain { .. } | Step::AddNatRule { .. } | Step::StartServer { .. } | Step::SetHairpin { .. } => None,
+            // On a device cnet made, qdisc and filter go with the device; on the underlay
+            // they must be removed (the qdisc only if cnet added it: see executor). A loaded
+            // object that was never attached goes with the process that loaded it.
+            Step::AddClsact { dev } if !created_links.contains(&dev.as_str()) => Some(Undo::DeleteClsact(dev)),
+            Step::AttachBpf { dev, hook, program, .. } if !created_links.contains(&dev.as_str()) => {
+                Some(Undo::DetachBpf { dev, hook: *hook, program })
+            }
+            Step::AddClsact { .. } | Step::AttachBpf { .. } | Step::LoadEbpf { .. } => None,
             Step::SetMaster { .. }
             | Step::SetMtu { .. }
             | Step::AddAddr { .. }
@@ -315,6 +353,14 @@ pub enum Undo<'s> {
         key: &'s str,
         set_to: &'s str,
     },
+    /// The clsact qdisc cnet added to a device it did not make (its filters go with it).
+    DeleteClsact(&'s str),
+    /// cnet's TC filter on a device it did not make (by its fixed priority and handle).
+    DetachBpf {
+        dev: &'s str,
+        hook: Hook,
+        program: &'s str,
+    },
 }
 
 impl Undo<'_> {
@@ -336,6 +382,10 @@ impl Undo<'_> {
             Undo::RestoreSysctl { key, .. } => format!("# set {key} back to its old value if it matters"),
             Undo::DeleteNatTable => format!("nft delete table ip {}", crate::model::nat::TABLE),
             Undo::StopServer { listen } => format!("pkill -f '[c]net serve .*--listen {listen}'"),
+            Undo::DeleteClsact(dev) => format!("tc qdisc del dev {dev} clsact"),
+            Undo::DetachBpf { dev, hook, .. } => {
+                format!("tc filter del dev {dev} {} prio {} handle {} bpf", hook.name(), ebpf::FILTER_PRIO, ebpf::FILTER_HANDLE)
+            }
         }
     }
 }
@@ -688,12 +738,17 @@ fn multi_node_steps(b: &mut Builder, topo: &Topology, node: &Node, underlay: &st
             }
             ip_forward(b);
         }
-        (s, backend @ (Backend::Udp | Backend::UdpGso)) if s.has_overlay() => {
+        (s, backend @ (Backend::Udp | Backend::UdpGso | Backend::Ebpf)) if s.has_overlay() => {
             ip_forward(b);
             let tun = node.tun_addr();
             let mtu = topo.tun_mtu();
-            b.push(Step::AddTun { name: "tun0".into() },
-                "Create the TUN device tun0: an interface backed by a user-space process, which reads the raw IP packets routed into it.");
+            if backend == Backend::Ebpf {
+                b.push(Step::AddTun { name: "tun0".into() },
+                    "Create the TUN device tun0, as for the userspace tunnel: the device the pod routes point at. No process will read it (it shows NO-CARRIER): a TC program on its egress takes every packet routed into it before the device would queue it for a reader.");
+            } else {
+                b.push(Step::AddTun { name: "tun0".into() },
+                    "Create the TUN device tun0: an interface backed by a user-space process, which reads the raw IP packets routed into it.");
+            }
             b.push(Step::AddAddr { netns: None, dev: "tun0".into(), addr: tun },
                 format!("Give tun0 {tun}: the /16 installs {} dev tun0, which catches every other node's pod subnet (the more specific {} dev br0 keeps ours on the bridge).",
                     tun.trunc(), node.pod_net));
@@ -726,7 +781,11 @@ fn multi_node_steps(b: &mut Builder, topo: &Topology, node: &Node, underlay: &st
                     "Start the tunnel: every packet read from tun0 goes as one UDP datagram from {local} to the node owning its destination, and every datagram received goes back into tun0 (the talk's socat)."
                 )
             };
-            b.push(Step::StartTunnel { dev: "tun0".into(), local, peers: tunnel_peers, wire }, what);
+            if backend == Backend::Ebpf {
+                ebpf_steps(b, node, underlay, local, tunnel_peers, !s.has_nat());
+            } else {
+                b.push(Step::StartTunnel { dev: "tun0".into(), local, peers: tunnel_peers, wire }, what);
+            }
             direct_routes(b, topo, node, underlay);
             rp_filter(b, underlay, "tun0");
         }
@@ -762,6 +821,55 @@ fn multi_node_steps(b: &mut Builder, topo: &Topology, node: &Node, underlay: &st
         }
         (s, _) => unreachable!("stage {s} is not multi-node"),
     }
+}
+
+/// The ebpf backend's datapath: the talk's wire, built and taken apart by two TC programs
+/// in the kernel instead of a userspace process (what Cilium does with its BPF programs on
+/// the host's devices).
+fn ebpf_steps(
+    b: &mut Builder,
+    node: &Node,
+    underlay: &str,
+    local: SocketAddrV4,
+    peers: Vec<(SocketAddrV4, Ipv4Net)>,
+    direct: bool,
+) {
+    let tun = "tun0".to_string();
+    b.push(
+        Step::AddClsact { dev: tun.clone() },
+        "Give tun0 a clsact qdisc: not a queue, the ingress and egress hooks where TC eBPF programs run.",
+    );
+    b.push(
+        Step::AddClsact { dev: underlay.into() },
+        format!("... and {underlay} (the underlay) too: `down` removes it again, as cnet added it."),
+    );
+    let list: Vec<String> = peers.iter().map(|(a, n)| format!("{n} -> {}", a.ip())).collect();
+    let pods: Vec<(Ipv4Addr, String)> = node.containers.iter().map(|c| (c.addr.addr, c.host_veth.clone())).collect();
+    let delivery = if direct {
+        " and its own containers with their bridge ports, to which the decapsulating program delivers their packets itself (TTL - 1, the container's MAC from the neighbour table), as Cilium delivers to its pods: a TCP super-packet that crossed the underlay whole still bears the kernel's tunnel mark, which no BPF helper clears, and br0 would cut it up in software"
+    } else {
+        " (no direct delivery to containers here: this stage's NAT needs every packet to pass the node's conntrack, so all go through tun0)"
+    };
+    b.push(
+        Step::LoadEbpf { local, tun: tun.clone(), underlay: underlay.into(), peers, pods, direct },
+        format!(
+            "Load cnet's eBPF object (compiled from src/ebpf/tunnel.bpf.c, checked by the kernel's verifier, JIT-compiled) and fill its maps: this node's address {local}, which peer owns which pod subnet ({}){delivery}; a per-CPU array counts traffic and drops by reason for `cnet status`.",
+            list.join(", ")
+        ),
+    );
+    b.push(
+        Step::AttachBpf { dev: underlay.into(), hook: Hook::Ingress, program: ebpf::PROG_DECAP.into(), last: false },
+        format!("Attach {} to {underlay}'s ingress: a UDP datagram to {local} from a known peer's port has its inner packet checked as the userspace tunnel checks it (well-formed IPv4, source inside that peer's pod subnet), its outer IPv4 and UDP headers stripped, and is redirected into tun0's ingress, as if the tunnel had written it there{}; anything else to that port is dropped and counted, other traffic passes untouched.", ebpf::PROG_DECAP, if direct { " (one for this node's own containers goes straight to its bridge port)" } else { "" }),
+    );
+    b.push(
+        Step::AttachBpf { dev: tun, hook: Hook::Egress, program: ebpf::PROG_ENCAP.into(), last: true },
+        format!("Attach {} to tun0's egress: each packet routed into tun0 gets an outer IPv4 header ({} to the node owning its destination) and a UDP header (port {} to port {}), then an Ethernet header for the next hop that bpf_fib_lookup finds, and is redirected out of {underlay}: the talk's wire, with no process in the path. A TCP super-packet (GSO) stays whole, marked as a UDP tunnel, so that it is cut into segments each with its own outer headers only where it must be.", ebpf::PROG_ENCAP, local.ip(), local.port(), local.port()),
+    );
+}
+
+/// The peers as the eBPF maps hold them.
+fn ebpf_peers(peers: &[(SocketAddrV4, Ipv4Net)]) -> Vec<ebpf::Peer> {
+    peers.iter().map(|(addr, pod_net)| ebpf::Peer { addr: *addr, pod_net: *pod_net }).collect()
 }
 
 /// `--direct-routing`: a peer on this node's own subnet is reached by a plain route, more

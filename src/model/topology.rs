@@ -201,6 +201,9 @@ pub enum Backend {
     /// to cnet only, over an underlay that carries 64 KB datagrams (the lab's cables get
     /// MTU 65535). Faster than `udp`, but no longer the talk's wire format.
     UdpGso,
+    /// The talk's wire (one IP packet per UDP datagram, port 9000), built and taken apart by
+    /// TC eBPF programs in the kernel: no userspace process in the path. Talks to `udp`.
+    Ebpf,
 }
 
 /// The underlay MTU the udp-gso backend needs: one datagram must hold a 64 KB packet.
@@ -213,6 +216,7 @@ impl Backend {
             Backend::Udp => "udp",
             Backend::Vxlan => "vxlan",
             Backend::UdpGso => "udp-gso",
+            Backend::Ebpf => "ebpf",
         }
     }
 
@@ -221,7 +225,7 @@ impl Backend {
         match self {
             Backend::Udp => Some(crate::model::wire::WireFormat::Raw),
             Backend::UdpGso => Some(crate::model::wire::WireFormat::Gso),
-            Backend::Vxlan => None,
+            Backend::Vxlan | Backend::Ebpf => None,
         }
     }
 

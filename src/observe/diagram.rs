@@ -137,6 +137,7 @@ pub fn from_plan(topo: &Topology) -> Diagram {
                     carrier = Some(Carrier::Vxlan { port, vni });
                 }
                 Step::StartTunnel { local, wire, .. } => carrier = Some(Carrier::Udp { port: local.port(), wire }),
+                Step::LoadEbpf { local, .. } => carrier = Some(Carrier::Ebpf { port: local.port() }),
                 Step::AddAddr { netns: None, dev, addr } => {
                     if addr.prefix < 32 {
                         routes.push(format!("{} dev {dev}", addr.trunc()));

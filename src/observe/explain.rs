@@ -90,6 +90,23 @@ pub fn shell_script(topo: &Topology) -> String {
         writeln!(s, "# --backend udp-gso: its datagrams carry whole 64 KB packets, which {UNDERLAY_DEV} must carry.").unwrap();
         writeln!(s, "[ \"$(cat /sys/class/net/{UNDERLAY_DEV}/mtu 2>/dev/null || echo 0)\" -ge {GSO_UNDERLAY_MTU} ] || {{ echo \"the udp-gso backend needs {UNDERLAY_DEV}'s MTU at {GSO_UNDERLAY_MTU} (the lab's cables): use --backend udp\" >&2; exit 1; }}").unwrap();
     }
+    if topo.options.backend == Backend::Ebpf {
+        // The programs are cnet's own build; bpftool hands them from command to command
+        // through pins on a BPF filesystem.
+        writeln!(
+            s,
+            "# --backend ebpf: the TC programs come from cnet itself (`cnet bpf-object > {}`), and bpftool pins them",
+            crate::model::ebpf::OBJECT
+        )
+        .unwrap();
+        writeln!(
+            s,
+            "# under {} until the filters hold them (a BPF filesystem must be mounted on /sys/fs/bpf).",
+            crate::model::ebpf::PIN_DIR
+        )
+        .unwrap();
+        writeln!(s, "[ -e {0} ] || cnet bpf-object > {0}", crate::model::ebpf::OBJECT).unwrap();
+    }
     let mut all: Vec<NodePlan> = topo.nodes.iter().map(|n| node_plan_with(topo, n, UNDERLAY_DEV, true)).collect();
     let mut uses_var = false;
     for p in &mut all {

@@ -236,6 +236,8 @@ pub enum Carrier {
     Udp { port: u16, wire: WireFormat },
     /// The kernel's VXLAN: each Ethernet frame from vxlan0 in a VXLAN header in UDP.
     Vxlan { port: u16, vni: u32 },
+    /// cnet's TC eBPF programs: the udp backend's wire, with no process in the path.
+    Ebpf { port: u16 },
 }
 
 impl std::fmt::Display for Carrier {
@@ -245,6 +247,7 @@ impl std::fmt::Display for Carrier {
             Carrier::Udp { port, wire: WireFormat::TunPi } => write!(f, "UDP {port}, a TUN header + one IP packet per datagram"),
             Carrier::Udp { port, wire: WireFormat::Gso } => write!(f, "UDP {port}, whole TCP super-packets (gso frames)"),
             Carrier::Vxlan { port, vni } => write!(f, "VXLAN {port}, VNI {vni}, one Ethernet frame per datagram"),
+            Carrier::Ebpf { port } => write!(f, "UDP {port}, one IP packet per datagram, by TC eBPF programs"),
         }
     }
 }
@@ -333,6 +336,17 @@ pub async fn node_status() -> Result<Option<NodeStatus>> {
             }
             // The port's mode is not part of the snapshot; the checks prove it.
             Step::SetHairpin { .. } => None,
+            Step::AddClsact { dev } => Some(crate::apply::ebpf::has_clsact(&nl, dev).await.unwrap_or(false)),
+            Step::LoadEbpf { local, .. } => {
+                tunnel = ebpf_counters();
+                if tunnel.is_some() {
+                    overlay = Some(Carrier::Ebpf { port: local.port() });
+                }
+                Some(tunnel.is_some())
+            }
+            Step::AttachBpf { dev, hook, program, .. } => {
+                Some(crate::apply::ebpf::has_filter(&nl, dev, *hook, program).await.unwrap_or(false))
+            }
             Step::StartTunnel { local, wire, .. } => {
                 let pid = done.iter().find_map(|d| d.pid).filter(|p| is_cnet_process(*p, &["tunnel", &local.to_string()]));
                 tunnel = fresh_tunnel_counters(pid).await;
@@ -377,6 +391,34 @@ fn nat_view() -> Option<std::collections::HashMap<String, usize>> {
         *counts.entry(r.chain).or_insert(0) += 1;
     }
     Some(counts)
+}
+
+/// The eBPF datapath's counters, read from its per-CPU map now, in the userspace tunnel's
+/// shape (tunnel::Stats) so that both read alike.
+fn ebpf_counters() -> Option<serde_json::Value> {
+    let c = crate::apply::ebpf::counters()?;
+    let get = |name: &str| c.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v);
+    let st = crate::tunnel::Stats {
+        datapath: "ebpf: TC programs (tun0 egress encapsulates, the underlay's ingress decapsulates)".into(),
+        at_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        tun_to_udp: crate::tunnel::Direction { packets: get("tx_packets"), bytes: get("tx_bytes") },
+        udp_to_tun: crate::tunnel::Direction { packets: get("rx_packets"), bytes: get("rx_bytes") },
+        drops: crate::tunnel::Drops {
+            unknown_peer: get("unknown_peer"),
+            truncated: get("truncated"),
+            malformed: get("malformed"),
+            not_ipv4: get("not_ipv4"),
+            spoofed_source: get("spoofed_source"),
+            tun_write_error: get("tun_write_error"),
+            tun_not_ipv4: get("tun_not_ipv4"),
+            no_route: get("no_route"),
+            send_error: get("send_error"),
+            bad_offload: get("bad_offload"),
+            gso_batch: get("gso_batch"),
+        },
+        syscalls: Default::default(),
+    };
+    serde_json::to_value(st).ok()
 }
 
 /// The tunnel's counters, fresh: it writes them four times a second, and at once when

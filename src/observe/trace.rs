@@ -113,7 +113,7 @@ pub struct Out {
 /// Where an overlay wraps the packet in UDP.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Encap {
-    /// "udp" (cnet's tunnel) or "vxlan" (the kernel's).
+    /// "udp" (cnet's tunnel), "ebpf" (cnet's TC programs: the same wire) or "vxlan" (the kernel's).
     pub kind: String,
     /// 10.0.0.10:9000 for the tunnel; 10.0.0.10 for VXLAN (its source port is a hash).
     pub local: String,
@@ -493,7 +493,8 @@ fn next_place(w: &World, here: &Place, hop: &Hop) -> Next {
         };
         if w.host {
             let who = owner.map(|n| format!(" (node {})", n.index)).unwrap_or_default();
-            return Next::Leaves(format!("in a {} datagram to {}{who}", e.kind.to_uppercase(), e.remote));
+            let kind = if e.kind == "vxlan" { "VXLAN" } else { "UDP" };
+            return Next::Leaves(format!("in a {kind} datagram to {}{who}", e.remote));
         }
         let Some(owner) = owner else { return Next::Lost(format!("no node of the lab has {}", e.remote_ip)) };
         let from_ip: Ipv4Addr = node.ip.addr;
@@ -594,7 +595,7 @@ fn walk(
             Next::Leaves(towards) => {
                 let mut cmd = format!("cnet trace --host node {dst}");
                 let arrive = match &hop.encap {
-                    Some(e) if e.kind == "udp" => "tun0".to_string(),
+                    Some(e) if e.kind == "udp" || e.kind == "ebpf" => "tun0".to_string(),
                     Some(_) => "vxlan0".to_string(),
                     None => w.underlay.clone(),
                 };

@@ -114,6 +114,10 @@ async fn resolve_with(
                 topo.options.underlay_mtu
             );
         }
+        // A machine that cannot load BPF says so in one line (exit 2) before anything is built.
+        if topo.options.backend == Backend::Ebpf && topo.stage().has_overlay() {
+            crate::apply::ebpf::check_loadable()?;
+        }
         for p in topo.peers_of(req.node) {
             if p.ip.addr == ip {
                 bail!("node {}'s address {ip} is this node's own: give the other node's with --peer IP", p.index);

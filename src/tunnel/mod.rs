@@ -38,7 +38,7 @@ use peers::PeerTable;
 use stats::{Counters, DATAPATH_OFFLOAD, DATAPATH_PLAIN, DATAPATH_SUPER};
 
 use crate::model::wire::WireFormat;
-pub use stats::Stats;
+pub use stats::{Direction, Drops, Stats};
 
 /// A remote node: where its tunnel listens and which inner subnets live behind it.
 #[derive(Clone, Debug, PartialEq, Eq)]

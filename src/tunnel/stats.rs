@@ -85,6 +85,10 @@ pub struct Drops {
     pub send_error: u64,
     /// Send: offload metadata from the kernel we could not honour.
     pub bad_offload: u64,
+    /// Receive (ebpf backend only): a UDP GSO batch — several datagrams behind one header —
+    /// that crossed a same-host underlay whole; only a socket can take one apart.
+    #[serde(default)]
+    pub gso_batch: u64,
 }
 
 /// Syscall counts: packets per syscall shows whether batching/offload works.
@@ -129,6 +133,7 @@ impl Counters {
                 no_route: t.no_route.load(Relaxed),
                 send_error: t.send_error.load(Relaxed),
                 bad_offload: t.bad_offload.load(Relaxed),
+                gso_batch: 0,
             },
             syscalls: Syscalls {
                 tun_reads: t.tun_reads.load(Relaxed),

@@ -436,11 +436,19 @@ async fn rp_filter_here(ns: &Namespace, iif: &str, src: Ipv4Addr) -> HopCheck {
 /// A `cnet tunnel` process as its command line says it runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct TunnelConf {
+    /// 0 for the eBPF datapath (no process).
     pid: u32,
     dev: String,
     local: SocketAddrV4,
     peers: Vec<(SocketAddrV4, Vec<Ipv4Net>)>,
     wire: WireFormat,
+}
+
+impl TunnelConf {
+    /// Who carries the packet, as the hop says it.
+    fn who(&self) -> String {
+        if self.pid == 0 { "cnet's eBPF programs".into() } else { format!("the tunnel (pid {})", self.pid) }
+    }
 }
 
 /// `host[:port]`, the port defaulting to the talk's 9000 (as `cnet tunnel` reads it).
@@ -499,7 +507,26 @@ fn tunnels_here() -> Vec<TunnelConf> {
             let args: Vec<String> = raw.split(|b| *b == 0).skip(1).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
             tunnel_conf(pid, &args)
         })
+        .chain(ebpf_here())
         .collect()
+}
+
+/// The ebpf backend's datapath on this node, as its plan loaded it, while its programs are
+/// loaded (their counters can be read).
+fn ebpf_here() -> Option<TunnelConf> {
+    let rec = crate::apply::state::NodeJournal::read().ok()??;
+    let (local, tun, peers) = rec.header.steps.iter().find_map(|s| match s {
+        crate::model::plan::Step::LoadEbpf { local, tun, peers, .. } => Some((*local, tun.clone(), peers.clone())),
+        _ => None,
+    })?;
+    crate::apply::ebpf::counters()?;
+    Some(TunnelConf {
+        pid: 0,
+        dev: tun,
+        local,
+        peers: peers.into_iter().map(|(a, n)| (a, vec![n])).collect(),
+        wire: WireFormat::Raw,
+    })
 }
 
 /// The peer a tunnel sends `dst` to: the longest prefix that holds it (as the tunnel's
@@ -559,8 +586,8 @@ async fn decap_tunnel(
     if !t.peers.iter().any(|(a, _)| *a == from) {
         let peers: Vec<String> = t.peers.iter().map(|(a, _)| a.to_string()).collect();
         return Err(format!(
-            "the tunnel (pid {}) takes datagrams only from its peers ({}), not from {from}: it counts it as unknown_peer",
-            t.pid,
+            "{} take datagrams only from the peers ({}), not from {from}: counted as unknown_peer",
+            t.who(),
             peers.join(", ")
         ));
     }
@@ -568,11 +595,11 @@ async fn decap_tunnel(
         && !peer_owns(t, from, s)
     {
         return Err(format!(
-            "the tunnel (pid {}) refuses an inner packet from {s} sent by {from}: that is not the peer's subnet (spoofed_source)",
-            t.pid
+            "{} refuse an inner packet from {s} sent by {from}: that is not the peer's subnet (spoofed_source)",
+            t.who()
         ));
     }
-    hop.decap = Some(format!("decapsulated by the tunnel (pid {}) on {}, from its peer {from}", t.pid, t.local));
+    hop.decap = Some(format!("decapsulated by {} on {}, from its peer {from}", t.who(), t.local));
     Ok(t.dev.clone())
 }
 
@@ -653,7 +680,9 @@ async fn evaluate(ns: &Namespace, q: &HopQuery) -> Result<Hop> {
         let Some(link) = ns.link(&dev).cloned() else {
             return Ok(hop.dropped(format!("there is no interface {dev} here for it to arrive on")));
         };
-        if let Some(r) = link.down_reason() {
+        // The eBPF datapath redirects into tun0's ingress itself: no reader, no carrier needed.
+        let by_ebpf = link.kind.as_deref() == Some("tun") && hop.decap.as_deref().is_some_and(|d| d.contains("eBPF"));
+        if let Some(r) = link.down_reason().filter(|_| !by_ebpf) {
             hop.arrived_on = Some(dev);
             return Ok(hop.dropped(format!("it cannot arrive: {r}")));
         }
@@ -871,9 +900,7 @@ async fn encap_tunnel(ns: &Namespace, hop: Hop, dev: &LinkFacts, dst: Ipv4Addr, 
         )));
     };
     let Some((peer, subnet)) = tunnel_peer(t, dst) else {
-        return Ok(
-            hop.dropped(format!("the tunnel (pid {}) has no peer whose subnet holds {dst}: it counts it as no_route", t.pid))
-        );
+        return Ok(hop.dropped(format!("{} have no peer whose subnet holds {dst}: counted as no_route", t.who())));
     };
     let outer_size = size.saturating_add(t.wire.overhead() as u16);
     let mut hop = hop;
@@ -883,12 +910,12 @@ async fn encap_tunnel(ns: &Namespace, hop: Hop, dev: &LinkFacts, dst: Ipv4Addr, 
         Err(_) => (None, None, None),
     };
     hop.encap = Some(Encap {
-        kind: "udp".into(),
+        kind: if t.pid == 0 { "ebpf".into() } else { "udp".into() },
         local: t.local.to_string(),
         remote: peer.to_string(),
         remote_ip: *peer.ip(),
         port: peer.port(),
-        pid: Some(t.pid),
+        pid: (t.pid != 0).then_some(t.pid),
         wire: Some(t.wire.name().into()),
         subnet: Some(subnet.to_string()),
         vni: None,

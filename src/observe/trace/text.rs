@@ -144,6 +144,14 @@ fn encap_lines(s: &mut String, h: &Hop) {
             e.outer_ttl,
             e.outer_size
         ),
+        "ebpf" => format!(
+            "UDP {} → {} by cnet's eBPF program on tun0's egress, peer for {}; outer ttl {}, {} bytes",
+            e.local,
+            e.remote,
+            e.subnet.clone().unwrap_or_default(),
+            e.outer_ttl,
+            e.outer_size
+        ),
         _ => {
             let flood = match e.flooded.len() {
                 0 => String::new(),
