@@ -253,24 +253,7 @@ fn bulk_300_mb_intact() {
     let r = sandbox(&format!(
         r#"
 cnet up overlay --backend ebpf -q
-{SINK_PY}cat > $T/source.py <<'PY'
-import hashlib, random, socket
-random.seed(42); block = random.randbytes(1 << 20); h = hashlib.sha256(); n = 0
-c = socket.create_connection(("172.16.1.2", 7000))
-for i in range(300):
-    chunk = block[i % 7:] + block[:i % 7]
-    c.sendall(chunk); h.update(chunk); n += len(chunk)
-c.close()
-print(n, h.hexdigest())
-PY
-cnet exec node2/con1 -- python3 $T/sink.py > $T/sink.out & SINK=$!
-wait_for 200 grep -qs listening $T/sink.out
-mark sent
-cnet exec node1/con1 -- python3 $T/source.py
-wait $SINK
-mark received
-tail -1 $T/sink.out
-mark status
+{SINK_PY}{BULK_300MB}mark status
 cnet exec node2 -- cnet status --host --json
 cnet down -q
 {LEFTOVERS}"#

@@ -105,24 +105,7 @@ cnet exec node1 -- timeout 20 tcpdump -l -ni enp0s8 -c 3 'udp port 9000 and udp[
 cnet exec node1 -- timeout 20 tcpdump -l -ni enp0s8 -c 3 'udp port 9000 and greater 20000' > $T/any.out 2> $T/any.err &
 wait_for 200 grep -qs listening $T/big.err
 wait_for 200 grep -qs listening $T/any.err
-{SINK_PY}cat > $T/source.py <<'PY'
-import hashlib, random, socket
-random.seed(42); block = random.randbytes(1 << 20); h = hashlib.sha256(); n = 0
-c = socket.create_connection(("172.16.1.2", 7000))
-for i in range(300):
-    chunk = block[i % 7:] + block[:i % 7]
-    c.sendall(chunk); h.update(chunk); n += len(chunk)
-c.close()
-print(n, h.hexdigest())
-PY
-cnet exec node2/con1 -- python3 $T/sink.py > $T/sink.out & SINK=$!
-wait_for 200 grep -qs listening $T/sink.out
-mark sent
-cnet exec node1/con1 -- python3 $T/source.py
-wait $SINK
-mark received
-tail -1 $T/sink.out
-sleep 0.5   # the tunnel rewrites its counters every 250 ms
+{SINK_PY}{BULK_300MB}sleep 0.5   # the tunnel rewrites its counters every 250 ms
 mark stats
 cnet exec node1 -- cnet status --host --json
 pkill -KILL tcpdump || true; wait  # (SIGINT waits for a packet the filter lets through)

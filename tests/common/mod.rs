@@ -143,6 +143,28 @@ print(n, h.hexdigest())
 PY
 "#;
 
+/// Shell: 300 MB of seeded random bytes over TCP from con1 on node 1 to con1 on node 2
+/// (172.16.1.2:7000), SHA-256 on both sides: the sender's count and digest after `mark
+/// sent`, the receiver's after `mark received` (they must be equal). Needs [`SINK_PY`] first.
+pub const BULK_300MB: &str = r#"cat > $T/source.py <<'PY'
+import hashlib, random, socket
+random.seed(42); block = random.randbytes(1 << 20); h = hashlib.sha256(); n = 0
+c = socket.create_connection(("172.16.1.2", 7000))
+for i in range(300):
+    chunk = block[i % 7:] + block[:i % 7]
+    c.sendall(chunk); h.update(chunk); n += len(chunk)
+c.close()
+print(n, h.hexdigest())
+PY
+cnet exec node2/con1 -- python3 $T/sink.py > $T/sink.out & SINK=$!
+wait_for 200 grep -qs listening $T/sink.out
+mark sent
+cnet exec node1/con1 -- python3 $T/source.py
+wait $SINK
+mark received
+tail -1 $T/sink.out
+"#;
+
 /// Shell: `interrupt_up ARGS...` runs `cnet up ARGS` in a session of its own, waits until
 /// `up_started` (a shell function the test defines) succeeds, then as long as `$SETTLE`
 /// seconds, and sends Ctrl-C as a terminal does (SIGINT to the whole group); then prints
