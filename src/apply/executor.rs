@@ -155,9 +155,7 @@ pub async fn apply(nl: &Netlink, index: usize, step: &Step, stage: &str) -> Resu
         }
         Step::AddClsact { dev } => done.existed = !ebpf::add_clsact(nl, dev).await?,
         Step::LoadEbpf { local, tun, underlay, peers, pods, direct } => {
-            let peers: Vec<_> =
-                peers.iter().map(|(addr, pod_net)| crate::model::ebpf::Peer { addr: *addr, pod_net: *pod_net }).collect();
-            ebpf::load(*local, tun, underlay, &peers, pods, *direct)?
+            ebpf::load(*local, tun, underlay, &crate::model::plan::ebpf_peers(peers), pods, *direct)?
         }
         Step::AttachBpf { dev, hook, program, last } => ebpf::attach(dev, *hook, program, *last)?,
     }
@@ -241,7 +239,9 @@ pub async fn teardown(nl: &Netlink, plan: &[Step], done: &[Done], started_until:
                     errors.push(e);
                 }
             }
-            Undo::DeleteClsact(dev) if !d.is_some_and(|d| d.existed) => {
+            // Only a qdisc cnet is recorded to have added: an AddClsact cut short before
+            // its record may have found one already there, with other tools' filters on it.
+            Undo::DeleteClsact(dev) if d.is_some_and(|d| !d.existed) => {
                 if let Err(e) = ebpf::del_clsact(nl, dev).await {
                     errors.push(e);
                 }

@@ -233,7 +233,13 @@ impl Netlink {
 
     async fn add_link(&self, msg: LinkMessage, name: &str, alias: &str) -> Result<()> {
         self.node.link().add(msg).execute().await.map_err(|e| {
-            if errno(&e) == Some(libc::EEXIST) { anyhow!("a link named {name} already exists") } else { kernel_error(e) }
+            // Kept typed (EEXIST): a CNI ADD waits for a name that a dying pair still holds.
+            let err = kernel_error(e);
+            if err.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(libc::EEXIST) {
+                err.context(format!("a link named {name} already exists"))
+            } else {
+                err
+            }
         })?;
         self.mark(name, alias).await
     }

@@ -59,6 +59,8 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         ),
         None => None,
     };
+    // Before the lease: nothing to give back if it cannot start.
+    let rt = runtime()?;
     let pool = Pool::open(&net.bridge, true).map_err(io("cannot open the address pool"))?.expect("created");
     let lease = pool.allocate(
         &net,
@@ -72,7 +74,6 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         },
     )?;
     tracing::debug!("ADD: leased {} after {:?}", lease.ip, t.elapsed());
-    let rt = runtime()?;
     let made = rt.block_on(attach(&lease, &net.bridge));
     tracing::debug!("ADD: attached after {:?}", t.elapsed());
     let interfaces = match made {
@@ -191,7 +192,11 @@ async fn make_pair(nl: &Netlink, step: &Step, lease: &Lease) -> anyhow::Result<c
             Ok(d) => return Ok(d),
             Err(e) => e,
         };
-        if std::time::Instant::now() > until {
+        // Only a name still held is worth waiting for; any other refusal is final.
+        let name_taken = err
+            .chain()
+            .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::AlreadyExists));
+        if !name_taken || std::time::Instant::now() > until {
             return Err(err);
         }
         let ctr = nl.handle(Some(&lease.netns))?;
@@ -202,8 +207,10 @@ async fn make_pair(nl: &Netlink, step: &Step, lease: &Lease) -> anyhow::Result<c
             Some(m) if is_plugins(&m) => {
                 if nl.set_group(&lease.host_veth, reaper::DYING_GROUP).await.is_ok() {
                     reaper::kick()?;
+                    reaper::wait_idle(Duration::from_secs(2));
+                } else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                reaper::wait_idle(Duration::from_secs(2));
             }
             Some(m) if !reaper::busy() && link_view(&m).group != reaper::DYING_GROUP => {
                 return Err(err.context(format!("{} is a link cnet did not make", lease.host_veth)));

@@ -142,7 +142,7 @@ fn from_config(conf: &NetConf) -> Result<Option<(Ipv4Net, Ipv4Addr)>, CniError> 
         Some(g) => g.parse::<Ipv4Addr>().map_err(|_| invalid(format!("gateway: '{g}' is not an IPv4 address")))?,
         None => subnet.nth(1).expect("a /30 or larger has a first address"),
     };
-    if !subnet.contains_net(&Ipv4Net::new(gateway, 32)) || gateway == subnet.network() {
+    if !subnet.contains(gateway) || gateway == subnet.network() {
         return Err(invalid(format!("gateway {gateway} is not a host address of subnet {subnet}")));
     }
     Ok(Some((subnet, gateway)))

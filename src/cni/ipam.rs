@@ -207,7 +207,7 @@ impl Pool {
         let reserved: HashSet<Ipv4Addr> = net.reserved.iter().copied().chain([net.gateway]).collect();
         let hosts = net.subnet.host_count() as u32;
         let usable = |ip: Ipv4Addr| {
-            net.subnet.contains_net(&Ipv4Net::new(ip, 32))
+            net.subnet.contains(ip)
                 && ip != net.subnet.network()
                 && u32::from(ip) - u32::from(net.subnet.network()) <= hosts
                 && !reserved.contains(&ip)

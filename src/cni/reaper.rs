@@ -49,9 +49,10 @@ pub fn kick() -> Result<()> {
         let _ = reap(pending);
     })
     .context("cannot start the reaper")?;
-    // `pending` was moved into the closure, which runs only in the child: the parent's copy
-    // of the descriptor is closed when it exits, unlocking nothing (the child shares the
-    // lock, and holds it until it is about to delete).
+    // `pending` was moved into the closure, which runs only in the child: fork_detached
+    // forgets the parent's copy (its Drop would unlock the child's lock, the same open
+    // file), and the descriptor closes with this process, unlocking nothing. The child
+    // holds the lock until it is about to delete.
     Ok(())
 }
 

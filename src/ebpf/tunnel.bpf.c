@@ -195,7 +195,7 @@ int cnet_encap(struct __sk_buff *skb)
     if (bpf_skb_adjust_room(skb, OUTER_LEN, BPF_ADJ_ROOM_MAC, flags) < 0) {
         // Already encapsulated (a container's own tunnel): a single packet can still go
         // with plain headers; a super-packet cannot be cut correctly.
-        if (skb->gso_segs > 1 || bpf_skb_adjust_room(skb, OUTER_LEN, BPF_ADJ_ROOM_MAC, 0) < 0) {
+        if (skb->gso_size || bpf_skb_adjust_room(skb, OUTER_LEN, BPF_ADJ_ROOM_MAC, 0) < 0) {
             count(BAD_OFFLOAD, segs);
             return TC_ACT_SHOT;
         }
@@ -233,22 +233,29 @@ int cnet_encap(struct __sk_buff *skb)
     }
     struct ethhdr eth = {};
     eth.h_proto = bpf_htons(ETH_P_IP);
-    count(TX_PACKETS, segs);
-    count(TX_BYTES, len);
     if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
         // Not resolved yet (first packet): the kernel's neighbour code fills the MACs in,
         // queueing the packet while it asks by ARP. Without a next hop given, the kernel
         // looks the route up itself and gives the packet that route: it must not keep
         // tun0's, or the queued packet would be sent by tun0's (header-less) output once
         // the answer comes, and lost.
-        if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) < 0)
+        if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) < 0) {
+            count(BAD_OFFLOAD, segs);
             return TC_ACT_SHOT;
+        }
+        count(TX_PACKETS, segs);
+        count(TX_BYTES, len);
         return bpf_redirect_neigh(fib.ifindex, 0, 0, 0);
     }
     __builtin_memcpy(eth.h_dest, fib.dmac, ETH_ALEN);
     __builtin_memcpy(eth.h_source, fib.smac, ETH_ALEN);
-    if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) < 0)
+    if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) < 0) {
+        count(BAD_OFFLOAD, segs);
         return TC_ACT_SHOT;
+    }
+    // Counted as sent only once nothing here can drop it any more.
+    count(TX_PACKETS, segs);
+    count(TX_BYTES, len);
     return bpf_redirect(fib.ifindex, 0);
 }
 
@@ -395,8 +402,10 @@ int cnet_decap(struct __sk_buff *skb)
     }
     __u64 segs = segments(skb, payload);
     // Strip outer IPv4 + UDP behind the Ethernet header; the inner packet then arrives on
-    // tun0 as if the userspace tunnel had written it there.
-    if (bpf_skb_adjust_room(skb, -(__s32)(ohl + sizeof(struct udphdr)), BPF_ADJ_ROOM_MAC, 0) < 0) {
+    // tun0 as if the userspace tunnel had written it there. FIXED_GSO: a super-packet keeps
+    // the segment size it was made with (without it the kernel would grow it by the 28
+    // bytes removed, and refuse an inner UDP super-packet outright), as encap keeps it.
+    if (bpf_skb_adjust_room(skb, -(__s32)(ohl + sizeof(struct udphdr)), BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO) < 0) {
         count(TUN_WRITE_ERROR, segs);
         return TC_ACT_SHOT;
     }

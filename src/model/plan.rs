@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::model::ebpf::{self, Hook};
 use crate::model::nat::{NatChain, NatRule};
 use crate::model::topology::{
-    Backend, GATEWAY, GATEWAY_OUT, Ipv4Net, Node, OUTSIDE, PUBLISHED_PORT, SERVER_PORT, SERVICE_PORT, SERVICE_VIP, Stage,
-    TUNNEL_PORT, Topology, UNDERLAY_PREFIX, VXLAN_PORT, VXLAN_VNI,
+    Backend, CLUSTER_PODS, GATEWAY, GATEWAY_OUT, Ipv4Net, Node, OUTSIDE, PUBLISHED_PORT, SERVER_PORT, SERVICE_PORT, SERVICE_VIP,
+    Stage, TUNNEL_PORT, Topology, UNDERLAY_PREFIX, VXLAN_PORT, VXLAN_VNI,
 };
 use crate::model::wire::WireFormat;
 
@@ -461,7 +461,7 @@ pub fn node_plan_with(topo: &Topology, node: &Node, underlay: &str, no_link_loca
 /// demo servers) and, in stage 6, the service on every node. Each rule in cnet's own
 /// nftables table, with the `nft` command it equals.
 fn nat_steps(b: &mut Builder, topo: &Topology, node: &Node, underlay: &str) {
-    let pods = Ipv4Net::new(Ipv4Addr::new(172, 16, 0, 0), 16);
+    let pods = CLUSTER_PODS;
     let con1 = &node.containers[0];
     let con1_at = SocketAddrV4::new(con1.addr.addr, SERVER_PORT);
     let egress = node.egress.as_deref().unwrap_or(underlay);
@@ -868,7 +868,7 @@ fn ebpf_steps(
 }
 
 /// The peers as the eBPF maps hold them.
-fn ebpf_peers(peers: &[(SocketAddrV4, Ipv4Net)]) -> Vec<ebpf::Peer> {
+pub fn ebpf_peers(peers: &[(SocketAddrV4, Ipv4Net)]) -> Vec<ebpf::Peer> {
     peers.iter().map(|(addr, pod_net)| ebpf::Peer { addr: *addr, pod_net: *pod_net }).collect()
 }
 

@@ -382,6 +382,10 @@ pub const PUBLISHED_PORT: u16 = 8080;
 pub const SERVICE_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 pub const SERVICE_PORT: u16 = 80;
 
+/// Every node's pod subnet lies in this range (stages 3-6): what tun0's /16 catches, and
+/// what stage 5's masquerade leaves alone as pod-to-pod traffic.
+pub const CLUSTER_PODS: Ipv4Net = Ipv4Net::new(Ipv4Addr::new(172, 16, 0, 0), 16);
+
 /// Node i's pod subnet, 172.16.(i−1).0/24, as the talk gives node 1 and node 2.
 pub fn multi_node_pod_net(i: u32) -> Ipv4Net {
     Ipv4Net::new(Ipv4Addr::new(172, 16, (i - 1) as u8, 0), 24)

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::apply::state::{LabState, NodeJournal};
 use crate::model::plan;
-use crate::model::topology::{GATEWAY, GATEWAY_OUT, OUTSIDE, Topology, UNDERLAY_DEV};
+use crate::model::topology::{CLUSTER_PODS, GATEWAY, GATEWAY_OUT, OUTSIDE, Topology, UNDERLAY_DEV};
 use crate::run::{enter, lab};
 
 mod hop;
@@ -619,7 +619,7 @@ fn walk(
 /// Stages 5-6: the walk follows routes, not cnet's nftables rules. Where a pod's packet
 /// leaves its node for the gateway, say what the masquerade rule does to it there.
 fn nat_note(w: &World, here: &Place, to: &Place, src: Option<Ipv4Addr>, dst: Ipv4Addr) -> Option<String> {
-    let pods = crate::model::topology::Ipv4Net::new(Ipv4Addr::new(172, 16, 0, 0), 16);
+    let pods = CLUSTER_PODS;
     let src = src?;
     if !w.topo.stage().has_nat() || here.member.is_some() || here.container.is_some() || to.member != Some(plan::GATEWAY_MEMBER) {
         return None;

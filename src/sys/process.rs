@@ -38,7 +38,9 @@ pub fn is_locked(path: &Path) -> bool {
 /// that whoever reads this process's output does not wait for the child), ended with
 /// `_exit` when `f` returns. The caller returns at once. The caller must be
 /// single-threaded (checked): a forked copy of a multi-threaded process may hold locks
-/// whose owners no longer exist.
+/// whose owners no longer exist. What `f` owns is the child's: the parent's copy is
+/// forgotten, not dropped (dropping a moved-in `Flock` would unlock the child's lock, which
+/// is the same open file).
 pub fn fork_detached(f: impl FnOnce()) -> Result<()> {
     let threads = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0);
     if threads != 1 {
@@ -47,7 +49,11 @@ pub fn fork_detached(f: impl FnOnce()) -> Result<()> {
     // SAFETY: the process has one thread (checked above), so the child's copy of every lock
     // and allocator is consistent; the child leaves only through _exit.
     match unsafe { nix::unistd::fork() }.context("cannot fork")? {
-        nix::unistd::ForkResult::Parent { .. } => Ok(()),
+        nix::unistd::ForkResult::Parent { .. } => {
+            // Its descriptors close when this process exits; no destructor runs here.
+            std::mem::forget(f);
+            Ok(())
+        }
         nix::unistd::ForkResult::Child => {
             let _ = nix::unistd::setsid();
             if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
