@@ -129,9 +129,13 @@ pub fn load_command(
 ) -> String {
     let mut s = format!("bpftool prog loadall {OBJECT} {PIN_DIR} type classifier pinmaps {PIN_DIR}");
     let cfg = config_value(local, 0, 0, direct);
-    // The interface indexes are the machine's: read at run time (one byte each, as
-    // interface indexes in a node are small).
-    let ifindex = |dev: &str| format!("$(printf '%02x 00 00 00' $(ip -o link show dev {dev} | cut -d: -f1))");
+    // The interface indexes are the machine's: read at run time, as four little-endian
+    // bytes (a node whose containers come and go soon has indexes above 255).
+    let ifindex = |dev: &str| {
+        format!(
+            "$(i=$(ip -o link show dev {dev} | cut -d: -f1); printf '%02x %02x %02x %02x' $((i & 255)) $((i >> 8 & 255)) $((i >> 16 & 255)) $((i >> 24)))"
+        )
+    };
     write!(
         s,
         " && bpftool map update pinned {PIN_DIR}/{MAP_CONFIG} key hex 00 00 00 00 value hex {} {} {} {}",
@@ -195,7 +199,7 @@ mod tests {
         let s = load_command("10.0.0.10:9000".parse().unwrap(), "tun0", "enp0s8", &[p], &pods, true);
         assert!(
             s.contains(
-                "cnet_local key hex ac 10 00 02 value hex $(printf '%02x 00 00 00' $(ip -o link show dev veth10 | cut -d: -f1))"
+                "cnet_local key hex ac 10 00 02 value hex $(i=$(ip -o link show dev veth10 | cut -d: -f1); printf '%02x %02x %02x %02x' $((i & 255)) $((i >> 8 & 255)) $((i >> 16 & 255)) $((i >> 24)))"
             ),
             "{s}"
         );
